@@ -1,0 +1,232 @@
+"""One time step of LSTM, GRU and SimpleRNN, in the Keras 3 parameter layout.
+
+A cell is two pure pieces of math plus a parameter spec:
+
+* `project(params, x)`: the input part, `x @ kernel (+ input bias)`. It has no time dependence,
+  so the layers compute it for every time step in one matrix product before the scan.
+* `step(params, states, xp)`: the recurrent part of one step, given the projected input `xp`.
+
+The cell Modules (`LSTMCell`, ...) declare the same parameters as the layers and chain the two
+pieces, so a cell can be driven by hand, one step at a time, or by `flax.linen.RNN`.
+
+Layouts (f = input features, u = units), identical to Keras 3:
+  LSTM       kernel (f, 4u), recurrent_kernel (u, 4u), bias (4u,);   gates i, f, c, o
+  GRU        kernel (f, 3u), recurrent_kernel (u, 3u), bias (2, 3u) with reset_after=True
+             (row 0 input bias, row 1 recurrent bias) or (3u,) with reset_after=False; gates z, r, h
+  SimpleRNN  kernel (f, u),  recurrent_kernel (u, u),  bias (u,)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxseq import contracts
+from jaxseq.typing import Array, PRNGKey
+
+Initializer = Callable[..., Array]
+
+_ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "tanh": jnp.tanh,
+    "sigmoid": jax.nn.sigmoid,
+    "hard_sigmoid": jax.nn.hard_sigmoid,  # Keras 3: relu6(x + 3) / 6
+    "relu": jax.nn.relu,
+    "elu": jax.nn.elu,
+    "gelu": jax.nn.gelu,
+    "softsign": jax.nn.soft_sign,
+    "swish": jax.nn.swish,
+    "silu": jax.nn.silu,
+    "linear": lambda x: x,
+}
+
+
+def get_activation(activation: str | Callable[[Array], Array] | None) -> Callable[[Array], Array]:
+    """A Keras activation name (or a callable, or None for linear) as a function."""
+    if activation is None:
+        return _ACTIVATIONS["linear"]
+    if callable(activation):
+        return activation
+    if activation not in _ACTIVATIONS:
+        raise ValueError(
+            f"unknown activation {activation!r}; expected a callable or one of "
+            f"{', '.join(sorted(_ACTIVATIONS))}."
+        )
+    return _ACTIVATIONS[activation]
+
+
+def _forget_bias_init(bias_init: Initializer, units: int) -> Initializer:
+    """Keras' `unit_forget_bias=True`: ones for the forget gate, `bias_init` elsewhere."""
+
+    def init(key: PRNGKey, shape, dtype=jnp.float32) -> Array:
+        k1, k2 = jax.random.split(key)
+        return jnp.concatenate(
+            [
+                bias_init(k1, (units,), dtype),
+                jnp.ones((units,), dtype),
+                bias_init(k2, (2 * units,), dtype),
+            ]
+        )
+
+    return init
+
+
+class CellBase(nn.Module):
+    """Shared fields and plumbing of the three cells. Not used directly."""
+
+    units: int
+    activation: str | Callable = "tanh"
+    use_bias: bool = True
+    kernel_init: Initializer = nn.initializers.glorot_uniform()
+    recurrent_kernel_init: Initializer = nn.initializers.orthogonal()
+    bias_init: Initializer = nn.initializers.zeros_init()
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    gates: ClassVar[int] = 1
+    state_names: ClassVar[tuple[str, ...]] = ("h",)
+
+    # -- parameter spec -------------------------------------------------------------------
+    def bias_spec(self) -> tuple[Initializer, tuple[int, ...]]:
+        return self.bias_init, (self.gates * self.units,)
+
+    def param_specs(self, features: int) -> dict[str, tuple[Initializer, tuple[int, ...]]]:
+        """Name -> (initializer, shape), in Keras order (kernel, recurrent_kernel, bias)."""
+        g = self.gates * self.units
+        specs = {
+            "kernel": (self.kernel_init, (features, g)),
+            "recurrent_kernel": (self.recurrent_kernel_init, (self.units, g)),
+        }
+        if self.use_bias:
+            specs["bias"] = self.bias_spec()
+        return specs
+
+    # -- pure math ------------------------------------------------------------------------
+    def input_bias(self, params) -> Array | None:
+        return params.get("bias") if self.use_bias else None
+
+    def project(self, params, x: Array) -> Array:
+        """x (..., f) -> (..., gates*u): the input part of every gate, input bias included."""
+        xp = x @ params["kernel"]
+        bias = self.input_bias(params)
+        return xp if bias is None else xp + bias
+
+    def step(
+        self, params, states: tuple[Array, ...], xp: Array, rmask: Array | None = None
+    ) -> tuple[Array, ...]:
+        """New states from old `states` and projected input `xp` (batch, gates*u). `rmask`
+        (batch, u), if given, is the recurrent-dropout mask (already scaled): it multiplies h
+        where h enters a recurrent matrix product, as in Keras; the carried h is not dropped."""
+        raise NotImplementedError
+
+    def zero_states(self, batch: int, dtype) -> tuple[Array, ...]:
+        return tuple(jnp.zeros((batch, self.units), dtype) for _ in self.state_names)
+
+    # -- linen Module interface -----------------------------------------------------------
+    def create_params(self, module: nn.Module, features: int) -> dict[str, Array]:
+        """Declare this cell's parameters on `module` (the cell itself or a layer)."""
+        return {
+            name: module.param(name, init, shape, self.param_dtype)
+            for name, (init, shape) in self.param_specs(features).items()
+        }
+
+    @nn.compact
+    def __call__(self, carry, x: Array):
+        """One step. carry: the states (LSTM `(h, c)`, others `h`), each (batch, units);
+        x: (batch, features). Returns `(new_carry, h)` as Flax cells do."""
+        contracts.check_rank_at_least(x, 2, type(self).__name__, "(batch, features)")
+        params = self.create_params(self, x.shape[-1])
+        states = carry if len(self.state_names) > 1 else (carry,)
+        params, x, *states = nn.dtypes.promote_dtype(params, x, *states, dtype=self.dtype)
+        new = self.step(params, tuple(states), self.project(params, x))
+        return (new if len(self.state_names) > 1 else new[0]), new[0]
+
+    @nn.nowrap
+    def initialize_carry(self, rng: PRNGKey, input_shape: tuple[int, ...]):
+        """Zero states for inputs of shape (batch, features), as Flax cells do."""
+        del rng
+        dtype = self.dtype or self.param_dtype
+        states = self.zero_states(input_shape[0], dtype)
+        return states if len(self.state_names) > 1 else states[0]
+
+
+class LSTMCell(CellBase):
+    """Keras 3 LSTM cell. Gates i, f, c, o; states (h, c)."""
+
+    recurrent_activation: str | Callable = "sigmoid"
+    unit_forget_bias: bool = True
+
+    gates: ClassVar[int] = 4
+    state_names: ClassVar[tuple[str, ...]] = ("h", "c")
+
+    def bias_spec(self):
+        init = self.bias_init
+        if self.unit_forget_bias:
+            init = _forget_bias_init(self.bias_init, self.units)
+        return init, (4 * self.units,)
+
+    def step(self, params, states, xp, rmask=None):
+        h, c = states
+        act = get_activation(self.activation)
+        ract = get_activation(self.recurrent_activation)
+        h_rec = h if rmask is None else h * rmask
+        z = xp + h_rec @ params["recurrent_kernel"]
+        zi, zf, zc, zo = jnp.split(z, 4, axis=-1)
+        c = ract(zf) * c + ract(zi) * act(zc)
+        h = ract(zo) * act(c)
+        return h, c
+
+
+class GRUCell(CellBase):
+    """Keras 3 GRU cell. Gates z, r, h; state h. `reset_after=True` is Keras 3's default (and
+    cuDNN's): the reset gate multiplies the recurrent projection after the matrix product."""
+
+    recurrent_activation: str | Callable = "sigmoid"
+    reset_after: bool = True
+
+    gates: ClassVar[int] = 3
+
+    def bias_spec(self):
+        shape = (2, 3 * self.units) if self.reset_after else (3 * self.units,)
+        return self.bias_init, shape
+
+    def input_bias(self, params):
+        if not self.use_bias:
+            return None
+        return params["bias"][0] if self.reset_after else params["bias"]
+
+    def step(self, params, states, xp, rmask=None):
+        (h,) = states
+        act = get_activation(self.activation)
+        ract = get_activation(self.recurrent_activation)
+        rk = params["recurrent_kernel"]
+        h_rec = h if rmask is None else h * rmask
+        u = self.units
+        x_z, x_r, x_h = jnp.split(xp, 3, axis=-1)
+        if self.reset_after:
+            inner = h_rec @ rk
+            if self.use_bias:
+                inner = inner + params["bias"][1]
+            r_z, r_r, r_h = jnp.split(inner, 3, axis=-1)
+            z = ract(x_z + r_z)
+            r = ract(x_r + r_r)
+            hh = act(x_h + r * r_h)
+        else:
+            inner = h_rec @ rk[:, : 2 * u]
+            r_z, r_r = jnp.split(inner, 2, axis=-1)
+            z = ract(x_z + r_z)
+            r = ract(x_r + r_r)
+            hh = act(x_h + (r * h_rec) @ rk[:, 2 * u :])
+        return (z * h + (1 - z) * hh,)
+
+
+class SimpleRNNCell(CellBase):
+    """Keras 3 SimpleRNN cell: h = activation(x @ kernel + bias + h @ recurrent_kernel)."""
+
+    def step(self, params, states, xp, rmask=None):
+        (h,) = states
+        h_rec = h if rmask is None else h * rmask
+        return (get_activation(self.activation)(xp + h_rec @ params["recurrent_kernel"]),)

@@ -1,0 +1,118 @@
+"""Input checks shared by every public entry point.
+
+Each check runs on static shapes and dtypes in plain Python, so it fails before JAX traces
+anything, and it raises `ValueError` / `TypeError` naming the argument, the expected shape in
+named axes (b=batch, t=time, f=features, u=units) and what was given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def shape_of(x) -> tuple[int, ...]:
+    """The shape of an array-like, without converting tracers."""
+    shape = getattr(x, "shape", None)
+    if shape is None:
+        shape = np.shape(x)
+    return tuple(shape)
+
+
+def _is_floating(x) -> bool:
+    dtype = getattr(x, "dtype", None)
+    if dtype is None:
+        dtype = np.asarray(x).dtype
+    return np.issubdtype(dtype, np.floating) or str(dtype) == "bfloat16"
+
+
+def check_sequence_input(x, where: str, *, name: str = "x") -> tuple[int, int, int]:
+    """`x` must be a floating array of shape (batch, time, features) with time >= 1."""
+    shape = shape_of(x)
+    if len(shape) != 3:
+        hint = " For a single sequence use x[None]." if len(shape) == 2 else ""
+        if len(shape) == 1:
+            hint = " For one sequence of scalars use x[None, :, None]."
+        raise ValueError(
+            f"{where} expects {name} of shape (batch, time, features); got {shape}.{hint}"
+        )
+    if shape[1] < 1:
+        raise ValueError(
+            f"{where} expects {name} of shape (batch, time, features) with time >= 1; got "
+            f"{shape} (an empty time axis). Drop empty sequences or pad them to length 1 and "
+            "mask the padding."
+        )
+    if not _is_floating(x):
+        dtype = getattr(x, "dtype", None)
+        raise TypeError(
+            f"{where} expects {name} with a floating dtype (float32, bfloat16, ...); got "
+            f"dtype {dtype}. Cast it first, e.g. {name}.astype(jnp.float32)."
+        )
+    return shape
+
+
+def check_features(features: int, expected: int, where: str, *, name: str = "x") -> None:
+    """The feature axis must match the one the parameters were built for."""
+    if features != expected:
+        raise ValueError(
+            f"{where} was built for {expected} input features, but {name} has {features} "
+            f"(its last axis). Expected {name} of shape (batch, time, {expected}); pass inputs "
+            "with the same feature count as at init, or re-initialize the parameters."
+        )
+
+
+def check_mask(mask, batch: int, time: int, where: str) -> None:
+    """`mask` must be bool or integer, of shape (batch, time)."""
+    shape = shape_of(mask)
+    if shape != (batch, time):
+        raise ValueError(
+            f"{where} expects mask of shape (batch, time) = ({batch}, {time}); got {shape}."
+        )
+    dtype = getattr(mask, "dtype", None)
+    if dtype is None:
+        dtype = np.asarray(mask).dtype
+    if not (dtype == np.bool_ or np.issubdtype(dtype, np.integer)):
+        raise TypeError(
+            f"{where} expects mask of dtype bool (True = real step) of shape (batch, time); got "
+            f"dtype {dtype}. Use mask.astype(bool)."
+        )
+
+
+def check_state_shapes(
+    states: Sequence, expected: Sequence[tuple[int, ...]], names: Sequence[str], where: str
+) -> None:
+    """Each initial state must have its expected shape; the count must match."""
+    if len(states) != len(expected):
+        raise ValueError(
+            f"{where} expects initial_state with {len(expected)} array(s) "
+            f"({', '.join(names)}), each of shape (batch, units); got {len(states)}."
+        )
+    for state, shape, state_name in zip(states, expected, names):
+        got = shape_of(state)
+        if got != tuple(shape):
+            raise ValueError(
+                f"{where} expects initial_state {state_name} of shape (batch, units) = "
+                f"{tuple(shape)}; got {got}."
+            )
+
+
+def check_rank_at_least(x, rank: int, where: str, expected: str, *, name: str = "x") -> tuple:
+    shape = shape_of(x)
+    if len(shape) < rank:
+        raise ValueError(f"{where} expects {name} of shape {expected}; got {shape}.")
+    return shape
+
+
+def check_positive_int(value, name: str, where: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{where} expects {name} to be a positive int; got {value!r}.")
+    if value < 1:
+        raise ValueError(f"{where} expects {name} >= 1; got {value}.")
+
+
+def check_choice(value, choices: Sequence, name: str, where: str) -> None:
+    if value not in choices:
+        raise ValueError(
+            f"{where} expects {name} to be one of {', '.join(map(repr, choices))}; got {value!r}."
+        )
