@@ -88,7 +88,7 @@ def check_state_shapes(
             f"{where} expects initial_state with {len(expected)} array(s) "
             f"({', '.join(names)}), each of shape (batch, units); got {len(states)}."
         )
-    for state, shape, state_name in zip(states, expected, names):
+    for state, shape, state_name in zip(states, expected, names, strict=True):
         got = shape_of(state)
         if got != tuple(shape):
             raise ValueError(

@@ -47,7 +47,7 @@ class _Recurrence(nn.Module):
         new = self.cell.step(rparams, states, xp, rmask)
         if m is not None:
             keep = m[:, None]
-            new = tuple(jnp.where(keep, n, s) for n, s in zip(new, states))
+            new = tuple(jnp.where(keep, n, s) for n, s in zip(new, states, strict=True))
             y = jnp.where(keep, new[0], jnp.zeros_like(new[0])) if self.zero_output_for_mask \
                 else new[0]
         else:
