@@ -1,8 +1,11 @@
 """jaxseq: Keras-style recurrent sequence models for JAX and Flax linen."""
 
-from jaxseq import contracts, problems
+from jaxseq import contracts, models, problems, training
 from jaxseq.cells import GRUCell, LSTMCell, SimpleRNNCell
+from jaxseq.models import Sequential
 from jaxseq.recurrent import GRU, LSTM, RNN, Bidirectional, SimpleRNN
+from jaxseq.summary import summary
+from jaxseq.training import Callback, History, evaluate, fit, predict
 from jaxseq.wrappers import RepeatVector, TimeDistributed
 
 __version__ = "0.1.0"
@@ -12,6 +15,15 @@ __all__ = [
     "LSTM",
     "RNN",
     "Bidirectional",
+    "Callback",
+    "History",
+    "Sequential",
+    "evaluate",
+    "fit",
+    "models",
+    "predict",
+    "summary",
+    "training",
     "GRUCell",
     "LSTMCell",
     "RepeatVector",
