@@ -4,7 +4,7 @@ from jaxseq import contracts, models, problems, training
 from jaxseq.cells import GRUCell, LSTMCell, SimpleRNNCell
 from jaxseq.models import Sequential
 from jaxseq.recurrent import GRU, LSTM, RNN, Bidirectional, SimpleRNN
-from jaxseq.summary import summary
+from jaxseq.summary import summary, summary_rows
 from jaxseq.training import Callback, History, evaluate, fit, predict
 from jaxseq.wrappers import RepeatVector, TimeDistributed
 
@@ -23,6 +23,7 @@ __all__ = [
     "models",
     "predict",
     "summary",
+    "summary_rows",
     "training",
     "GRUCell",
     "LSTMCell",

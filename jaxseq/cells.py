@@ -58,6 +58,11 @@ def get_activation(activation: str | Callable[[Array], Array] | None) -> Callabl
     return _ACTIVATIONS[activation]
 
 
+def expand_to(v: Array, ndim: int) -> Array:
+    """Leading unit axes so `v` broadcasts explicitly (the tests forbid rank promotion)."""
+    return v.reshape((1,) * (ndim - v.ndim) + v.shape)
+
+
 def _forget_bias_init(bias_init: Initializer, units: int) -> Initializer:
     """Keras' `unit_forget_bias=True`: ones for the forget gate, `bias_init` elsewhere."""
 
@@ -112,7 +117,7 @@ class CellBase(nn.Module):
         """x (..., f) -> (..., gates*u): the input part of every gate, input bias included."""
         xp = x @ params["kernel"]
         bias = self.input_bias(params)
-        return xp if bias is None else xp + bias
+        return xp if bias is None else xp + expand_to(bias, xp.ndim)
 
     def step(
         self, params, states: tuple[Array, ...], xp: Array, rmask: Array | None = None
@@ -209,7 +214,7 @@ class GRUCell(CellBase):
         if self.reset_after:
             inner = h_rec @ rk
             if self.use_bias:
-                inner = inner + params["bias"][1]
+                inner = inner + expand_to(params["bias"][1], inner.ndim)
             r_z, r_r, r_h = jnp.split(inner, 3, axis=-1)
             z = ract(x_z + r_z)
             r = ract(x_r + r_r)

@@ -13,13 +13,27 @@ the same optimizer object to reuse compilation; `optimizer=None` uses one shared
 
 Randomness: `seed` gives one key, split into init, shuffle and dropout keys; epoch `e` shuffles
 with `fold_in(shuffle_key, e)` and step `s` drops out with `fold_in(dropout_key, s)`. Same seed,
-same bits on the same machine.
+same bits on the same machine. Every epoch is the same compiled step of the same function, so
+where the chunks are cut does not change a bit (tested); this is what makes resuming exact.
+
+Failures are loud, and checked inside the compiled loop: an epoch in which a batch loss, or the
+parameters after an update, become non-finite is not committed (the carry keeps the previous
+epoch's state) and the remaining epochs are skipped; the host then raises `NonFiniteLossError`
+naming the epoch and batch (`on_nan="raise"`) or returns the last finite state
+(`on_nan="stop"`). The data must be finite (checked up front), so overflow comes from training
+itself: too large a learning rate, or a loss that overflows.
+
+`EarlyStopping` (see `callbacks`) is compiled into the epoch scan too. Checkpoints
+(`checkpoint_dir=`, `resume=True`; see `checkpointing`) are written between chunks, and the
+chunks are cut at checkpoint epochs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -31,6 +45,7 @@ import optax
 from flax.training.train_state import TrainState
 
 from jaxseq import contracts
+from jaxseq.callbacks import Callback, EarlyStopping, StopRule, StopState
 from jaxseq.models import accepts
 from jaxseq.typing import Array
 
@@ -90,21 +105,17 @@ class History:
             self.history[key] = np.concatenate([old, values])
 
 
-class Callback:
-    """Keras-style callback. `on_epoch_end` runs on the host after each compiled chunk, once per
-    epoch of that chunk, in order; setting `self.stop_training = True` stops `fit` at the end of
-    the chunk."""
+# `Callback` now lives in `jaxseq.callbacks`; it stays importable from here.
 
-    stop_training: bool = False
 
-    def on_train_begin(self, state: TrainState) -> None:  # noqa: B027 - optional hook
-        pass
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a non-finite loss (or parameters). `epoch` and `batch` are 0-based
+    indices (`batch` is None when only the epoch mean overflowed); `state` and `history` are the
+    last finite ones, as `fit(..., on_nan="stop")` returns them."""
 
-    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:  # noqa: B027
-        pass
-
-    def on_train_end(self, state: TrainState, history: History) -> None:  # noqa: B027
-        pass
+    def __init__(self, message: str, *, epoch: int, batch: int | None, state, history):
+        super().__init__(message)
+        self.epoch, self.batch, self.state, self.history = epoch, batch, state, history
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,6 +144,7 @@ class Program:
     n_samples: int
     shuffle: bool
     epochs_per_chunk: int
+    stop_rule: StopRule | None = None  # EarlyStopping, compiled into the epoch loop
 
     @property
     def batches(self) -> int:
@@ -155,6 +167,14 @@ class Program:
 
     def epoch(self, params, opt_state, keys: Keys, epoch, data):
         """One epoch over all mini-batches: -> (params, opt_state, epoch loss)."""
+        return self.checked_epoch(params, opt_state, keys, epoch, data)[:3]
+
+    def checked_epoch(self, params, opt_state, keys: Keys, epoch, data):
+        """One epoch: -> (params, opt_state, epoch loss, bad batch, its loss).
+
+        `bad batch` is the index of the first batch whose loss, or whose updated parameters,
+        are not finite (-1 if none); `its loss` is that batch's loss.
+        """
         x, y, w = data
         n, bs, nb = self.n_samples, self.batch_size, self.batches
         if self.shuffle and nb > 1:  # a single full batch is the same batch in any order
@@ -166,51 +186,95 @@ class Program:
         order = jnp.concatenate([order, jnp.zeros((pad,), order.dtype)])
 
         def step(carry, inputs):
-            params, opt_state = carry
+            params, opt_state, bad = carry
             idx, ok, s = inputs
             wb = w[idx] * ok
             key = jax.random.fold_in(keys.dropout, epoch * nb + s)
             loss, grads = jax.value_and_grad(self.batch_loss)(params, x[idx], y[idx], wb, key)
             updates, opt_state = self.tx.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
-            return (params, opt_state), (loss, jnp.sum(wb))
+            finite = jnp.isfinite(loss) & all_finite(params)
+            bad = jnp.where((bad < 0) & ~finite, s, bad)
+            return (params, opt_state, bad), (loss, jnp.sum(wb))
 
-        (params, opt_state), (losses, weights) = jax.lax.scan(
+        (params, opt_state, bad), (losses, weights) = jax.lax.scan(
             step,
-            (params, opt_state),
-            (order.reshape(nb, bs), valid.reshape(nb, bs), jnp.arange(nb)),
+            (params, opt_state, jnp.full((), -1, jnp.int32)),
+            (order.reshape(nb, bs), valid.reshape(nb, bs), jnp.arange(nb, dtype=jnp.int32)),
         )
-        return params, opt_state, weighted_mean(losses, weights)
+        loss = weighted_mean(losses, weights)
+        return params, opt_state, loss, bad, losses[jnp.maximum(bad, 0)]
 
-    def chunk(self, params, opt_state, keys: Keys, first_epoch, last_epoch, data, val):
-        """Epochs [first_epoch, first_epoch + epochs_per_chunk), skipping those >= last_epoch.
+    def log_names(self, val) -> tuple[str, ...]:
+        return ("loss", "val_loss") if val is not None else ("loss",)
 
-        Returns (params, opt_state, logs) with logs[k] of shape (epochs_per_chunk,); skipped
-        epochs log NaN and leave the state unchanged.
+    def run(self, carry: Carry, keys: Keys, first_epoch, last_epoch, data, val):
+        """Epochs [first_epoch, first_epoch + epochs_per_chunk) below `last_epoch`, while alive.
+
+        Returns (carry, out), out[k] of shape (epochs_per_chunk,): the logs ("loss", and
+        "val_loss" with validation data), "ran" (the epoch ran), "finite", "bad_batch" and
+        "bad_loss" (see `checked_epoch`). An epoch that does not run logs NaN and leaves the
+        carry unchanged; a non-finite epoch is not committed (the carry keeps the previous
+        state) and turns `alive` off, as does early stopping.
         """
+        names = self.log_names(val)
 
-        def body(carry, epoch):
-            params, opt_state = carry
-
-            def run(carry):
-                params, opt_state = carry
-                params, opt_state, loss = self.epoch(params, opt_state, keys, epoch, data)
+        def body(carry: Carry, epoch):
+            def run(carry: Carry):
+                params, opt_state, loss, bad, bad_loss = self.checked_epoch(
+                    carry.params, carry.opt_state, keys, epoch, data)
+                finite = (bad < 0) & jnp.isfinite(loss)
+                params, opt_state = select(finite, (params, opt_state),
+                                           (carry.params, carry.opt_state))
                 logs = {"loss": loss}
                 if val is not None:
                     logs["val_loss"] = self.eval_loss(params, *val)
-                return (params, opt_state), logs
+                logs = {k: jnp.asarray(v, jnp.float32) for k, v in logs.items()}
+                stop, alive = carry.stop, finite
+                if self.stop_rule is not None:
+                    monitored = logs[self.stop_rule.monitor]
+                    stop = select(finite, self.stop_rule.update(stop, monitored, epoch, params),
+                                  stop)
+                    alive = finite & ~stop.stopped
+                out = {**logs, "ran": jnp.ones((), bool), "finite": finite, "bad_batch": bad,
+                       "bad_loss": jnp.asarray(bad_loss, jnp.float32)}
+                return Carry(params, opt_state, alive, stop), out
 
-            def skip(carry):
+            def skip(carry: Carry):
                 nan = jnp.full((), jnp.nan, jnp.float32)
-                return carry, {k: nan for k in (("loss", "val_loss") if val else ("loss",))}
+                out = {**{k: nan for k in names}, "ran": jnp.zeros((), bool),
+                       "finite": jnp.ones((), bool), "bad_batch": jnp.full((), -1, jnp.int32),
+                       "bad_loss": nan}
+                return carry, out
 
-            carry, logs = jax.lax.cond(epoch < last_epoch, run, skip, (params, opt_state))
-            logs = {k: jnp.asarray(v, jnp.float32) for k, v in logs.items()}
-            return carry, logs
+            return jax.lax.cond((epoch < last_epoch) & carry.alive, run, skip, carry)
 
         epochs = first_epoch + jnp.arange(self.epochs_per_chunk)
-        (params, opt_state), logs = jax.lax.scan(body, (params, opt_state), epochs)
-        return params, opt_state, logs
+        return jax.lax.scan(body, carry, epochs)
+
+    def chunk(self, params, opt_state, keys: Keys, first_epoch, last_epoch, data, val):
+        """`run` without early stopping, from a live state: -> (params, opt_state, logs)."""
+        carry = Carry(params, opt_state, jnp.ones((), bool), ())
+        carry, out = self.run(carry, keys, first_epoch, last_epoch, data, val)
+        return carry.params, carry.opt_state, {k: out[k] for k in self.log_names(val)}
+
+
+class Carry(NamedTuple):
+    """What the compiled epoch loop carries from epoch to epoch."""
+
+    params: Any
+    opt_state: Any
+    alive: Array  # bool: no non-finite epoch yet, and early stopping has not fired
+    stop: StopState | tuple  # the early-stopping state, () without EarlyStopping
+
+
+def all_finite(tree) -> Array:
+    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(tree)]))
+
+
+def select(flag, new, old):
+    """`new` where the scalar `flag` holds, else `old`, leaf by leaf (exact: no arithmetic)."""
+    return jax.tree.map(lambda a, b: jnp.where(flag, a, b), new, old)
 
 
 def _key(obj) -> Any:
@@ -222,11 +286,11 @@ def _key(obj) -> Any:
 
 
 def compiled_chunk(program_args: dict) -> tuple[Program, Callable]:
-    """The jitted `Program.chunk` for these static settings, built once and cached."""
+    """The jitted `Program.run` for these static settings, built once and cached."""
 
     def build():
         program = Program(**program_args)
-        return program, jax.jit(program.chunk, donate_argnums=(0, 1))
+        return program, jax.jit(program.run, donate_argnums=(0,))
 
     return cached("chunk", *(v for _, v in sorted(program_args.items())), build=build)
 
@@ -255,12 +319,12 @@ def cached(kind: str, *parts, build: Callable):
 
 
 def output_shape(model, x) -> Any:
-    """The model's output shape/dtype for inputs shaped like x[:1] (traced once, then cached)."""
-    spec = (tuple(contracts.shape_of(x)[1:]), str(np.asarray(x[:1]).dtype))
+    """The model's output shape/dtype for inputs shaped like x (traced once, then cached)."""
+    spec = jax.ShapeDtypeStruct(contracts.shape_of(x), np.asarray(x).dtype)
     return cached(
-        "out", model, spec,
+        "out", model, (spec.shape, str(spec.dtype)),
         build=lambda: jax.eval_shape(
-            lambda: model.init_with_output(jax.random.PRNGKey(0), jnp.asarray(x[:1]))[0]
+            lambda x: model.init_with_output(jax.random.PRNGKey(0), x)[0], spec
         ),
     )
 
@@ -348,18 +412,35 @@ def fit(
     verbose: int = 1,
     epochs_per_chunk: int | None = None,
     state: TrainState | None = None,
+    on_nan: str = "raise",
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
+    keep: int | None = 3,
+    resume: bool = False,
 ) -> tuple[TrainState, History]:
     """Train `model` on (x, y) for `epochs` epochs with Keras `fit` semantics.
 
     x: (batch, ...) model inputs; y: (batch, ...) shaped exactly like the model's output.
     `batch_size` larger than the data uses the whole data (as Keras). `state`: continue from
     this TrainState instead of initializing from `seed` (its `step` counts optimizer steps).
+    `callbacks` may hold one `EarlyStopping`, which runs compiled inside the epoch loop.
+
+    on_nan: when a batch loss, or the parameters after an update, turn non-finite, that epoch
+    is dropped and training stops; "raise" (default) raises `NonFiniteLossError` naming the
+    epoch and batch and carrying the last finite `state` and `history`; "stop" warns and returns
+    them. checkpoint_dir: save the whole training state (see `jaxseq.checkpointing`) after every
+    `checkpoint_every` epochs (default: about 20 saves per run) and when training ends, keeping
+    the newest `keep` (None: all). A directory that already holds checkpoints needs
+    `resume=True`, which continues from its latest complete checkpoint (or starts fresh if it
+    has none), bitwise as if never interrupted; the checkpoint takes precedence over `state`.
     Returns `(state, history)`: a flax `TrainState` (`state.params`) and a `History`.
     """
     contracts.check_positive_int(epochs, "epochs", "fit")
     contracts.check_positive_int(batch_size, "batch_size", "fit")
     if epochs_per_chunk is not None:
         contracts.check_positive_int(epochs_per_chunk, "epochs_per_chunk", "fit")
+    contracts.check_choice(on_nan, ("raise", "stop"), "on_nan", "fit")
+    _check_checkpoint_args(checkpoint_dir, checkpoint_every, keep, resume)
     loss_fn = get_loss(loss)
     tx = DEFAULT_OPTIMIZER if optimizer is None else optimizer
     check_data(model, x, y)
@@ -373,48 +454,153 @@ def fit(
         xv, yv = validation_data
         check_data(model, xv, yv, name_x="x_val", name_y="y_val")
         val = (jnp.asarray(xv), jnp.asarray(yv), jnp.ones((len(xv),), jnp.float32))
+    callbacks = list(callbacks)
+    stoppers = [cb for cb in callbacks if isinstance(cb, EarlyStopping)]
+    host = [cb for cb in callbacks if not isinstance(cb, EarlyStopping)]
+    if len(stoppers) > 1:
+        raise ValueError(f"fit takes at most one EarlyStopping; got {len(stoppers)}.")
+    rule = stoppers[0].rule if stoppers else None
+    if rule is not None and rule.monitor == "val_loss" and val is None:
+        raise ValueError("fit: EarlyStopping(monitor='val_loss') needs validation_data; pass it, "
+                         "or use monitor='loss'.")
 
     init_key, keys = split_seed(seed)
     if state is None:
         state = init_state(model, x, tx, init_key)
-    chunk_len = epochs_per_chunk or auto_chunk(epochs, verbose, callbacks)
+    chunk_len = epochs_per_chunk or auto_chunk(epochs, verbose, host)
+    every = None
+    if checkpoint_dir is not None:
+        every = checkpoint_every or math.ceil(epochs / 20)
+        chunk_len = min(chunk_len, every)  # chunks end at checkpoint epochs
     program, run_chunk = compiled_chunk(dict(
         model=model, tx=tx, loss=loss_fn, batch_size=min(batch_size, n), n_samples=n,
-        shuffle=bool(shuffle), epochs_per_chunk=min(chunk_len, epochs),
+        shuffle=bool(shuffle), epochs_per_chunk=min(chunk_len, epochs), stop_rule=rule,
     ))
     data = (jnp.asarray(x), jnp.asarray(y), jnp.asarray(w))
-    params, opt_state = state.params, state.opt_state
-    # Donation consumes the buffers passed in; keep the caller's state usable.
-    params, opt_state = jax.tree.map(jnp.copy, (params, opt_state))
+    stop_state = rule.init(state.params) if rule is not None else ()
     history = History()
-    for cb in callbacks:
-        cb.on_train_begin(state)
-    bar = _progress(epochs, verbose)
-    first = 0
-    while first < epochs:
-        params, opt_state, logs = run_chunk(
-            params, opt_state, keys, jnp.asarray(first), jnp.asarray(epochs), data, val
+    first = saved = 0
+    saver = settings = None
+    if checkpoint_dir is not None:
+        from jaxseq import checkpointing  # imports orbax only when checkpoints are used
+
+        settings = dict(
+            seed=int(seed), batch_size=program.batch_size, n_samples=n, shuffle=bool(shuffle),
+            validation=val is not None, loss=loss if isinstance(loss, str) else None,
+            early_stopping=checkpointing.rule_record(rule),
         )
-        done = min(program.epochs_per_chunk, epochs - first)
-        logs = {k: np.asarray(v)[:done] for k, v in jax.device_get(logs).items()}
-        history.extend(logs)
-        _report(bar, verbose, first, epochs, logs)
-        stop = False
-        for i in range(done):
-            for cb in callbacks:
-                cb.on_epoch_end(first + i, {k: float(v[i]) for k, v in logs.items()})
-                stop = stop or cb.stop_training
-        first += done
-        if stop:
-            break
-    if bar is not None:
-        bar.close()
+        saver = checkpointing.Checkpointer(checkpoint_dir, keep=keep)
+    try:
+        if saver is not None and (latest := saver.latest()) is not None:
+            if not resume:
+                raise ValueError(
+                    f"fit: {saver.directory!r} already holds checkpoints (the latest after "
+                    f"{latest} epochs). Pass resume=True to continue that run, or use an empty "
+                    "checkpoint_dir for a new one."
+                )
+            state, keys, stop_state, history = checkpointing.resume(
+                saver, latest, state, keys, stop_state, settings)
+            first = saved = latest
+        start = first
+        # Donation consumes the buffers passed in; keep the caller's state usable.
+        params, opt_state = jax.tree.map(jnp.copy, (state.params, state.opt_state))
+        finished = rule is not None and bool(stop_state.stopped)
+        carry = Carry(params, opt_state, jnp.asarray(not finished), stop_state)
+        for cb in callbacks:
+            cb.on_train_begin(state)
+        bar = _progress(epochs, verbose)
+        if bar is not None and first:
+            bar.update(min(first, epochs))
+        failure = None
+        while first < epochs and not finished:
+            last = epochs if every is None else min(epochs, (first // every + 1) * every)
+            carry, out = run_chunk(
+                carry, keys, jnp.asarray(first), jnp.asarray(last), data, val
+            )
+            out = jax.device_get(out)
+            ran = int(np.sum(out["ran"]))
+            finite = np.asarray(out["finite"][:ran])
+            good = ran if finite.all() else int(np.argmin(finite))
+            logs = {k: np.asarray(out[k])[:good] for k in program.log_names(val)}
+            history.extend(logs)
+            if good:
+                _report(bar, verbose, first, epochs, logs)
+            stop = False
+            for i in range(good):
+                for cb in host:
+                    cb.on_epoch_end(first + i, {k: float(v[i]) for k, v in logs.items()})
+                    stop = stop or cb.stop_training
+            if good < ran:
+                failure = dict(epoch=first + good, batch=int(out["bad_batch"][good]),
+                               batch_loss=float(out["bad_loss"][good]),
+                               epoch_loss=float(out["loss"][good]))
+            first += good
+            early = rule is not None and bool(carry.stop.stopped)
+            finished = stop or early or failure is not None
+            if saver is not None and first != saved and (
+                first % every == 0 or finished or first >= epochs
+            ):
+                stopped = "non_finite" if failure else "early_stopping" if early else None
+                saver.save(first, checkpointing.training_tree(
+                    carry.params, carry.opt_state, keys, carry.stop), dict(
+                        step=int(state.step) + (first - start) * program.batches,
+                        history=checkpointing.history_record(history), stopped=stopped,
+                        settings=settings))
+                saved = first
+        if bar is not None:
+            bar.close()
+    finally:
+        if saver is not None:
+            saver.close()
+    params = carry.params
+    if rule is not None and rule.restore_best_weights and bool(carry.stop.has_weights):
+        params = carry.stop.best_params  # Keras 3: also when training ran all its epochs
     state = state.replace(
-        params=params, opt_state=opt_state, step=state.step + first * program.batches
+        params=params, opt_state=carry.opt_state,
+        step=state.step + (first - start) * program.batches,
     )
+    for es in stoppers:
+        es.finish(carry.stop)
     for cb in callbacks:
         cb.on_train_end(state, history)
+    if failure is not None:
+        message = _non_finite_message(**failure, epochs=epochs, batches=program.batches,
+                                      saved=saver.directory if saver is not None else None)
+        if on_nan == "raise":
+            raise NonFiniteLossError(message, epoch=failure["epoch"], batch=(
+                failure["batch"] if failure["batch"] >= 0 else None), state=state,
+                history=history)
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
     return state, history
+
+
+def _check_checkpoint_args(checkpoint_dir, checkpoint_every, keep, resume) -> None:
+    if checkpoint_dir is None:
+        if checkpoint_every is not None or resume:
+            name = "resume=True" if resume else "checkpoint_every"
+            raise ValueError(f"fit: {name} needs checkpoint_dir (the directory of the run).")
+        return
+    if checkpoint_every is not None:
+        contracts.check_positive_int(checkpoint_every, "checkpoint_every", "fit")
+    if keep is not None:
+        contracts.check_positive_int(keep, "keep", "fit")
+
+
+def _non_finite_message(*, epoch, batch, batch_loss, epoch_loss, epochs, batches, saved) -> str:
+    if batch < 0:
+        what = f"the epoch's mean loss overflowed to {epoch_loss} (every batch loss was finite)"
+    elif math.isfinite(batch_loss):
+        what = (f"the parameters became non-finite in the update of batch index {batch} of "
+                f"{batches} (its loss, {batch_loss:.6g}, was finite)")
+    else:
+        what = f"the loss of batch index {batch} of {batches} is {batch_loss}"
+    where = f" (checkpointed in {saved!r})" if saved else ""
+    return (
+        f"fit: non-finite training at epoch index {epoch} (Epoch {epoch + 1}/{epochs}): {what}. "
+        f"Training stopped; the state kept is the last finite one, after {epoch} epoch(s)"
+        f"{where}. Lower the learning rate, clip gradients (optax.clip_by_global_norm), or "
+        "check the loss."
+    )
 
 
 def _progress(epochs: int, verbose: int):

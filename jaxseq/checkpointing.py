@@ -1,0 +1,386 @@
+"""Checkpoints with exact resume, and weight files for sharing (orbax, msgpack; no pickle).
+
+Training checkpoints: `fit(..., checkpoint_dir=d, checkpoint_every=n, keep=k)` saves the whole
+training state after every n-th epoch and at the end of training; `fit(..., resume=True)`
+continues from the latest complete checkpoint (or starts fresh in an empty directory, so one
+command serves the first launch and every relaunch). The resumed run is bitwise equal, on the
+same machine, to the run that was never interrupted: same parameters, optimizer state and
+per-epoch history. `restore(d, like)` reads a checkpoint without training.
+
+A checkpoint is one orbax step directory named by the number of epochs completed, `d/<epoch>/`:
+
+- `state/`: arrays (orbax `StandardSave`, tensorstore/OCDBT): `params/...`, `opt_state/...`,
+  `keys/shuffle` and `keys/dropout` (the data-order and dropout PRNG keys), and with
+  `EarlyStopping` its compiled state `early_stopping/...` (best value, wait, best parameters).
+  The tree is stored flat, keyed by path strings (`params/lstm/kernel`, `opt_state/0/mu/...`).
+- `meta/`: JSON (orbax `JsonSave`): format and version, `epoch`, optimizer `step`, the per-epoch
+  `history`, why training `stopped` (None, "early_stopping", "non_finite"), and the `settings`
+  that exact resume depends on (seed, effective batch size, number of samples, shuffle,
+  validation, loss name, early-stopping rule). Resuming with other settings raises.
+
+Saves are synchronous and atomic: orbax writes `d/<epoch>.orbax-checkpoint-tmp` and renames it
+to `d/<epoch>` only once everything is written, so a process killed mid-save leaves a temporary
+directory that is never restored (the next save of that epoch replaces it). Restoring checks
+the checkpoint's tree against the model's before reading a byte of data: a model whose
+parameter tree differs raises a ValueError naming the first mismatching path and both shapes;
+nothing is ever partially restored. A corrupt or foreign file raises ValueError.
+
+Weights for sharing: `save_params(path, params)` writes one msgpack file (flax's array
+encoding: dtype name, shape, raw bytes); `load_params(path, like=params)` reads it back and
+checks it against `like` the same way. msgpack cannot execute code; a pickle (or anything
+else) is rejected with a ValueError, never unpickled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import serialization
+from flax.training.train_state import TrainState
+
+from jaxseq.training import History, Keys, split_seed
+
+FORMAT = "jaxseq.checkpoint"
+PARAMS_FORMAT = "jaxseq.params"
+VERSION = 1
+
+
+def _ocp():
+    try:
+        import orbax.checkpoint as ocp
+    except ImportError as err:  # pragma: no cover - the [checkpoint] extra
+        raise ImportError("Checkpoints need orbax-checkpoint: pip install 'jaxseq[checkpoint]'."
+                          ) from err
+    return ocp
+
+
+# ---------------------------------------------------------------------------------------------
+# Trees as flat {path: array} dicts, and the structural check shared by every loader.
+
+
+def _entry(key) -> str:
+    for attr in ("key", "name", "idx"):  # DictKey / FlattenedIndexKey, GetAttrKey, SequenceKey
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)  # pragma: no cover - custom key types
+
+
+def path_str(path) -> str:
+    """A tree path as `params/lstm/kernel` (dict keys, attribute names and indices, joined)."""
+    return "/".join(_entry(k) for k in path)
+
+
+def flatten(tree, prefix: str = "") -> dict[str, Any]:
+    """{path string: leaf} in tree order; raises if two leaves share a path string."""
+    flat: dict[str, Any] = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        name = prefix + path_str(path)
+        if name in flat:
+            raise ValueError(f"Two leaves share the path {name!r}; rename one to save the tree.")
+        flat[name] = leaf
+    return flat
+
+
+def _spec(leaf) -> tuple[tuple[int, ...], str]:
+    return tuple(np.shape(leaf)), np.dtype(getattr(leaf, "dtype", np.asarray(leaf).dtype)).name
+
+
+def check_tree(expected: Mapping[str, Any], found: Mapping[str, Any], *, where: str,
+               ignore_extra: tuple[str, ...] = ()) -> None:
+    """Raise unless `found` has exactly the paths, shapes and dtypes of `expected`.
+
+    Both map path strings to arrays or to objects with `.shape` and `.dtype` (orbax metadata).
+    The message names the first mismatching path (in the expected tree's order, then extra
+    paths) with both shapes. Paths of `found` starting with one of `ignore_extra` may be extra.
+    """
+    problems = []
+    for name, leaf in expected.items():
+        want = _spec(leaf)
+        if name not in found:
+            problems.append(f"{name}: the model has shape {want[0]} {want[1]}, the file has no "
+                            "such entry")
+        elif _spec(found[name]) != want:
+            got = _spec(found[name])
+            problems.append(f"{name}: the file has shape {got[0]} {got[1]}, the model has shape "
+                            f"{want[0]} {want[1]}")
+    for name, leaf in found.items():
+        if name not in expected and not name.startswith(ignore_extra):
+            got = _spec(leaf)
+            problems.append(f"{name}: the file has shape {got[0]} {got[1]}, the model has no "
+                            "such entry")
+    if problems:
+        more = f" ({len(problems) - 1} more mismatch(es))" if len(problems) > 1 else ""
+        raise ValueError(
+            f"{where}: the saved tree does not match the model; first mismatch at "
+            f"{problems[0]}{more}. Nothing was restored. Build the model (units, layers, "
+            "optimizer) exactly as the one that was saved."
+        )
+
+
+def unflatten(like, flat: Mapping[str, Any], prefix: str = ""):
+    """The tree `like` with its leaves replaced by `flat[path]` (as jax arrays)."""
+    paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(like)
+    leaves = [jnp.asarray(flat[prefix + path_str(p)]) for p, _ in paths_leaves]
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training checkpoints
+
+
+class Checkpoint(NamedTuple):
+    """One restored checkpoint: `epoch` epochs completed; `state` (params, opt_state, step),
+    the per-epoch `history`, the PRNG `keys`, the JSON `record` (settings, stop reason), and
+    the raw early-stopping arrays (`{path: array}`, empty without EarlyStopping)."""
+
+    epoch: int
+    state: TrainState
+    history: History
+    keys: Keys
+    record: dict
+    early_stopping: dict
+
+
+def _as_dir(directory) -> str:
+    path = os.fspath(directory)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{path!r} is a file, not a checkpoint directory.")
+    return os.path.abspath(path)
+
+
+class Checkpointer:
+    """The orbax `CheckpointManager` of one training directory (used by `fit`)."""
+
+    def __init__(self, directory, *, keep: int | None = None, create: bool = True):
+        ocp = _ocp()
+        self.directory = _as_dir(directory)
+        if not create and not os.path.isdir(self.directory):
+            raise FileNotFoundError(f"No checkpoint directory at {self.directory!r}.")
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=create, enable_async_checkpointing=False,
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest(self) -> int | None:
+        """The epoch of the newest complete checkpoint (temporary directories don't count)."""
+        return self.manager.latest_step()
+
+    def save(self, epoch: int, tree: Mapping[str, Any], record: dict) -> None:
+        """Write {path: array} and the JSON record as checkpoint `epoch` (atomic, synchronous)."""
+        ocp = _ocp()
+        arrays = {k: np.asarray(v) for k, v in jax.device_get(dict(tree)).items()}
+        record = {"format": FORMAT, "version": VERSION, "epoch": int(epoch), **record}
+        self.manager.save(int(epoch), args=ocp.args.Composite(
+            state=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(record)), force=True)
+        self.manager.wait_until_finished()
+
+    def record(self, epoch: int) -> dict:
+        ocp = _ocp()
+        try:
+            record = self.manager.restore(epoch, args=ocp.args.Composite(
+                meta=ocp.args.JsonRestore())).meta
+        except Exception as err:
+            raise self._unreadable(epoch, err) from err
+        if not isinstance(record, dict) or record.get("format") != FORMAT:
+            raise ValueError(f"{self._path(epoch)} is not a jaxseq checkpoint (its meta record "
+                             f"is {str(record)[:80]!r}).")
+        if record.get("version") != VERSION:
+            raise ValueError(f"{self._path(epoch)} has checkpoint format version "
+                             f"{record.get('version')}; this jaxseq reads version {VERSION}.")
+        return record
+
+    def arrays(self, epoch: int, expected: Mapping[str, Any], *, where: str,
+               ignore_extra: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+        """Check the saved tree against `expected` ({path: like-array}), then read it."""
+        ocp = _ocp()
+        try:
+            meta = self.manager.item_metadata(epoch)["state"]
+            found = dict(meta.tree if hasattr(meta, "tree") else meta)
+        except Exception as err:
+            raise self._unreadable(epoch, err) from err
+        check_tree(expected, found, where=f"{where} ({self._path(epoch)})",
+                   ignore_extra=ignore_extra)
+        try:
+            arrays = self.manager.restore(epoch, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore())).state
+        except Exception as err:
+            raise self._unreadable(epoch, err) from err
+        check_tree(expected, arrays, where=f"{where} ({self._path(epoch)})",
+                   ignore_extra=ignore_extra)
+        return dict(arrays)
+
+    def close(self) -> None:
+        self.manager.close()
+
+    def _path(self, epoch: int) -> str:
+        return os.path.join(self.directory, str(epoch))
+
+    def _unreadable(self, epoch: int, err: Exception) -> ValueError:
+        return ValueError(f"The checkpoint {self._path(epoch)} is unreadable or corrupt "
+                          f"({type(err).__name__}: {str(err)[:200]}). Delete it to resume from "
+                          "an earlier one.")
+
+
+def training_tree(params, opt_state, keys: Keys, stop_state=()) -> dict[str, Any]:
+    """The flat array tree of a training checkpoint."""
+    tree = {**flatten(params, "params/"), **flatten(opt_state, "opt_state/"),
+            "keys/shuffle": keys.shuffle, "keys/dropout": keys.dropout}
+    if stop_state != ():
+        tree.update(flatten(stop_state, "early_stopping/"))
+    return tree
+
+
+def history_from(record: dict) -> History:
+    return History({k: np.asarray(v, np.float32) for k, v in record["history"].items()})
+
+
+def history_record(history: History) -> dict[str, list[float]]:
+    return {k: [float(v) for v in np.asarray(vals, np.float32)]
+            for k, vals in history.history.items()}
+
+
+def latest_epoch(directory) -> int | None:
+    """The epoch of the newest complete checkpoint in `directory`, or None if there is none."""
+    path = _as_dir(directory)
+    if not os.path.isdir(path):
+        return None
+    checkpointer = Checkpointer(path, create=False)
+    try:
+        return checkpointer.latest()
+    finally:
+        checkpointer.close()
+
+
+def restore(directory, like: TrainState, *, epoch: int | None = None) -> Checkpoint:
+    """Read the checkpoint after `epoch` epochs (default: the latest complete one).
+
+    like: a TrainState of the same model and optimizer (e.g. `training.init_state(model, x, tx,
+    key)`); only its tree structure, shapes and dtypes are used. Returns a `Checkpoint` whose
+    `state` holds the training parameters (not the early-stopping best ones, which are in
+    `early_stopping["early_stopping/best_params/..."]`). Raises FileNotFoundError when there is
+    no complete checkpoint, ValueError on a mismatching tree or a corrupt checkpoint.
+    """
+    checkpointer = Checkpointer(directory, create=False)
+    try:
+        if epoch is None:
+            epoch = checkpointer.latest()
+            if epoch is None:
+                raise FileNotFoundError(f"No complete checkpoint in {checkpointer.directory!r}.")
+        elif epoch not in checkpointer.manager.all_steps():
+            raise FileNotFoundError(f"No complete checkpoint for epoch {epoch} in "
+                                    f"{checkpointer.directory!r}; there are "
+                                    f"{sorted(checkpointer.manager.all_steps())}.")
+        _, keys = split_seed(0)  # shapes and dtypes only
+        expected = training_tree(like.params, like.opt_state, keys)
+        record = checkpointer.record(epoch)
+        arrays = checkpointer.arrays(epoch, expected, where="restore",
+                                     ignore_extra=("early_stopping/",))
+    finally:
+        checkpointer.close()
+    state = like.replace(params=unflatten(like.params, arrays, "params/"),
+                         opt_state=unflatten(like.opt_state, arrays, "opt_state/"),
+                         step=int(record["step"]))
+    keys = Keys(jnp.asarray(arrays["keys/shuffle"]), jnp.asarray(arrays["keys/dropout"]))
+    extra = {k: v for k, v in arrays.items() if k.startswith("early_stopping/")}
+    return Checkpoint(int(epoch), state, history_from(record), keys, record, extra)
+
+
+def check_settings(record: dict, settings: dict, directory: str) -> None:
+    """Raise unless the checkpoint was written with these `settings` (exact resume needs them)."""
+    saved = record.get("settings", {})
+    for name, value in settings.items():
+        if saved.get(name) != value:
+            raise ValueError(
+                f"fit(resume=True): the checkpoint in {directory!r} was written with "
+                f"{name}={saved.get(name)!r}, but fit was called with {name}={value!r}. Resume "
+                "with the same settings (exact resume depends on them), or start the new run "
+                "in another directory."
+            )
+
+
+def resume(checkpointer: Checkpointer, epoch: int, state: TrainState, keys: Keys, stop_state,
+           settings: dict):
+    """What `fit(resume=True)` continues from: -> (state, keys, stop_state, history).
+
+    `state`, `keys` and `stop_state` are fit's freshly built ones (templates); the settings and
+    the whole tree, early-stopping state included, must match the checkpoint. The saved keys
+    are used (they equal the seed's, as the settings check guarantees the seed matches).
+    """
+    record = checkpointer.record(epoch)
+    check_settings(record, settings, checkpointer.directory)
+    expected = training_tree(state.params, state.opt_state, keys, stop_state)
+    arrays = checkpointer.arrays(epoch, expected, where="fit(resume=True)")
+    state = state.replace(params=unflatten(state.params, arrays, "params/"),
+                          opt_state=unflatten(state.opt_state, arrays, "opt_state/"),
+                          step=int(record["step"]))
+    keys = Keys(jnp.asarray(arrays["keys/shuffle"]), jnp.asarray(arrays["keys/dropout"]))
+    if stop_state != ():
+        stop_state = unflatten(stop_state, arrays, "early_stopping/")
+    return state, keys, stop_state, history_from(record)
+
+
+def rule_record(rule) -> dict | None:
+    return None if rule is None else dataclasses.asdict(rule)
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights for sharing
+
+
+def save_params(path, params) -> None:
+    """Write `params` (any tree of arrays) to one msgpack file at `path`, atomically."""
+    path = os.fspath(path)
+    arrays = {k: np.asarray(v) for k, v in jax.device_get(flatten(params)).items()}
+    payload = serialization.msgpack_serialize(
+        {"format": PARAMS_FORMAT, "version": VERSION, "params": arrays})
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(payload)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_params(path, *, like=None):
+    """Read parameters written by `save_params`.
+
+    like: a tree of the expected structure (e.g. `model.init(key, x)["params"]`); the file must
+    hold exactly its paths, shapes and dtypes (else ValueError naming the first mismatching path
+    and both shapes), and the result has its structure. Without `like`, nested dicts keyed by
+    the path components. Anything that is not a jaxseq params file raises ValueError.
+    """
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        content = serialization.msgpack_restore(data)
+    except Exception as err:
+        raise ValueError(f"{path!r} is not a jaxseq params file (not msgpack: "
+                         f"{type(err).__name__}). Files are never unpickled.") from err
+    if (not isinstance(content, dict) or content.get("format") != PARAMS_FORMAT
+            or not isinstance(content.get("params"), dict)):
+        raise ValueError(f"{path!r} is not a jaxseq params file (no {PARAMS_FORMAT!r} header).")
+    if content.get("version") != VERSION:
+        raise ValueError(f"{path!r} has params format version {content.get('version')}; this "
+                         f"jaxseq reads version {VERSION}.")
+    flat = content["params"]
+    for name, value in flat.items():
+        if not isinstance(value, np.ndarray) or value.dtype.hasobject:
+            raise ValueError(f"{path!r}: entry {name!r} is not a numeric array.")
+    if like is not None:
+        check_tree(flatten(like), flat, where=f"load_params({path!r})")
+        return unflatten(like, flat)
+    nested: dict = {}
+    for name, value in flat.items():
+        *parents, leaf = name.split("/")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = jnp.asarray(value)
+    return nested

@@ -1,0 +1,249 @@
+"""Exact weight interop with Keras 3: `from_keras`, `to_keras`, `load_keras_weights`,
+`jaxseq_model_from_keras`.
+
+jaxseq keeps Keras' parameter layout, so weights move unchanged (bitwise) in both directions:
+
+  Keras layer                  jaxseq params
+  LSTM / GRU / SimpleRNN       {"kernel", "recurrent_kernel", "bias"}   (the cell's weights)
+  Dense                        {"kernel", "bias"}                      (flax `nn.Dense`)
+  TimeDistributed(Dense)       {"layer": {"kernel", "bias"}}
+  Bidirectional(RNN)           {"forward_layer": {...}, "backward_layer": {...}}
+  Sequential                   {"lstm": ..., "dense": ..., "lstm_1": ...}  (jaxseq's names)
+  RepeatVector, Dropout        no parameters
+
+A Sequential's params are keyed by the names `jaxseq.models.Sequential` gives its layers (by
+class, in order: `lstm`, `lstm_1`, ...), never by the Keras layer names, which carry global
+counters (`dense_7`). Keras' `.weights.h5` files use the same class-counted names, so
+`load_keras_weights` reads them with h5py alone (no Keras needed).
+
+Errors: an unsupported layer raises `TypeError` naming it and listing the supported ones; a
+missing weight or a size mismatch raises `ValueError` naming the layer and both shapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxseq.cells import get_activation
+from jaxseq.models import Sequential, keras_name, sequential_names
+from jaxseq.recurrent import GRU, LSTM, RNN, Bidirectional, SimpleRNN
+from jaxseq.wrappers import RepeatVector, TimeDistributed
+
+_RNNS: dict[str, type[RNN]] = {"LSTM": LSTM, "GRU": GRU, "SimpleRNN": SimpleRNN}
+# Keras class name -> the jaxseq module class that plays its part (None: skipped entirely).
+_JAXSEQ: dict[str, Any] = {
+    **_RNNS, "Bidirectional": Bidirectional, "TimeDistributed": TimeDistributed,
+    "Dense": nn.Dense, "RepeatVector": RepeatVector, "Dropout": nn.Dropout, "InputLayer": None,
+}
+SUPPORTED = (*_JAXSEQ, "Sequential")
+
+
+class Dense(nn.Dense):
+    """`flax.linen.Dense` with a Keras activation (by name), so a Keras `Dense(activation=...)`
+    has a one-module counterpart (also inside TimeDistributed). Same params as nn.Dense."""
+
+    activation: Any = None
+
+    def __call__(self, x):
+        return get_activation(self.activation)(nn.Dense.__call__(self, x))
+
+
+def _kind(layer, where: str) -> str:
+    import keras
+
+    if isinstance(layer, keras.Sequential):
+        return "Sequential"
+    for name in _JAXSEQ:
+        if isinstance(layer, getattr(keras.layers, name)):
+            return name
+    raise TypeError(
+        f"{where}: unsupported Keras layer {type(layer).__name__} "
+        f"({getattr(layer, 'name', '?')!r}); supported: {', '.join(SUPPORTED)}."
+    )
+
+
+def _names(classes: list) -> list[str]:
+    """Keras/jaxseq container names for a list of classes: dense, lstm, dense_1, ..."""
+    counts: dict[str, int] = {}
+    out = []
+    for cls in classes:
+        base = keras_name(cls)
+        k = counts[base] = counts.get(base, -1) + 1
+        out.append(base if k == 0 else f"{base}_{k}")
+    return out
+
+
+def _weights(layer, names: tuple[str, ...], where: str) -> dict:
+    if not layer.built:
+        raise ValueError(
+            f"{where}: Keras layer {layer.name!r} is not built, so it has no weights yet; call "
+            "it on an input (or give the model a keras.Input) first."
+        )
+    found = {w.name: w for w in layer.weights}
+    if set(found) != set(names):
+        raise ValueError(f"{where}: Keras layer {layer.name!r} has weights {sorted(found)}; "
+                         f"expected {sorted(names)}.")
+    return {n: found[n] for n in names}
+
+
+def _variables(layer, where: str) -> dict:
+    """The Keras Variables of `layer`, nested as jaxseq's params."""
+    kind = _kind(layer, where)
+    if kind in _RNNS or kind == "Dense":
+        base = ("kernel", "recurrent_kernel") if kind in _RNNS else ("kernel",)
+        return _weights(layer, (*base, "bias") if layer.use_bias else base, where)
+    if kind == "TimeDistributed":
+        return {"layer": _variables(layer.layer, f"{where}/layer")}
+    if kind == "Bidirectional":
+        return {side: _variables(getattr(layer, side), f"{where}/{side}")
+                for side in ("forward_layer", "backward_layer")}
+    if kind == "Sequential":
+        layers = [(lay, _JAXSEQ[_kind(lay, where)]) for lay in layer.layers]
+        layers = [(lay, cls) for lay, cls in layers if cls is not None]
+        names = _names([cls for _, cls in layers])
+        tree = {name: _variables(lay, name) for (lay, _), name in zip(layers, names, strict=True)}
+        return {name: sub for name, sub in tree.items() if sub}
+    return {}
+
+
+def _pairs(want, got, path: str, where: str) -> Iterator[tuple[str, Any, Any]]:
+    """(path, want leaf, got leaf) over two nested dicts that must match in keys and shapes."""
+    if isinstance(want, Mapping):
+        if not isinstance(got, Mapping) or set(want) != set(got):
+            have = sorted(got) if isinstance(got, Mapping) else type(got).__name__
+            raise ValueError(f"{where}: layer {path or '(model)'!r} expects parameters "
+                             f"{sorted(want)}; got {have}.")
+        for key in want:
+            yield from _pairs(want[key], got[key], f"{path}/{key}" if path else key, where)
+        return
+    if tuple(want.shape) != tuple(np.shape(got)):
+        layer, _, weight = path.rpartition("/")
+        raise ValueError(f"{where}: layer {layer or '(layer)'!r} weight {weight!r} has shape "
+                         f"{tuple(want.shape)} there; got shape {tuple(np.shape(got))}.")
+    yield path, want, got
+
+
+def _nest(flat: dict[str, Any]) -> dict:
+    out: dict = {}
+    for path, value in flat.items():
+        *parents, leaf = path.split("/")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+def from_keras(layer_or_model) -> dict:
+    """jaxseq params (nested dict of float arrays) holding a built Keras layer's or
+    Sequential's weights, bitwise. See the module docstring for the layout."""
+    tree = _variables(layer_or_model, "from_keras")
+    return jax.tree.map(lambda v: jnp.asarray(np.array(v)), tree,
+                        is_leaf=lambda v: not isinstance(v, Mapping))
+
+
+def to_keras(params, layer_or_model):
+    """Write jaxseq `params` into a built Keras layer or Sequential (in place, bitwise) and
+    return it. Every shape is checked before anything is written."""
+    tree = _variables(layer_or_model, "to_keras")
+    pairs = list(_pairs(tree, params, "", "to_keras"))
+    for _, var, value in pairs:
+        var.assign(np.asarray(value, dtype=var.dtype))
+    return layer_or_model
+
+
+def _module(layer, where: str):
+    """The jaxseq module equivalent to a Keras layer, from its config."""
+    kind = _kind(layer, where)
+    cfg = layer.get_config()
+    if kind in _RNNS:
+        if cfg.get("stateful"):
+            raise ValueError(f"{where}: stateful Keras layer {layer.name!r} is not supported; "
+                             "carry states with initial_state / return_state instead.")
+        fields = ("units", "activation", "recurrent_activation", "use_bias", "return_sequences",
+                  "return_state", "go_backwards", "unroll", "dropout", "recurrent_dropout",
+                  "zero_output_for_mask", "unit_forget_bias", "reset_after")
+        cls = _RNNS[kind]
+        return cls(**{f: cfg[f] for f in fields if f in cfg and f in cls.__dataclass_fields__})
+    if kind == "Dense":
+        act = cfg["activation"]
+        if act in (None, "linear"):
+            return nn.Dense(cfg["units"], use_bias=cfg["use_bias"])
+        return Dense(cfg["units"], use_bias=cfg["use_bias"],
+                     activation=jax.nn.softmax if act == "softmax" else act)
+    if kind == "TimeDistributed":
+        return TimeDistributed(_module(layer.layer, f"{where}/layer"))
+    if kind == "Bidirectional":
+        return Bidirectional(_module(layer.forward_layer, where), merge_mode=layer.merge_mode)
+    if kind == "RepeatVector":
+        return RepeatVector(cfg["n"])
+    if kind == "Dropout":
+        return nn.Dropout(cfg["rate"])
+    if kind == "Sequential":
+        mods = [_module(lay, lay.name) for lay in layer.layers if _kind(lay, where) != "InputLayer"]
+        return Sequential(tuple(mods))
+    raise TypeError(f"{where}: Keras {kind} has no jaxseq module of its own.")
+
+
+def jaxseq_model_from_keras(layer_or_model) -> tuple[nn.Module, dict]:
+    """(jaxseq module, params) equivalent to a built Keras layer or Sequential: same
+    configuration (units, activations, return_sequences, ...) and the same weights."""
+    return _module(layer_or_model, "jaxseq_model_from_keras"), from_keras(layer_or_model)
+
+
+def _h5_tree(module, group, where: str) -> dict:
+    """The h5 datasets of a Keras `.weights.h5` group, nested as `module`'s params."""
+
+    def sub(g, key):
+        if key not in g:
+            raise ValueError(f"{where}: the weights file has no {key!r} under {g.name!r} "
+                             f"(found {sorted(g)}); is it from the matching Keras model?")
+        return g[key]
+
+    if isinstance(module, (RNN, nn.Dense)):
+        vars_ = sub(sub(group, "cell"), "vars") if isinstance(module, RNN) else sub(group, "vars")
+        names = ("kernel", "recurrent_kernel") if isinstance(module, RNN) else ("kernel",)
+        names = (*names, "bias") if module.use_bias else names
+        if len(vars_) != len(names):
+            raise ValueError(f"{where}: the weights file has {len(vars_)} arrays under "
+                             f"{vars_.name!r}; {type(module).__name__} expects {names}.")
+        return {n: vars_[str(i)][()] for i, n in enumerate(names)}
+    if isinstance(module, TimeDistributed):
+        return {"layer": _h5_tree(module.layer, sub(group, "layer"), f"{where}/layer")}
+    if isinstance(module, Bidirectional):
+        return {s: _h5_tree(module.layer, sub(group, s), f"{where}/{s}")
+                for s in ("forward_layer", "backward_layer")}
+    if isinstance(module, Sequential):
+        mods = [m for m in module.layers if isinstance(m, nn.Module)]
+        ours = [n for n in sequential_names(module.layers) if n is not None]
+        layers = sub(group, "layers")
+        tree = {name: _h5_tree(m, sub(layers, h5), name)
+                for m, name, h5 in zip(mods, ours, _names([type(m) for m in mods]), strict=True)}
+        return {k: v for k, v in tree.items() if v}
+    if isinstance(module, (RepeatVector, nn.Dropout)):
+        return {}
+    raise TypeError(f"{where}: load_keras_weights does not know the layout of "
+                    f"{type(module).__name__}; supported: jaxseq LSTM, GRU, SimpleRNN, "
+                    "Bidirectional, TimeDistributed, RepeatVector, flax Dense and Dropout.")
+
+
+def load_keras_weights(path, model: Sequential, x) -> dict:
+    """Params for the jaxseq `model` read from a Keras `model.save_weights(path)` file
+    (`.weights.h5`) of the matching Keras Sequential. `x`: a sample input (or a
+    `jax.ShapeDtypeStruct`), used to check every shape against the model's own."""
+    import h5py
+
+    if not isinstance(model, Sequential):
+        raise TypeError("load_keras_weights expects a jaxseq Sequential (Keras saves models, "
+                        f"not layers); got {type(model).__name__}.")
+    want = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), x)["params"]
+    with h5py.File(path, "r") as f:
+        got = _h5_tree(model, f, "load_keras_weights")
+    pairs = _pairs(want, got, "", "load_keras_weights")
+    return _nest({p: jnp.asarray(np.asarray(v, w.dtype)) for p, w, v in pairs})
