@@ -10,7 +10,7 @@ Keras 3 semantics (`keras.callbacks.EarlyStopping`), line by line:
 
 - the best value starts unset at the beginning of training; the first monitored epoch always
   improves on it (even a NaN: then nothing improves afterwards);
-- an epoch improves when `current - min_delta < best` (mode "min"; "max" mirrors it);
+- an epoch improves when `current + |min_delta| < best` (mode "min"; "max" mirrors it);
 - every monitored epoch adds one to `wait`; an improvement resets `wait` to 0 only if it also
   beats `baseline` (when one is given); without improvement, training stops once
   `wait >= patience` at an epoch index > 0;
@@ -55,8 +55,14 @@ class Callback:
 
 
 class StopState(NamedTuple):
-    """The early-stopping carry: scalars, plus the best parameters when they are restored."""
+    """The early-stopping carry: its numeric settings (dynamic, so a new `EarlyStopping` with
+    another patience compiles nothing), the Keras counters, and the best parameters."""
 
+    min_delta: Any  # f32 >= 0
+    patience: Any  # int32
+    baseline: Any  # f32, used when has_baseline
+    has_baseline: Any  # bool
+    start_from_epoch: Any  # int32
     best: Any  # f32, the best monitored value (meaningful once has_best)
     has_best: Any  # bool
     wait: Any  # int32
@@ -69,31 +75,17 @@ class StopState(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class StopRule:
-    """The static part of an `EarlyStopping`: hashable, so it keys the compiled program."""
+    """The static part of an `EarlyStopping` (what changes the compiled program): hashable."""
 
     monitor: str
-    min_delta: float  # >= 0
-    patience: int
     mode: str  # "min" or "max"
-    baseline: float | None
     restore_best_weights: bool
-    start_from_epoch: int
 
-    def init(self, params) -> StopState:
-        f32, i32 = jnp.float32, jnp.int32
-        best_params = jax.tree.map(jnp.copy, params) if self.restore_best_weights else ()
-        return StopState(
-            best=jnp.zeros((), f32), has_best=jnp.zeros((), bool), wait=jnp.zeros((), i32),
-            best_epoch=jnp.zeros((), i32), stopped_epoch=jnp.zeros((), i32),
-            stopped=jnp.zeros((), bool), has_weights=jnp.zeros((), bool), best_params=best_params,
-        )
-
-    def improves(self, current, reference):
+    def improves(self, current, reference, min_delta):
         """Keras' `_is_improvement` against a set reference, in float32."""
-        delta = jnp.float32(self.min_delta)
         if self.mode == "min":
-            return current + delta < reference
-        return current - delta > reference
+            return current + min_delta < reference
+        return current - min_delta > reference
 
     def update(self, s: StopState, current, epoch, params) -> StopState:
         """Keras' `on_epoch_end(epoch, logs)` for the monitored value `current` (traceable)."""
@@ -104,17 +96,15 @@ class StopRule:
             return jax.tree.map(lambda a, b: jnp.where(flag, a, b), new, old)
 
         # "If best weights were never set, then the current weights are the best."
-        first = jnp.logical_and(self.restore_best_weights, jnp.logical_not(s.has_weights))
-        best_params = pick(first, params, s.best_params)
-        best_epoch = jnp.where(first, epoch, s.best_epoch)
+        best_params, best_epoch = s.best_params, s.best_epoch
+        if self.restore_best_weights:
+            best_params = pick(~s.has_weights, params, best_params)
+            best_epoch = jnp.where(s.has_weights, best_epoch, epoch)
         wait = s.wait + 1
-        improved = jnp.logical_or(jnp.logical_not(s.has_best), self.improves(current, s.best))
-        beats_baseline = (
-            True if self.baseline is None
-            else self.improves(current, jnp.float32(self.baseline))
-        )
-        stop = (~improved) & (wait >= self.patience) & (epoch > 0)
-        new = StopState(
+        improved = ~s.has_best | self.improves(current, s.best, s.min_delta)
+        beats_baseline = ~s.has_baseline | self.improves(current, s.baseline, s.min_delta)
+        stop = ~improved & (wait >= s.patience) & (epoch > 0)
+        new = s._replace(
             best=jnp.where(improved, current, s.best),
             has_best=jnp.ones((), bool),
             wait=jnp.where(improved & beats_baseline, 0, wait).astype(jnp.int32),
@@ -124,7 +114,7 @@ class StopRule:
             has_weights=jnp.asarray(self.restore_best_weights, bool) | s.has_weights,
             best_params=pick(improved, params, best_params) if self.restore_best_weights else (),
         )
-        return pick(epoch >= self.start_from_epoch, new, s)
+        return pick(epoch >= s.start_from_epoch, new, s)
 
 
 class EarlyStopping(Callback):
@@ -165,16 +155,35 @@ class EarlyStopping(Callback):
                 raise ValueError(f"EarlyStopping expects {name} to be an int >= 0; got {value!r}.")
         if restore_best is not None:
             restore_best_weights = bool(restore_best)
-        self.rule = StopRule(
-            monitor=monitor, min_delta=abs(float(min_delta)), patience=patience,
-            mode="max" if mode == "max" else "min",
-            baseline=None if baseline is None else float(baseline),
-            restore_best_weights=bool(restore_best_weights), start_from_epoch=start_from_epoch,
-        )
-        self.verbose = verbose
-        self.monitor, self.patience = monitor, patience
+        self.rule = StopRule(monitor=monitor, mode="max" if mode == "max" else "min",
+                             restore_best_weights=bool(restore_best_weights))
+        self.monitor, self.mode, self.verbose = monitor, mode, verbose
+        self.min_delta, self.patience = abs(float(min_delta)), patience
+        self.baseline = None if baseline is None else float(baseline)
+        self.start_from_epoch = start_from_epoch
         self.restore_best_weights = self.rule.restore_best_weights
         self.reset()
+
+    def config(self) -> dict:
+        """Every setting, as JSON-able values (checkpoints compare it on resume)."""
+        return dict(monitor=self.monitor, mode=self.rule.mode, min_delta=self.min_delta,
+                    patience=self.patience, baseline=self.baseline,
+                    restore_best_weights=self.restore_best_weights,
+                    start_from_epoch=self.start_from_epoch)
+
+    def init_state(self, params) -> StopState:
+        """The compiled state at the beginning of training (Keras' `on_train_begin`)."""
+        f32, i32 = jnp.float32, jnp.int32
+        zero = lambda dtype: jnp.zeros((), dtype)
+        return StopState(
+            min_delta=jnp.asarray(self.min_delta, f32), patience=jnp.asarray(self.patience, i32),
+            baseline=jnp.asarray(self.baseline or 0.0, f32),
+            has_baseline=jnp.asarray(self.baseline is not None),
+            start_from_epoch=jnp.asarray(self.start_from_epoch, i32),
+            best=zero(f32), has_best=zero(bool), wait=zero(i32), best_epoch=zero(i32),
+            stopped_epoch=zero(i32), stopped=zero(bool), has_weights=zero(bool),
+            best_params=jax.tree.map(jnp.copy, params) if self.restore_best_weights else (),
+        )
 
     def reset(self) -> None:
         self.stopped_epoch, self.wait, self.best_epoch = 0, 0, 0

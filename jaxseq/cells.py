@@ -79,7 +79,7 @@ def _forget_bias_init(bias_init: Initializer, units: int) -> Initializer:
     return init
 
 
-class CellBase(nn.Module):
+class CellBase(nn.RNNCellBase):
     """Shared fields and plumbing of the three cells. Not used directly."""
 
     units: int
@@ -142,12 +142,23 @@ class CellBase(nn.Module):
     def __call__(self, carry, x: Array):
         """One step. carry: the states (LSTM `(h, c)`, others `h`), each (batch, units);
         x: (batch, features). Returns `(new_carry, h)` as Flax cells do."""
-        contracts.check_rank_at_least(x, 2, type(self).__name__, "(batch, features)")
+        where = type(self).__name__
+        contracts.check_rank_at_least(x, 2, where, "(batch, features)")
+        if self.has_variable("params", "kernel"):
+            built = self.get_variable("params", "kernel").shape[0]
+            contracts.check_features(x.shape[-1], built, where)
         params = self.create_params(self, x.shape[-1])
         states = carry if len(self.state_names) > 1 else (carry,)
-        params, x, *states = nn.dtypes.promote_dtype(params, x, *states, dtype=self.dtype)
+        dtype = self.dtype or jnp.result_type(x, *jax.tree.leaves(params))
+        params = jax.tree.map(lambda p: jnp.asarray(p, dtype), params)
+        x, *states = (jnp.asarray(a, dtype) for a in (x, *states))
         new = self.step(params, tuple(states), self.project(params, x))
         return (new if len(self.state_names) > 1 else new[0]), new[0]
+
+    @property
+    def num_feature_axes(self) -> int:
+        """One feature axis, as `flax.linen.RNN` expects of a cell."""
+        return 1
 
     @nn.nowrap
     def initialize_carry(self, rng: PRNGKey, input_shape: tuple[int, ...]):

@@ -1,11 +1,15 @@
 """Checkpoints with exact resume, and weight files for sharing (orbax, msgpack; no pickle).
 
 Training checkpoints: `fit(..., checkpoint_dir=d, checkpoint_every=n, keep=k)` saves the whole
-training state after every n-th epoch and at the end of training; `fit(..., resume=True)`
-continues from the latest complete checkpoint (or starts fresh in an empty directory, so one
-command serves the first launch and every relaunch). The resumed run is bitwise equal, on the
-same machine, to the run that was never interrupted: same parameters, optimizer state and
-per-epoch history. `restore(d, like)` reads a checkpoint without training.
+training state after every n-th epoch and when training ends (completed, stopped early, or
+stopped by a non-finite epoch: then the last finite state), keeping the newest k;
+`fit(..., resume=True)` continues from the latest complete checkpoint (or starts fresh in an
+empty directory, so one command serves the first launch and every relaunch). The resumed run is
+bitwise equal, on the same machine, to the run that was never interrupted: same parameters,
+optimizer state, step and per-epoch history, because every epoch is the same compiled function
+of (state, keys, epoch index) wherever the chunks are cut. A run that already stopped (early
+stopping) resumes as stopped. Host-side callbacks keep no state in checkpoints.
+`restore(d, like)` reads a checkpoint without training; `latest_epoch(d)` names the newest.
 
 A checkpoint is one orbax step directory named by the number of epochs completed, `d/<epoch>/`:
 
@@ -33,7 +37,6 @@ else) is rejected with a ValueError, never unpickled.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -96,24 +99,36 @@ def check_tree(expected: Mapping[str, Any], found: Mapping[str, Any], *, where: 
     """Raise unless `found` has exactly the paths, shapes and dtypes of `expected`.
 
     Both map path strings to arrays or to objects with `.shape` and `.dtype` (orbax metadata).
-    The message names the first mismatching path (in the expected tree's order, then extra
-    paths) with both shapes. Paths of `found` starting with one of `ignore_extra` may be extra.
+    The message names the first mismatching path (in the expected tree's order; extra paths
+    after the expected ones of their section) with both shapes. Paths of `found` starting with
+    one of `ignore_extra` may be extra.
     """
-    problems = []
+    problems = []  # (path, what is wrong)
     for name, leaf in expected.items():
         want = _spec(leaf)
         if name not in found:
-            problems.append(f"{name}: the model has shape {want[0]} {want[1]}, the file has no "
-                            "such entry")
+            problems.append((name, f"the model has shape {want[0]} {want[1]}, the file has no "
+                                   "such entry"))
         elif _spec(found[name]) != want:
             got = _spec(found[name])
-            problems.append(f"{name}: the file has shape {got[0]} {got[1]}, the model has shape "
-                            f"{want[0]} {want[1]}")
+            problems.append((name, f"the file has shape {got[0]} {got[1]}, the model has shape "
+                                   f"{want[0]} {want[1]}"))
     for name, leaf in found.items():
         if name not in expected and not name.startswith(ignore_extra):
             got = _spec(leaf)
-            problems.append(f"{name}: the file has shape {got[0]} {got[1]}, the model has no "
-                            "such entry")
+            problems.append((name, f"the file has shape {got[0]} {got[1]}, the model has no "
+                                   "such entry"))
+    # "First" in the model's order: its top-level sections (params before opt_state), then its
+    # leaves, then extra paths by name.
+    index = {name: i for i, name in enumerate(expected)}
+    sections = list(dict.fromkeys(name.split("/")[0] for name in expected))
+
+    def order(problem):
+        name, head = problem[0], problem[0].split("/")[0]
+        rank = sections.index(head) if head in sections else len(sections)
+        return rank, index.get(name, len(index)), name
+
+    problems = [f"{name}: {what}" for name, what in sorted(problems, key=order)]
     if problems:
         more = f" ({len(problems) - 1} more mismatch(es))" if len(problems) > 1 else ""
         raise ValueError(
@@ -165,7 +180,8 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=create, enable_async_checkpointing=False,
         )
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers={
+            "state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
 
     def latest(self) -> int | None:
         """The epoch of the newest complete checkpoint (temporary directories don't count)."""
@@ -231,7 +247,7 @@ def training_tree(params, opt_state, keys: Keys, stop_state=()) -> dict[str, Any
     """The flat array tree of a training checkpoint."""
     tree = {**flatten(params, "params/"), **flatten(opt_state, "opt_state/"),
             "keys/shuffle": keys.shuffle, "keys/dropout": keys.dropout}
-    if stop_state != ():
+    if stop_state:  # () without EarlyStopping
         tree.update(flatten(stop_state, "early_stopping/"))
     return tree
 
@@ -320,13 +336,9 @@ def resume(checkpointer: Checkpointer, epoch: int, state: TrainState, keys: Keys
                           opt_state=unflatten(state.opt_state, arrays, "opt_state/"),
                           step=int(record["step"]))
     keys = Keys(jnp.asarray(arrays["keys/shuffle"]), jnp.asarray(arrays["keys/dropout"]))
-    if stop_state != ():
+    if stop_state:
         stop_state = unflatten(stop_state, arrays, "early_stopping/")
     return state, keys, stop_state, history_from(record)
-
-
-def rule_record(rule) -> dict | None:
-    return None if rule is None else dataclasses.asdict(rule)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -139,197 +139,235 @@ def spec_for(cell: CellBase, *, zero_output_for_mask: bool, emit: bool, unroll: 
 
 
 # ---------------------------------------------------------------------------------------------
-# Forward steps: (carry, (xp_t, m_t)) -> (carry, (y_t, residuals_t))
+# Forward. Gates live in a (b, n, u) view of the (b, n*u) projection, so that every gate
+# nonlinearity is ONE elementwise pass over one array (XLA:CPU emits one vectorized loop for it;
+# slicing the gates apart first costs several loops per step and measured 4x the time).
 
 
 def _keep(m_t, new, old):
     return new if m_t is None else jnp.where(m_t[:, None], new, old)
 
 
-def _emit(spec: Spec, m_t, h_new, h_t):
-    if not spec.emit:
-        return None
-    if spec.zero_output_for_mask and m_t is not None:
-        return jnp.where(m_t[:, None], h_new, jnp.zeros_like(h_new))
-    return h_t
+def _lane(n: int):
+    """(1, n, 1) gate index, to select per gate inside one elementwise expression."""
+    return jax.lax.broadcasted_iota(jnp.int32, (1, n, 1), 1)
 
 
-def _forward(spec: Spec, xp, rk, rb, states, mask, rmask):
-    """The recurrence. Returns ((ys, final_states), residuals)."""
+def _gate_act(spec: Spec, z: Array, act_lane: int | None) -> Array:
+    """recurrent_activation on every gate of z (b, n, u), activation on gate `act_lane`.
+
+    For the default pair (tanh, sigmoid) this is one tanh: sigmoid(v) = 0.5 * tanh(v / 2) + 0.5.
+    """
+    n = z.shape[1]
+    lane = _lane(n)
+    pair = (spec.activation, spec.recurrent_activation)
+    if pair == ("tanh", "sigmoid") or (act_lane is None and spec.recurrent_activation == "sigmoid"):
+        scale = jnp.where(lane == act_lane, 1.0, 0.5).astype(z.dtype)
+        shift = jnp.where(lane == act_lane, 0.0, 0.5).astype(z.dtype)
+        return jnp.tanh(z * scale) * scale + shift
     act, _ = _ACT[spec.activation]
     ract, _ = _ACT[spec.recurrent_activation]
+    if act_lane is None:
+        return ract(z)
+    return jnp.where(lane == act_lane, act(z), ract(z))
+
+
+def _forward(spec: Spec, xp, xb, rk, rb, states, mask, rmask, *, save: bool):
+    """The recurrence over time-major xp (t, b, n*u).
+
+    Returns ((ys, final_states), residuals); residuals is None unless `save`. The residuals are
+    the factors the backward step multiplies by (see `_backward`), computed here where every
+    operand is at hand, in the same elementwise pass as the step: (coef, hs).
+    """
+    act, dact = _ACT[spec.activation]
+    _, dract = _ACT[spec.recurrent_activation]
+    b = xp.shape[1]
     u = rk.shape[0]
+    n = rk.shape[1] // u
+
+    def xin(xp_t):
+        return xp_t if xb is None else xp_t + xb[None, :]
 
     def rec(h):
         hr = h if rmask is None else h * rmask
         inner = hr @ rk
         return inner if rb is None else inner + rb[None, :]
 
+    keep_hs = save or spec.emit
+
     if spec.kind == "lstm":
 
         def step(carry, inp):
             h, c = carry
             xp_t, m_t = inp
-            z = xp_t + rec(h)
-            i, f, o = ract(z[:, :u]), ract(z[:, u : 2 * u]), ract(z[:, 3 * u :])
-            g = act(z[:, 2 * u : 3 * u])
+            a = _gate_act(spec, (xin(xp_t) + rec(h)).reshape(b, n, u), 2)
+            i, f, g, o = a[:, 0], a[:, 1], a[:, 2], a[:, 3]
             c_new = f * c + i * g
             tc = act(c_new)
             h_new = o * tc
             h_t, c_t = _keep(m_t, h_new, h), _keep(m_t, c_new, c)
-            res = (jnp.concatenate([i, f, g, o], axis=-1), tc, c, h)
-            return (h_t, c_t), (_emit(spec, m_t, h_new, h_t), res)
+            if not save:
+                return (h_t, c_t), (h_t if keep_hs else None)
+            coef = jnp.stack(
+                [g * dract(i), c * dract(f), i * dact(g), tc * dract(o), o * dact(tc), f], axis=1
+            )
+            return (h_t, c_t), (coef, h_t)
 
     elif spec.kind == "gru":
 
         def step(carry, inp):
             (h,) = carry
             xp_t, m_t = inp
-            inner = rec(h)
-            z = ract(xp_t[:, :u] + inner[:, :u])
-            r = ract(xp_t[:, u : 2 * u] + inner[:, u : 2 * u])
-            rh = inner[:, 2 * u :]
-            hh = act(xp_t[:, 2 * u :] + r * rh)
+            x = xin(xp_t).reshape(b, n, u)
+            inner = rec(h).reshape(b, n, u)
+            zr = _gate_act(spec, x[:, :2] + inner[:, :2], None)
+            z, r, rh = zr[:, 0], zr[:, 1], inner[:, 2]
+            hh = act(x[:, 2] + r * rh)
             h_new = z * h + (1 - z) * hh
             h_t = _keep(m_t, h_new, h)
-            res = (jnp.concatenate([z, r, hh, rh], axis=-1), h)
-            return (h_t,), (_emit(spec, m_t, h_new, h_t), res)
+            if not save:
+                return (h_t,), (h_t if keep_hs else None)
+            kz = (h - hh) * dract(z)
+            kh = (1 - z) * dact(hh)
+            coef = jnp.stack([kz, kh * rh * dract(r), kh * r, z, kh], axis=1)
+            return (h_t,), (coef, h_t)
 
     else:
 
         def step(carry, inp):
             (h,) = carry
             xp_t, m_t = inp
-            h_new = act(xp_t + rec(h))
+            h_new = act(xin(xp_t) + rec(h))
             h_t = _keep(m_t, h_new, h)
-            return (h_t,), (_emit(spec, m_t, h_new, h_t), (h_new, h))
+            return (h_t,), ((dact(h_new), h_t) if save else (h_t if keep_hs else None))
 
-    final, (ys, res) = jax.lax.scan(step, tuple(states), (xp, mask), unroll=spec.unroll)
-    return (ys, final), res
+    final, out = jax.lax.scan(step, tuple(states), (xp, mask), unroll=spec.unroll)
+    hs = out[-1] if save else out
+    ys = None
+    if spec.emit:
+        ys = hs
+        if spec.zero_output_for_mask and mask is not None:
+            ys = jnp.where(mask[:, :, None], hs, jnp.zeros_like(hs))
+    return (ys, final), (out if save else None)
 
 
 # ---------------------------------------------------------------------------------------------
-# Backward: gate gradients in the loop, weight gradients after it.
+# Backward: the loop carries (dh, dc) and emits the gate gradients; every factor that does not
+# depend on the carried gradients is computed BEFORE the loop in one large elementwise pass, so
+# a step is: a few multiplies, one product with recurrent_kernel.T. Weight gradients after it.
 
 
-def _backward(spec: Spec, rk, rb, rmask, mask, res, dys, dfinal):
-    """-> (dxp, drk, drb, dstates, drmask)."""
-    _, dact = _ACT[spec.activation]
-    _, dract = _ACT[spec.recurrent_activation]
+def _backward(spec: Spec, rk, rb, states, mask, rmask, res, dys, dfinal):
+    """-> (dxp, drk, drb, dstates, drmask). res = (coef, hs) from `_forward`."""
+    coef, hs = res
     u = rk.shape[0]
+    n = rk.shape[1] // u
+    t, b = hs.shape[:2]
     rk_t = rk.T
-    emit_dy = spec.emit and not spec.zero_output_for_mask  # y_t is the carried h_t
+    h_prev = _shift(states[0], hs)  # h entering each step
+    emit, zero_out = spec.emit, spec.zero_output_for_mask
 
     def entry(dh, m_t, dy_t):
-        """Split the incoming dh into (d h_new, d passed-through h) under the mask."""
-        if emit_dy:
-            dh = dh + dy_t
+        """The incoming dh split into (gradient of h_new, gradient passed to h_prev)."""
+        dh_in = dh + dy_t if emit else dh
         if m_t is None:
-            dhn, ph = dh, None
-        else:
-            keep = m_t[:, None]
-            dhn, ph = jnp.where(keep, dh, 0), jnp.where(keep, 0, dh)
-        if spec.emit and spec.zero_output_for_mask:
-            dhn = dhn + (dy_t if m_t is None else jnp.where(m_t[:, None], dy_t, 0))
-        return dhn, ph
+            return dh_in, None
+        keep = m_t[:, None]
+        return jnp.where(keep, dh_in, 0), jnp.where(keep, 0, dh if zero_out else dh_in)
 
-    def recurrent(dinner, h_prev, dh_prev, ph, drm):
-        """Through `inner = (h * rmask) @ rk`: adds to dh_prev; accumulates d rmask."""
-        dhr = dinner @ rk_t
+    def through_rk(dinner, hp_t, extra, drm):
+        """d h_prev from `inner = (h_prev * rmask) @ rk`, plus `extra`; accumulates d rmask."""
+        dhr = dinner.reshape(b, -1) @ rk_t
         if rmask is None:
-            dh_prev = dh_prev + dhr
-        else:
-            dh_prev = dh_prev + dhr * rmask
-            drm = drm + h_prev * dhr
-        if ph is not None:
-            dh_prev = dh_prev + ph
-        return dh_prev, drm
+            return dhr if extra is None else dhr + extra, drm
+        dh_prev = dhr * rmask
+        return (dh_prev if extra is None else dh_prev + extra), drm + hp_t * dhr
 
     if spec.kind == "lstm":
+        # coef = [g ract'(i), c_prev ract'(f), i act'(g), act(c) ract'(o), o act'(c), f]
+        lane = _lane(4)
 
         def step(carry, inp):
             dh, dc, drm = carry
-            (gates, tc, c_prev, h_prev), m_t, dy_t = inp
+            k_t, m_t, dy_t, hp_t = inp
             dhn, ph = entry(dh, m_t, dy_t)
             dcn = dc if m_t is None else jnp.where(m_t[:, None], dc, 0)
-            i, f, g, o = (gates[:, k * u : (k + 1) * u] for k in range(4))
-            dcn = dcn + dhn * o * dact(tc)
-            dz = jnp.concatenate(
-                [dcn * g * dract(i), dcn * c_prev * dract(f), dcn * i * dact(g),
-                 dhn * tc * dract(o)],
-                axis=-1,
-            )
-            dc_prev = dcn * f
+            dcn = dcn + dhn * k_t[:, 4]
+            dz = jnp.where(lane == 3, dhn[:, None], dcn[:, None]) * k_t[:, :4]
+            dc_prev = dcn * k_t[:, 5]
             if m_t is not None:
                 dc_prev = dc_prev + jnp.where(m_t[:, None], 0, dc)
-            dh_prev, drm = recurrent(dz, h_prev, 0, ph, drm)
+            dh_prev, drm = through_rk(dz, hp_t, ph, drm)
             return (dh_prev, dc_prev, drm), dz
 
-        (h_seq,) = res[3:]
         init = (dfinal[0], dfinal[1])
 
     elif spec.kind == "gru":
+        # coef = [kz, kr, kh r, z, kh]: d inner = dh * coef[:3], d xp = dh * coef[[0, 1, 4]]
 
         def step(carry, inp):
             dh, drm = carry
-            (zrh, h_prev), m_t, dy_t = inp
+            k_t, m_t, dy_t, hp_t = inp
             dhn, ph = entry(dh, m_t, dy_t)
-            z, r, hh, rh = (zrh[:, k * u : (k + 1) * u] for k in range(4))
-            dpre_z = dhn * (h_prev - hh) * dract(z)
-            dah = dhn * (1 - z) * dact(hh)
-            dpre_r = dah * rh * dract(r)
-            dinner = jnp.concatenate([dpre_z, dpre_r, dah * r], axis=-1)
-            dh_prev, drm = recurrent(dinner, h_prev, dhn * z, ph, drm)
-            return (dh_prev, drm), (dinner, dah)
+            direct = dhn * k_t[:, 3] if ph is None else dhn * k_t[:, 3] + ph
+            dh_prev, drm = through_rk(dhn[:, None] * k_t[:, :3], hp_t, direct, drm)
+            return (dh_prev, drm), dhn
 
-        (h_seq,) = res[1:]
         init = (dfinal[0],)
 
     else:
+        # coef = act'(h_new)
 
         def step(carry, inp):
             dh, drm = carry
-            (h_new, h_prev), m_t, dy_t = inp
+            k_t, m_t, dy_t, hp_t = inp
             dhn, ph = entry(dh, m_t, dy_t)
-            da = dhn * dact(h_new)
-            dh_prev, drm = recurrent(da, h_prev, 0, ph, drm)
+            da = dhn * k_t
+            dh_prev, drm = through_rk(da, hp_t, ph, drm)
             return (dh_prev, drm), da
 
-        (h_seq,) = res[1:]
         init = (dfinal[0],)
 
     drm0 = None if rmask is None else jnp.zeros_like(rmask)
-    carry, dseq = jax.lax.scan(
-        step, (*init, drm0), (res, mask, dys if spec.emit else None),
-        reverse=True, unroll=spec.unroll,
-    )
+    xs = (coef, mask, dys if emit else None, None if rmask is None else h_prev)
+    carry, dseq = jax.lax.scan(step, (*init, drm0), xs, reverse=True, unroll=spec.unroll)
     *dstates, drmask = carry
+
     if spec.kind == "gru":
-        dinner, dah = dseq
-        dxp = jnp.concatenate([dinner[..., : 2 * u], dah], axis=-1)
+        dhn = dseq[:, :, None]
+        dinner = (dhn * coef[:, :, :3]).reshape(t, b, n * u)
+        dxp = (dhn * jnp.concatenate([coef[:, :, :2], coef[:, :, 4:]], axis=2)).reshape(t, b, -1)
     else:
-        dinner = dxp = dseq
-    hr_seq = h_seq if rmask is None else h_seq * rmask[None]
-    t, b = h_seq.shape[:2]
-    drk = hr_seq.reshape(t * b, u).T @ dinner.reshape(t * b, -1)  # ONE product for all steps
-    drb = None if rb is None else dinner.sum(axis=(0, 1))
+        dinner = dxp = dseq.reshape(t, b, n * u)
+    hr_prev = h_prev if rmask is None else h_prev * rmask[None]
+    # ONE product for all steps: contract time and batch together.
+    drk = hr_prev.reshape(t * b, u).T @ dinner.reshape(t * b, n * u)
+    drb = None if rb is None else dinner.reshape(t * b, n * u).sum(axis=0)
     return dxp, drk, drb, tuple(dstates), drmask
 
 
-def _recurrence_impl(spec, xp, rk, rb, states, mask, rmask):
-    return _forward(spec, xp, rk, rb, states, mask, rmask)[0]
+def _shift(first: Array, seq: Array) -> Array:
+    """(t, b, u) sequence of previous values: [first, seq[0], ..., seq[t-2]]."""
+    return jnp.concatenate([first[None], seq[:-1]], axis=0)
 
 
-def _recurrence_fwd(spec, xp, rk, rb, states, mask, rmask):
-    out, res = _forward(spec, xp, rk, rb, states, mask, rmask)
-    return out, (rk, rb, mask, rmask, res)
+def _recurrence_impl(spec, xp, xb, rk, rb, states, mask, rmask):
+    return _forward(spec, xp, xb, rk, rb, states, mask, rmask, save=False)[0]
+
+
+def _recurrence_fwd(spec, xp, xb, rk, rb, states, mask, rmask):
+    out, res = _forward(spec, xp, xb, rk, rb, states, mask, rmask, save=True)
+    return out, (xb is not None, rk, rb, states, mask, rmask, res)
 
 
 def _recurrence_bwd(spec, saved, cotangents):
-    rk, rb, mask, rmask, res = saved
+    has_xb, rk, rb, states, mask, rmask, res = saved
     dys, dfinal = cotangents
-    dxp, drk, drb, dstates, drmask = _backward(spec, rk, rb, rmask, mask, res, dys, dfinal)
-    return dxp, drk, drb, dstates, None, drmask
+    dxp, drk, drb, dstates, drmask = _backward(
+        spec, rk, rb, states, mask, rmask, res, dys, dfinal
+    )
+    dxb = dxp.reshape(-1, dxp.shape[-1]).sum(axis=0) if has_xb else None
+    return dxp, dxb, drk, drb, dstates, None, drmask
 
 
 _recurrence = jax.custom_vjp(_recurrence_impl, nondiff_argnums=(0,))
@@ -339,6 +377,7 @@ _recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
 def recurrence(
     spec: Spec,
     xp: Array,
+    input_bias: Array | None,
     recurrent_kernel: Array,
     recurrent_bias: Array | None,
     states: tuple[Array, ...],
@@ -347,17 +386,22 @@ def recurrence(
 ) -> tuple[Array | None, tuple[Array, ...]]:
     """Run the recurrence over time-major projected inputs, with the fused backward pass.
 
-    xp: (t, b, g) = x @ kernel + input bias for every step (g = gates * u); recurrent_kernel
-    (u, g); recurrent_bias (g,) (GRU's second bias row) or None; states: LSTM (h, c), else (h,),
-    each (b, u); mask: (t, b) bool or None; rmask: (b, u) recurrent-dropout mask or None.
-    Returns (ys, final_states): ys (t, b, u) in processing order (None unless `spec.emit`).
+    xp: (t, b, g) = x @ kernel for every step (g = gates * u); input_bias (g,) or None, added
+    to xp inside the step (saves a full pass over xp); recurrent_kernel (u, g); recurrent_bias
+    (g,) (GRU's second bias row: added to `h @ recurrent_kernel`) or None; states: LSTM (h, c),
+    else (h,), each (b, u); mask: (t, b) bool or None; rmask: (b, u) recurrent-dropout mask or
+    None. Returns (ys, final_states): ys (t, b, u) in processing order (None unless
+    `spec.emit`), final_states like `states`.
     """
-    return _recurrence(spec, xp, recurrent_kernel, recurrent_bias, tuple(states), mask, rmask)
+    return _recurrence(
+        spec, xp, input_bias, recurrent_kernel, recurrent_bias, tuple(states), mask, rmask
+    )
 
 
 def residual_bytes(spec: Spec, t: int, b: int, u: int, itemsize: int = 4) -> int:
-    """Bytes the forward saves for the backward (besides its inputs)."""
-    per_step = {"lstm": 7 * u, "gru": 5 * u, "simple_rnn": 2 * u}[spec.kind]
+    """Bytes the forward saves for the backward besides its inputs: per step and sequence, the
+    backward factors (LSTM 6u, GRU 5u, SimpleRNN u) and the carried h (u)."""
+    per_step = {"lstm": 7 * u, "gru": 6 * u, "simple_rnn": 2 * u}[spec.kind]
     return t * b * per_step * itemsize
 
 
@@ -373,7 +417,7 @@ def layer_recurrence(layer, cell: CellBase, params, x, states, mask, rmask):
     if layer.go_backwards:
         xt = jnp.flip(xt, axis=0)
         mt = None if mt is None else jnp.flip(mt, axis=0)
-    xp = cell.project(params, xt)
+    xp = xt @ params["kernel"]  # (t, b, g); the input bias is added inside the step
     rb = None
     if isinstance(cell, GRUCell) and cell.use_bias:
         rb = params["bias"][1]
@@ -387,5 +431,7 @@ def layer_recurrence(layer, cell: CellBase, params, x, states, mask, rmask):
         cell, zero_output_for_mask=layer.zero_output_for_mask,
         emit=layer.return_sequences, unroll=min(unroll, time),
     )
-    ys, final = recurrence(spec, xp, params["recurrent_kernel"], rb, states, mt, rmask)
+    ys, final = recurrence(
+        spec, xp, cell.input_bias(params), params["recurrent_kernel"], rb, states, mt, rmask
+    )
     return final, (None if ys is None else jnp.swapaxes(ys, 0, 1))

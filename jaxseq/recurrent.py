@@ -26,7 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxseq import contracts
+from jaxseq import contracts, fused
 from jaxseq.cells import CellBase, GRUCell, LSTMCell, SimpleRNNCell
 from jaxseq.typing import Array
 
@@ -88,6 +88,9 @@ class RNN(nn.Module):
     zero_output_for_mask: bool = False
     dtype: Any = None
     param_dtype: Any = jnp.float32
+    # "auto" | "scan" | "fused" | "cudnn". "fused" (jaxseq.fused): time-major scan with a custom
+    # backward pass; "auto" takes it wherever it supports the layer, else the nn.scan reference.
+    implementation: str = "auto"
 
     cell_class: ClassVar[type[CellBase]] = CellBase
     extra_cell_fields: ClassVar[tuple[str, ...]] = ()
@@ -131,8 +134,11 @@ class RNN(nn.Module):
         if mask is not None:
             contracts.check_mask(mask, batch, time, where)
         cell = self.make_cell()
+        if self.has_variable("params", "kernel"):  # built before: same feature count?
+            built = self.get_variable("params", "kernel").shape[0]
+            contracts.check_features(features, built, where)
         params = cell.create_params(self, features)
-        contracts.check_features(features, params["kernel"].shape[0], where)
+        x = jnp.asarray(x)
 
         dtype = self.dtype or jnp.result_type(x, *jax.tree.leaves(params))
         params = jax.tree.map(lambda p: jnp.asarray(p, dtype), params)
@@ -145,9 +151,13 @@ class RNN(nn.Module):
         if not deterministic and self.recurrent_dropout > 0:
             rmask = _dropout_mask(self, self.recurrent_dropout, (batch, self.units), dtype)
 
+        m = None if mask is None else jnp.asarray(mask).astype(bool)
+        if fused.select(self.implementation, cell, where) == "fused":
+            final, ys = fused.layer_recurrence(self, cell, params, x, states, m, rmask)
+            return self._finish(final, ys, m, batch, time)
+
         xp = cell.project(params, x)  # (b, t, g): the input part of every step at once
         chex.assert_shape(xp, (batch, time, cell.gates * self.units))
-        m = None if mask is None else jnp.asarray(mask).astype(bool)
 
         unroll = time if self.unroll is True else max(int(self.unroll), 1)
         scan = nn.scan(
@@ -167,9 +177,16 @@ class RNN(nn.Module):
         )
         rparams = {k: v for k, v in params.items() if k != "kernel"}
         final, ys = body(states, (xp, m), rparams, rmask)
+        if self.return_sequences and self.go_backwards:
+            ys = jnp.flip(ys, axis=1)  # processing order, as Keras returns it
+        return self._finish(final, ys, m, batch, time)
 
+    @nn.nowrap
+    def _finish(self, final, ys, m, batch: int, time: int):
+        """The layer's return value from the final states and the outputs ys (b, t, u) in
+        processing order (None without return_sequences)."""
         if self.return_sequences:
-            output = jnp.flip(ys, axis=1) if self.go_backwards else ys
+            output = ys
             chex.assert_shape(output, (batch, time, self.units))
         else:
             output = final[0]
@@ -282,6 +299,8 @@ class Bidirectional(nn.Module):
         if base.return_sequences:
             bw = jnp.flip(bw, axis=1)
         out = _merge(fw, bw, self.merge_mode)
+        if base.return_state and self.merge_mode is None:  # Keras: flat (fw, bw, *states)
+            return (*out, *fw_states, *bw_states)
         if base.return_state:
             return (out, *fw_states, *bw_states)
         return out

@@ -26,7 +26,7 @@ import numpy as np
 import optax
 from flax.training.train_state import TrainState
 
-from jaxseq import contracts, training
+from jaxseq import contracts, parallel, training
 from jaxseq.training import Carry, History, Keys
 
 
@@ -117,8 +117,6 @@ def fit_replicas(
     carry = Carry(params, opt_state, jnp.ones((r,), bool), ())
     data = (jnp.asarray(x), jnp.asarray(y), jnp.ones((n,), jnp.float32))
     if mesh is not None:
-        from jaxseq import parallel
-
         carry, keys = parallel.shard_replicas((carry, keys), mesh)
         data, val = parallel.replicate((data, val), mesh)
 
@@ -127,8 +125,9 @@ def fit_replicas(
     while first < epochs:
         carry, out = run(carry, keys, jnp.asarray(first), jnp.asarray(epochs), data, val)
         done = min(program.epochs_per_chunk, epochs - first)
-        for k in program.log_names(val):
-            logs.setdefault(k, []).append(np.asarray(out[k])[:, :done])
+        out = parallel.to_host({k: out[k] for k in program.log_names(val)})
+        for k, v in out.items():
+            logs.setdefault(k, []).append(v[:, :done])
         first += done
     history = History({k: np.concatenate(v, axis=1) for k, v in logs.items()})
     steps = np.sum(np.isfinite(history.loss), axis=1) * program.batches

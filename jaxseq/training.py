@@ -44,7 +44,7 @@ import numpy as np
 import optax
 from flax.training.train_state import TrainState
 
-from jaxseq import contracts
+from jaxseq import contracts, parallel
 from jaxseq.callbacks import Callback, EarlyStopping, StopRule, StopState
 from jaxseq.models import accepts
 from jaxseq.typing import Array
@@ -133,6 +133,24 @@ def split_seed(seed: int) -> tuple[Array, Keys]:
     return init, Keys(shuffle, dropout)
 
 
+class Carry(NamedTuple):
+    """What the compiled epoch loop carries from epoch to epoch."""
+
+    params: Any
+    opt_state: Any
+    alive: Array  # bool: no non-finite epoch yet, and early stopping has not fired
+    stop: StopState | tuple  # the early-stopping state, () without EarlyStopping
+
+
+def all_finite(tree) -> Array:
+    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(tree)]))
+
+
+def select(flag, new, old):
+    """`new` where the scalar `flag` holds, else `old`, leaf by leaf (exact: no arithmetic)."""
+    return jax.tree.map(lambda a, b: jnp.where(flag, a, b), new, old)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Program:
     """The static description of one training program (hashable by identity)."""
@@ -145,6 +163,7 @@ class Program:
     shuffle: bool
     epochs_per_chunk: int
     stop_rule: StopRule | None = None  # EarlyStopping, compiled into the epoch loop
+    mesh: Any = None  # data-parallel: each mini-batch is sharded over this 1-D mesh
 
     @property
     def batches(self) -> int:
@@ -190,7 +209,11 @@ class Program:
             idx, ok, s = inputs
             wb = w[idx] * ok
             key = jax.random.fold_in(keys.dropout, epoch * nb + s)
-            loss, grads = jax.value_and_grad(self.batch_loss)(params, x[idx], y[idx], wb, key)
+            xb, yb = x[idx], y[idx]
+            if self.mesh is not None:  # the partitioner splits the batch and all-reduces grads
+                xb, yb, wb = jax.lax.with_sharding_constraint(
+                    (xb, yb, wb), parallel.batch_sharding(self.mesh))
+            loss, grads = jax.value_and_grad(self.batch_loss)(params, xb, yb, wb, key)
             updates, opt_state = self.tx.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
             finite = jnp.isfinite(loss) & all_finite(params)
@@ -257,24 +280,6 @@ class Program:
         carry = Carry(params, opt_state, jnp.ones((), bool), ())
         carry, out = self.run(carry, keys, first_epoch, last_epoch, data, val)
         return carry.params, carry.opt_state, {k: out[k] for k in self.log_names(val)}
-
-
-class Carry(NamedTuple):
-    """What the compiled epoch loop carries from epoch to epoch."""
-
-    params: Any
-    opt_state: Any
-    alive: Array  # bool: no non-finite epoch yet, and early stopping has not fired
-    stop: StopState | tuple  # the early-stopping state, () without EarlyStopping
-
-
-def all_finite(tree) -> Array:
-    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(tree)]))
-
-
-def select(flag, new, old):
-    """`new` where the scalar `flag` holds, else `old`, leaf by leaf (exact: no arithmetic)."""
-    return jax.tree.map(lambda a, b: jnp.where(flag, a, b), new, old)
 
 
 def _key(obj) -> Any:
@@ -417,6 +422,7 @@ def fit(
     checkpoint_every: int | None = None,
     keep: int | None = 3,
     resume: bool = False,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> tuple[TrainState, History]:
     """Train `model` on (x, y) for `epochs` epochs with Keras `fit` semantics.
 
@@ -432,7 +438,12 @@ def fit(
     `checkpoint_every` epochs (default: about 20 saves per run) and when training ends, keeping
     the newest `keep` (None: all). A directory that already holds checkpoints needs
     `resume=True`, which continues from its latest complete checkpoint (or starts fresh if it
-    has none), bitwise as if never interrupted; the checkpoint takes precedence over `state`.
+    has none), bitwise as if never interrupted; the checkpoint takes precedence over `state`,
+    and one already at or past `epochs` (or stopped early) is returned as it is.
+    mesh: data-parallel training over a 1-D `jax.sharding.Mesh` (`jaxseq.parallel.make_mesh()`,
+    which spans every process under `jax.distributed`): parameters are replicated, each
+    mini-batch is sharded along its batch axis, and XLA averages the gradients; `batch_size`
+    (capped at the sample count) must be divisible by the mesh size.
     Returns `(state, history)`: a flax `TrainState` (`state.params`) and a `History`.
     """
     contracts.check_positive_int(epochs, "epochs", "fit")
@@ -446,6 +457,14 @@ def fit(
     check_data(model, x, y)
     n = contracts.shape_of(x)[0]
     w = _weights(sample_weight, n)
+    if mesh is not None:
+        parallel.check_mesh(mesh, "fit")
+        if min(batch_size, n) % mesh.size:
+            raise ValueError(
+                f"fit with a mesh expects batch_size divisible by the mesh size {mesh.size}; got "
+                f"{min(batch_size, n)}. Pick a multiple of {mesh.size} (every device gets an "
+                "equal share of each mini-batch)."
+            )
     val = None
     if validation_data is not None:
         if len(validation_data) != 2:
@@ -475,9 +494,10 @@ def fit(
     program, run_chunk = compiled_chunk(dict(
         model=model, tx=tx, loss=loss_fn, batch_size=min(batch_size, n), n_samples=n,
         shuffle=bool(shuffle), epochs_per_chunk=min(chunk_len, epochs), stop_rule=rule,
+        mesh=mesh,
     ))
     data = (jnp.asarray(x), jnp.asarray(y), jnp.asarray(w))
-    stop_state = rule.init(state.params) if rule is not None else ()
+    stop_state = stoppers[0].init_state(state.params) if stoppers else ()
     history = History()
     first = saved = 0
     saver = settings = None
@@ -487,7 +507,7 @@ def fit(
         settings = dict(
             seed=int(seed), batch_size=program.batch_size, n_samples=n, shuffle=bool(shuffle),
             validation=val is not None, loss=loss if isinstance(loss, str) else None,
-            early_stopping=checkpointing.rule_record(rule),
+            early_stopping=stoppers[0].config() if stoppers else None,
         )
         saver = checkpointing.Checkpointer(checkpoint_dir, keep=keep)
     try:
@@ -506,6 +526,8 @@ def fit(
         params, opt_state = jax.tree.map(jnp.copy, (state.params, state.opt_state))
         finished = rule is not None and bool(stop_state.stopped)
         carry = Carry(params, opt_state, jnp.asarray(not finished), stop_state)
+        if mesh is not None:  # parameters, keys and data on every device of the mesh
+            carry, keys, data, val = parallel.replicate((carry, keys, data, val), mesh)
         for cb in callbacks:
             cb.on_train_begin(state)
         bar = _progress(epochs, verbose)
@@ -517,7 +539,7 @@ def fit(
             carry, out = run_chunk(
                 carry, keys, jnp.asarray(first), jnp.asarray(last), data, val
             )
-            out = jax.device_get(out)
+            out = parallel.to_host(out)
             ran = int(np.sum(out["ran"]))
             finite = np.asarray(out["finite"][:ran])
             good = ran if finite.all() else int(np.argmin(finite))

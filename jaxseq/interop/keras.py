@@ -104,7 +104,7 @@ def _variables(layer, where: str) -> dict:
         return {side: _variables(getattr(layer, side), f"{where}/{side}")
                 for side in ("forward_layer", "backward_layer")}
     if kind == "Sequential":
-        layers = [(lay, _JAXSEQ[_kind(lay, where)]) for lay in layer.layers]
+        layers = [(lay, _JAXSEQ.get(_kind(lay, where), Sequential)) for lay in layer.layers]
         layers = [(lay, cls) for lay, cls in layers if cls is not None]
         names = _names([cls for _, cls in layers])
         tree = {name: _variables(lay, name) for (lay, _), name in zip(layers, names, strict=True)}
@@ -112,20 +112,27 @@ def _variables(layer, where: str) -> dict:
     return {}
 
 
-def _pairs(want, got, path: str, where: str) -> Iterator[tuple[str, Any, Any]]:
-    """(path, want leaf, got leaf) over two nested dicts that must match in keys and shapes."""
+def _pairs(want, got, path: str, where: str, labels=("there", "params give"), order=None
+           ) -> Iterator[tuple[str, Any, Any]]:
+    """(path, want leaf, got leaf) over two nested dicts that must match in keys and shapes.
+    `order` (`want` by default) sets the key order, so errors name the first layer in model
+    order."""
+    order = want if order is None else order
     if isinstance(want, Mapping):
         if not isinstance(got, Mapping) or set(want) != set(got):
             have = sorted(got) if isinstance(got, Mapping) else type(got).__name__
             raise ValueError(f"{where}: layer {path or '(model)'!r} expects parameters "
                              f"{sorted(want)}; got {have}.")
-        for key in want:
-            yield from _pairs(want[key], got[key], f"{path}/{key}" if path else key, where)
+        for key in order:
+            yield from _pairs(want[key], got[key], f"{path}/{key}" if path else key, where,
+                              labels, order[key])
         return
     if tuple(want.shape) != tuple(np.shape(got)):
         layer, _, weight = path.rpartition("/")
-        raise ValueError(f"{where}: layer {layer or '(layer)'!r} weight {weight!r} has shape "
-                         f"{tuple(want.shape)} there; got shape {tuple(np.shape(got))}.")
+        keras_path = getattr(want, "path", None)  # a Keras Variable's path names its layer
+        weight = repr(weight) + (f" (Keras {keras_path!r})" if keras_path else "")
+        raise ValueError(f"{where}: layer {layer or '(layer)'!r} weight {weight} has shape "
+                         f"{tuple(want.shape)} {labels[0]}; {labels[1]} {tuple(np.shape(got))}.")
     yield path, want, got
 
 
@@ -144,7 +151,7 @@ def from_keras(layer_or_model) -> dict:
     """jaxseq params (nested dict of float arrays) holding a built Keras layer's or
     Sequential's weights, bitwise. See the module docstring for the layout."""
     tree = _variables(layer_or_model, "from_keras")
-    return jax.tree.map(lambda v: jnp.asarray(np.array(v)), tree,
+    return jax.tree.map(lambda v: jnp.asarray(np.array(v.numpy())), tree,
                         is_leaf=lambda v: not isinstance(v, Mapping))
 
 
@@ -152,7 +159,7 @@ def to_keras(params, layer_or_model):
     """Write jaxseq `params` into a built Keras layer or Sequential (in place, bitwise) and
     return it. Every shape is checked before anything is written."""
     tree = _variables(layer_or_model, "to_keras")
-    pairs = list(_pairs(tree, params, "", "to_keras"))
+    pairs = list(_pairs(tree, params, "", "to_keras", ("in Keras", "params give")))
     for _, var, value in pairs:
         var.assign(np.asarray(value, dtype=var.dtype))
     return layer_or_model
@@ -245,5 +252,5 @@ def load_keras_weights(path, model: Sequential, x) -> dict:
     want = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), x)["params"]
     with h5py.File(path, "r") as f:
         got = _h5_tree(model, f, "load_keras_weights")
-    pairs = _pairs(want, got, "", "load_keras_weights")
+    pairs = _pairs(want, got, "", "load_keras_weights", ("in the model", "the file has"), got)
     return _nest({p: jnp.asarray(np.asarray(v, w.dtype)) for p, w, v in pairs})

@@ -1,0 +1,18 @@
+"""Cases shared by tests and the subprocess workers they start (not a test module)."""
+
+import numpy as np
+
+from jaxseq import models
+
+DATA_SEED = 0
+
+
+def dist_case(seed: int = DATA_SEED):
+    """(model, x, y, fit kwargs, fit_replicas kwargs) for the device tests: 16 samples, batches
+    of 8 (divisible by 4 and 8 devices)."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(size=(16, 4, 1)).astype(np.float32)
+    y = np.flip(x, axis=1).copy()
+    fit_kw = dict(epochs=4, batch_size=8, seed=0)
+    rep_kw = dict(seeds=list(range(4)), epochs=3, batch_size=8)
+    return models.many_to_many(), x, y, fit_kw, rep_kw
