@@ -1,0 +1,57 @@
+"""The experiment scripts run end to end (shrunken settings) and write valid JSON and PNG."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _run(script: str, *args: str, cwd: Path) -> str:
+    env = {**os.environ, "MPLBACKEND": "Agg"}
+    env.pop("XLA_FLAGS", None)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / script), *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=400,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc.stdout
+
+
+def test_timedistributed_experiment(tmp_path):
+    out = tmp_path / "res"
+    cache = tmp_path / "cache"
+    stdout = _run("timedistributed.py", "--epochs", "3", "--out", str(out),
+                  "--cache-dir", str(cache), cwd=tmp_path)
+    for framing in ("one_to_one", "many_to_one", "many_to_many"):
+        assert f"== {framing}" in stdout
+    assert "Total params: 146" in stdout and "Total params: 170" in stdout
+    data = json.loads((out / "timedistributed.json").read_text())
+    results = {r["framing"]: r for r in data["results"]}
+    assert {k: r["total_params"] for k, r in results.items()} == {
+        "one_to_one": 146, "many_to_one": 170, "many_to_many": 146}
+    assert results["many_to_one"]["params"] == {"lstm": 140, "dense": 30}
+    for r in results.values():
+        assert len(r["loss"]) == 3 and len(r["prediction"]) == len(r["target"]) == 5
+        assert r["wall_s_with_compile"] > r["wall_s_without_compile"] > 0
+    assert (out / "timedistributed.png").read_bytes().startswith(PNG)
+    assert any(cache.iterdir())  # the persistent compilation cache was written
+
+
+def test_skill_experiment(tmp_path):
+    out = tmp_path / "res"
+    stdout = _run("skill.py", "--replicas", "3", "--epochs", "2", "--out", str(out),
+                  cwd=tmp_path)
+    assert "RMSE mean ± std" in stdout
+    data = json.loads((out / "skill.json").read_text())
+    assert [r["framing"] for r in data["results"]] == ["one_to_one", "many_to_one",
+                                                      "many_to_many"]
+    for r in data["results"]:
+        assert r["replicas"] == 3 and len(r["rmse"]) == 3
+        assert r["summary"]["n"] + r["summary"]["n_nonfinite"] == 3
+        assert 0.0 <= r["learned_fraction"] <= 1.0
+        assert r["speedup"] > 0
+    assert (out / "skill.png").read_bytes().startswith(PNG)
