@@ -115,7 +115,7 @@ def fit_replicas(
     params, opt_state = init_replicas(model, x, tx, init_keys)
     r = len(seeds)
     carry = Carry(params, opt_state, jnp.ones((r,), bool), ())
-    data = (jnp.asarray(x), jnp.asarray(y), jnp.ones((n,), jnp.float32))
+    data = (jnp.asarray(x), jnp.asarray(y), jnp.ones((n,), jnp.float32), None)
     if mesh is not None:
         carry, keys = parallel.shard_replicas((carry, keys), mesh)
         data, val = parallel.replicate((data, val), mesh)

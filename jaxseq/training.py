@@ -77,6 +77,17 @@ def weighted_mean(values: Array, weights: Array) -> Array:
     return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1e-12)
 
 
+def reduce_loss(errors: Array, weights: Array) -> Array:
+    """Elementwise errors (b, ...) -> one weighted mean. `weights` (b,) weighs samples (each
+    sample's loss is the mean over its other axes); (b, t) weighs time steps of errors shaped
+    (b, t, ...) (each step's loss is the mean over its features): a zero-weight (masked,
+    padded) step contributes nothing, and the mean is over the weighted steps."""
+    if weights.ndim == 1:
+        return weighted_mean(per_sample(errors), weights)
+    per_step = errors.reshape(errors.shape[0], errors.shape[1], -1).mean(axis=2)
+    return weighted_mean(per_step, weights)
+
+
 # ---------------------------------------------------------------------------------------------
 # History
 
@@ -169,20 +180,20 @@ class Program:
     def batches(self) -> int:
         return math.ceil(self.n_samples / self.batch_size)
 
-    def apply(self, params, x, *, train: bool, key=None):
-        kwargs = {}
+    def apply(self, params, x, *, train: bool, key=None, mask=None):
+        kwargs = {} if mask is None else {"mask": mask}
         if accepts(self.model, "deterministic"):
             kwargs["deterministic"] = not train
             if train:
                 kwargs["rngs"] = {"dropout": key}
         return self.model.apply({"params": params}, x, **kwargs)
 
-    def batch_loss(self, params, xb, yb, wb, key):
-        pred = self.apply(params, xb, train=True, key=key)
-        return weighted_mean(per_sample(self.loss(pred, yb)), wb)
+    def batch_loss(self, params, xb, yb, wb, mb, key):
+        pred = self.apply(params, xb, train=True, key=key, mask=mb)
+        return reduce_loss(self.loss(pred, yb), wb)
 
-    def eval_loss(self, params, x, y, w):
-        return weighted_mean(per_sample(self.loss(self.apply(params, x, train=False), y)), w)
+    def eval_loss(self, params, x, y, w, m=None):
+        return reduce_loss(self.loss(self.apply(params, x, train=False, mask=m), y), w)
 
     def epoch(self, params, opt_state, keys: Keys, epoch, data):
         """One epoch over all mini-batches: -> (params, opt_state, epoch loss)."""
@@ -194,7 +205,7 @@ class Program:
         `bad batch` is the index of the first batch whose loss, or whose updated parameters,
         are not finite (-1 if none); `its loss` is that batch's loss.
         """
-        x, y, w = data
+        x, y, w, m = data  # m: the input mask (n, t) or None; w: loss weights (n,) or (n, t)
         n, bs, nb = self.n_samples, self.batch_size, self.batches
         if self.shuffle and nb > 1:  # a single full batch is the same batch in any order
             order = jax.random.permutation(jax.random.fold_in(keys.shuffle, epoch), n)
@@ -207,13 +218,13 @@ class Program:
         def step(carry, inputs):
             params, opt_state, bad = carry
             idx, ok, s = inputs
-            wb = w[idx] * ok
+            wb = w[idx] * ok.reshape(ok.shape + (1,) * (w.ndim - 1))
             key = jax.random.fold_in(keys.dropout, epoch * nb + s)
-            xb, yb = x[idx], y[idx]
+            xb, yb, mb = x[idx], y[idx], None if m is None else m[idx]
             if self.mesh is not None:  # the partitioner splits the batch and all-reduces grads
-                xb, yb, wb = jax.lax.with_sharding_constraint(
-                    (xb, yb, wb), parallel.batch_sharding(self.mesh))
-            loss, grads = jax.value_and_grad(self.batch_loss)(params, xb, yb, wb, key)
+                xb, yb, wb, mb = jax.lax.with_sharding_constraint(
+                    (xb, yb, wb, mb), parallel.batch_sharding(self.mesh))
+            loss, grads = jax.value_and_grad(self.batch_loss)(params, xb, yb, wb, mb, key)
             updates, opt_state = self.tx.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
             finite = jnp.isfinite(loss) & all_finite(params)
@@ -368,15 +379,43 @@ def check_data(model, x, y, *, where: str = "fit", name_x="x", name_y="y"):
         )
 
 
-def _weights(sample_weight, n: int) -> np.ndarray:
+def loss_weights(model, x, y, sample_weight, mask, where: str = "fit"):
+    """(loss weights (n,) or (n, t), input mask (n, t) bool or None), checked.
+
+    `sample_weight`: (batch,) per sample, or (batch, time) per step when y is
+    (batch, time, features). `mask` (batch, time) goes to the model (its recurrent layers skip
+    masked steps) and, when y has that time axis, zero-weights the masked steps in the loss.
+    """
+    xs, ys = contracts.shape_of(x), contracts.shape_of(y)
+    n = xs[0]
+    stepwise = len(ys) == 3 and len(xs) >= 2 and ys[1] == xs[1]
+    if mask is not None:
+        if len(xs) < 2:
+            raise ValueError(f"{where} got a mask, but x {xs} has no time axis.")
+        contracts.check_mask(mask, n, xs[1], where)
+        if not accepts(model, "mask"):
+            raise TypeError(
+                f"{where} got a mask, but {type(model).__name__}.__call__ takes no mask "
+                "argument. Use jaxseq.Sequential (it passes the mask to its recurrent layers)."
+            )
+        mask = np.asarray(mask).astype(bool)
     if sample_weight is None:
-        return np.ones((n,), np.float32)
-    w = np.asarray(sample_weight, np.float32)
-    if w.shape != (n,):
-        raise ValueError(f"fit expects sample_weight of shape (batch,) = ({n},); got {w.shape}.")
-    if not np.all(np.isfinite(w)) or np.any(w < 0):
-        raise ValueError("fit expects finite, non-negative sample_weight.")
-    return w
+        w = np.ones((n,), np.float32)
+    else:
+        w = np.asarray(sample_weight, np.float32)
+        allowed = [(n,)] + ([(n, ys[1])] if stepwise else [])
+        if w.shape not in allowed:
+            want = " or ".join(str(a) for a in allowed)
+            raise ValueError(
+                f"{where} expects sample_weight of shape (batch,) = ({n},)"
+                + (f" or (batch, time) = {allowed[1]}" if stepwise else "")
+                + f"; got {w.shape}. Expected {want}."
+            )
+        if not np.all(np.isfinite(w)) or np.any(w < 0):
+            raise ValueError(f"{where} expects finite, non-negative sample_weight.")
+    if mask is not None and stepwise:
+        w = (w if w.ndim == 2 else w[:, None]) * mask.astype(np.float32)
+    return w, mask
 
 
 def init_state(model, x, tx, key) -> TrainState:
@@ -413,6 +452,7 @@ def fit(
     shuffle: bool = True,
     validation_data: tuple | None = None,
     sample_weight=None,
+    mask=None,
     callbacks: Sequence[Callback] = (),
     verbose: int = 1,
     epochs_per_chunk: int | None = None,
@@ -427,7 +467,12 @@ def fit(
     """Train `model` on (x, y) for `epochs` epochs with Keras `fit` semantics.
 
     x: (batch, ...) model inputs; y: (batch, ...) shaped exactly like the model's output.
-    `batch_size` larger than the data uses the whole data (as Keras). `state`: continue from
+    `batch_size` larger than the data uses the whole data (as Keras).
+    `sample_weight`: (batch,) per-sample loss weights, or (batch, time) per-step weights when y
+    is (batch, time, features). `mask`: (batch, time) bool, True at real steps (see
+    `jaxseq.problems.pad_sequences`); it goes to the model's recurrent layers, and when y is
+    (batch, time, features) the masked steps contribute nothing to the loss, which is then the
+    mean over the real steps. `state`: continue from
     this TrainState instead of initializing from `seed` (its `step` counts optimizer steps).
     `callbacks` may hold one `EarlyStopping`, which runs compiled inside the epoch loop.
 
@@ -456,7 +501,7 @@ def fit(
     tx = DEFAULT_OPTIMIZER if optimizer is None else optimizer
     check_data(model, x, y)
     n = contracts.shape_of(x)[0]
-    w = _weights(sample_weight, n)
+    w, m = loss_weights(model, x, y, sample_weight, mask)
     if mesh is not None:
         parallel.check_mesh(mesh, "fit")
         if min(batch_size, n) % mesh.size:
@@ -496,7 +541,7 @@ def fit(
         shuffle=bool(shuffle), epochs_per_chunk=min(chunk_len, epochs), stop_rule=rule,
         mesh=mesh,
     ))
-    data = (jnp.asarray(x), jnp.asarray(y), jnp.asarray(w))
+    data = (jnp.asarray(x), jnp.asarray(y), jnp.asarray(w), None if m is None else jnp.asarray(m))
     stop_state = stoppers[0].init_state(state.params) if stoppers else ()
     history = History()
     first = saved = 0
@@ -651,32 +696,44 @@ def _report(bar, verbose: int, first: int, epochs: int, logs: dict[str, np.ndarr
         print(f"Epoch {first + done}/{epochs} - {items}")
 
 
-def predict(model: nn.Module, params, x, *, batch_size: int | None = None) -> Array:
+def predict(model: nn.Module, params, x, *, batch_size: int | None = None, mask=None) -> Array:
     """Model outputs for x (batch, ...), in inference mode (no dropout), jit-compiled.
 
     With `batch_size`, x is run in batches of that size (the last one padded, then trimmed),
-    so one compiled program serves any number of samples.
+    so one compiled program serves any number of samples. `mask` (batch, time) goes to the
+    model, as in `fit`.
     """
     xs = contracts.shape_of(x)
     if len(xs) < 1 or xs[0] < 1:
         raise ValueError(f"predict expects x with a non-empty batch axis; got {xs}.")
+    if mask is not None:
+        _, mask = loss_weights(model, x, x, None, mask, where="predict")
     fn = cached("predict", model, build=lambda: jax.jit(
-        lambda params, x: Program(model, DEFAULT_OPTIMIZER, LOSSES["mse"], 1, 1, False, 1).apply(
-            params, x, train=False)))
+        lambda params, x, m: Program(model, DEFAULT_OPTIMIZER, LOSSES["mse"], 1, 1, False, 1)
+        .apply(params, x, train=False, mask=m)))
     if batch_size is None:
-        return fn(params, jnp.asarray(x))
+        return fn(params, jnp.asarray(x), mask)
     contracts.check_positive_int(batch_size, "batch_size", "predict")
     x = np.asarray(x)
     n = xs[0]
     pad = (-n) % batch_size
-    xp = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)]) if pad else x
-    outs = [fn(params, jnp.asarray(xp[i : i + batch_size])) for i in range(0, n + pad, batch_size)]
+
+    def padded(a):
+        return np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]) if pad else a
+
+    xp, mp = padded(x), None if mask is None else padded(mask)
+    outs = [fn(params, jnp.asarray(xp[i : i + batch_size]),
+               None if mp is None else mp[i : i + batch_size])
+            for i in range(0, n + pad, batch_size)]
     return jnp.concatenate(outs)[:n]
 
 
-def evaluate(model: nn.Module, params, x, y, *, loss: str | Callable = "mse") -> float:
-    """The mean per-sample loss of the model on (x, y), in inference mode."""
+def evaluate(model: nn.Module, params, x, y, *, loss: str | Callable = "mse",
+             sample_weight=None, mask=None) -> float:
+    """The loss of the model on (x, y) in inference mode, weighted as in `fit`: the mean
+    per-sample loss, or with `mask` / per-step `sample_weight` the mean over weighted steps."""
     check_data(model, x, y, where="evaluate")
+    w, m = loss_weights(model, x, y, sample_weight, mask, where="evaluate")
     loss_fn = get_loss(loss)
-    pred = predict(model, params, x)
-    return float(jnp.mean(per_sample(loss_fn(pred, jnp.asarray(y)))))
+    pred = predict(model, params, x, mask=m)
+    return float(reduce_loss(loss_fn(pred, jnp.asarray(y)), jnp.asarray(w)))
