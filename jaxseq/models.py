@@ -55,15 +55,8 @@ class Sequential(nn.Module):
     def __call__(self, x, *, mask=None, deterministic: bool = True):
         if not self.layers:
             raise ValueError("Sequential expects at least one layer; got none.")
-        counts: dict[str, int] = {}
-        for layer in self.layers:
+        for layer, name in zip(self.layers, sequential_names(self.layers), strict=True):
             if isinstance(layer, nn.Module):
-                base = keras_name(type(layer))
-                k = counts.get(base, 0)
-                counts[base] = k + 1
-                # Flax auto-names list members `layers_<i>`; anything else was chosen by the user.
-                auto = layer.name is None or re.fullmatch(r"layers_\d+", layer.name)
-                name = (base if k == 0 else f"{base}_{k}") if auto else layer.name
                 layer = layer.clone(parent=self, name=name, _deep_clone=True)
                 kwargs = {}
                 if accepts(layer, "deterministic"):

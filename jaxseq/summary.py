@@ -80,16 +80,9 @@ def _child_types(model: nn.Module) -> dict[str, str]:
     layers = getattr(model, "layers", None)
     if layers is None:
         return {}
-    from jaxseq.models import Sequential, keras_name
+    from jaxseq.models import Sequential, sequential_names
 
     if not isinstance(model, Sequential):
         return {f"layers_{i}": type(m).__name__ for i, m in enumerate(layers)}
-    names, counts = {}, {}
-    for layer in layers:
-        if not isinstance(layer, nn.Module):
-            continue
-        base = keras_name(type(layer))
-        k = counts.get(base, 0)
-        counts[base] = k + 1
-        names[base if k == 0 else f"{base}_{k}"] = type(layer).__name__
-    return names
+    return {name: type(layer).__name__
+            for layer, name in zip(layers, sequential_names(layers), strict=True) if name}
