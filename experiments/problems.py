@@ -11,19 +11,20 @@ the baseline, < 0 = worse). Problems (`jaxseq.problems`), the short and the long
   copy     copy_task(3 symbols, delay), alphabet 4                  t = 3+3, 3+12
   sine     sine_forecast(n_in=length): next value of noisy sines    t = 10, 30
 
-Command (from the repository root; about 3-4 minutes on 2 CPU cores):
+Command (from the repository root; about 4 minutes on 2 CPU cores):
 
   pip install -e ".[experiments]" && python experiments/problems.py
 
-Expected (3 seeds, 60 epochs, 1000 training samples): the gated cells (LSTM, GRU) solve the
-echo (skill > 0.99) and the sine forecast (skill ~0.6-0.7 against persistence) at both
-lengths and the short copy task (~0.9); SimpleRNN matches them on the echo but falls behind on
-the long copy task and the adding problem, where even the gated cells only start to learn in
-60 epochs (skill ~0.1-0.9, seed-dependent). The full table is in experiments/PROBLEMS_README.md.
-Writes results/problems.json and results/problems.png (`--out` to change the folder).
+Expected (3 seeds, 40 epochs, 500 training samples, adam(5e-3)): every cell solves the echo
+(skill > 0.99) at both lengths and the short copy task (> 0.95); on the adding problem LSTM
+and GRU stay near 0.95-0.99 at t=30 while SimpleRNN drops from ~0.8 (t=10) to ~0.3 with a
+large spread over seeds; the long copy task (delay 12) is only partly learned in this budget
+(~0.4-0.7); the sine forecast beats persistence by ~0.15-0.45. The table we got is in
+experiments/PROBLEMS_README.md. Writes results/problems.json and results/problems.png (`--out`
+to change the folder).
 
 `--quick` is a tiny end-to-end run for the tests: LSTM only (`--cells` to change), one length,
-48 samples, 2 epochs, 2 seeds.
+48 samples, 2 epochs, 2 seeds. `--problems` and `--cells` pick a subset.
 """
 
 from __future__ import annotations
@@ -81,10 +82,11 @@ def train(model, split: problems.Split, *, seeds: list[int], epochs: int, batch_
 
 
 def run(settings: dict, lengths: tuple[int, ...] | None = None, cells=tuple(CELLS),
-        log=print) -> list[dict]:
+        names=tuple(PROBLEMS), log=print) -> list[dict]:
     results = []
     seeds = list(range(settings["seeds"]))
-    for name, (make, head, default_lengths) in PROBLEMS.items():
+    for name in names:
+        make, head, default_lengths = PROBLEMS[name]
         for length in lengths or default_lengths:
             split = make(length, n_train=settings["n_train"], n_test=settings["n_test"], seed=0)
             for cell in cells:
@@ -160,6 +162,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--epochs", type=int, default=None, help=f"default {FULL['epochs']}")
     p.add_argument("--cells", nargs="+", choices=list(CELLS), default=None,
                    help="default: all (LSTM only with --quick)")
+    p.add_argument("--problems", nargs="+", choices=list(PROBLEMS), default=list(PROBLEMS))
     p.add_argument("--out", type=Path, default=Path("results"))
     args = p.parse_args(argv)
     settings = dict(QUICK if args.quick else FULL)
@@ -168,7 +171,8 @@ def main(argv=None) -> list[dict]:
             settings[key] = getattr(args, key)
     t0 = time.perf_counter()
     cells = args.cells or (["LSTM"] if args.quick else list(CELLS))
-    results = run(settings, lengths=(4,) if args.quick else None, cells=tuple(cells))
+    results = run(settings, lengths=(4,) if args.quick else None, cells=tuple(cells),
+                  names=tuple(args.problems))
     print()
     print(table(results))
     args.out.mkdir(parents=True, exist_ok=True)

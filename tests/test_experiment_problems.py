@@ -24,12 +24,14 @@ def script():
 
 def test_problems_quick_run_writes_json_and_png(script, tmp_path):
     with jax.numpy_rank_promotion("allow"):  # as a user runs it (the suite is strict)
-        results = script.main(["--quick", "--seeds", "2", "--out", str(tmp_path)])
+        # Two problems (one per head: sequence and last step) keep the test short.
+        results = script.main(["--quick", "--seeds", "2", "--problems", "copy", "sine",
+                               "--out", str(tmp_path)])
     payload = json.loads((tmp_path / "problems.json").read_text())
     assert payload["settings"]["seeds"] == 2 and payload["settings"]["epochs"] == 2
     rows = payload["results"]
     assert rows == json.loads(json.dumps(results))
-    assert {r["problem"] for r in rows} == set(script.PROBLEMS)
+    assert [r["problem"] for r in rows] == ["copy", "sine"]
     assert {r["cell"] for r in rows} == {"LSTM"}
     for r in rows:
         assert len(r["mse"]) == len(r["skill"]) == 2
