@@ -1,11 +1,21 @@
 """jaxseq: Keras-style recurrent sequence models for JAX and Flax linen."""
 
-from jaxseq import checkpointing, contracts, models, problems, training
+from jaxseq import (
+    checkpointing,
+    contracts,
+    interop,
+    models,
+    parallel,
+    problems,
+    replicas,
+    training,
+)
 from jaxseq.callbacks import EarlyStopping
 from jaxseq.cells import GRUCell, LSTMCell, SimpleRNNCell
 from jaxseq.checkpointing import load_params, save_params
-from jaxseq.models import Sequential
+from jaxseq.models import Sequential, rollout, seq2seq
 from jaxseq.recurrent import GRU, LSTM, RNN, Bidirectional, SimpleRNN
+from jaxseq.replicas import fit_replicas, skill
 from jaxseq.summary import summary, summary_rows
 from jaxseq.training import Callback, History, NonFiniteLossError, evaluate, fit, predict
 from jaxseq.wrappers import RepeatVector, TimeDistributed
@@ -19,25 +29,32 @@ __all__ = [
     "Bidirectional",
     "Callback",
     "EarlyStopping",
-    "History",
-    "NonFiniteLossError",
-    "Sequential",
-    "checkpointing",
-    "evaluate",
-    "fit",
-    "load_params",
-    "models",
-    "predict",
-    "save_params",
-    "summary",
-    "summary_rows",
-    "training",
     "GRUCell",
+    "History",
     "LSTMCell",
+    "NonFiniteLossError",
     "RepeatVector",
+    "Sequential",
     "SimpleRNN",
     "SimpleRNNCell",
     "TimeDistributed",
+    "checkpointing",
     "contracts",
+    "evaluate",
+    "fit",
+    "fit_replicas",
+    "interop",
+    "load_params",
+    "models",
+    "parallel",
+    "predict",
     "problems",
+    "replicas",
+    "rollout",
+    "save_params",
+    "seq2seq",
+    "skill",
+    "summary",
+    "summary_rows",
+    "training",
 ]
