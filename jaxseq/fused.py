@@ -1,30 +1,32 @@
 """A fused recurrence with a hand-written backward pass (cuDNN's algorithm, in plain JAX).
 
-Autodiff of `lax.scan` accumulates the recurrent-kernel gradient with one small product per time
-step inside the backward loop. `recurrence` is a `jax.custom_vjp` whose backward loop computes
-only the gate gradients `dz` step by step (one product with `recurrent_kernel.T` per step), then
-takes every weight gradient in ONE large product after the loop:
+Autodiff of `lax.scan` accumulates the weight gradients with one small product per time step
+inside the backward loop. `recurrence` is a `jax.custom_vjp` over the whole layer computation
+(input projection included) whose backward loop carries only (dh, dc) and does only what
+depends on them, one product with `recurrent_kernel.T` per step; every weight gradient is then
+ONE large product over all steps at once (time and batch contracted together):
 
-    d recurrent_kernel = H_prev.T @ dZ        (contracting time and batch together)
-    d xp               = dZ                   (so d kernel = X.T @ dZ and d x = dZ @ kernel.T
-                                               are single products too, done by autodiff of the
-                                               input projection outside this function)
+    dZ (b*t, g) = the gate gradients       d kernel = X.T @ dZ       d x = dZ @ kernel.T
+    d recurrent_kernel = H_prev.T @ dZ     d bias = sum(dZ)
 
-Layout is time-major inside (t, b, ...): every step reads and writes one contiguous slab.
+Layout: batch-major, as the layer gets its input: the projection `x @ kernel` is one product on
+(b*t, f), the loop reads step t as the slice [:, t] and writes its outputs in place; no
+transposes, no flips (`go_backwards` only changes which slice a step reads and writes).
 
-What the forward saves (per step, b = batch, u = units), and why:
-  LSTM       gates i, f, c~, o after their activations (4u), act(c_t) (u), c_{t-1} (u),
-             h_{t-1} (u): no transcendental function and no matrix product is recomputed.
-  GRU        z, r, h~ (3u), the recurrent h-part `h @ rk_h + b_h` (u), h_{t-1} (u).
-  SimpleRNN  h_new (u), h_{t-1} (u).
-Autodiff of the scan saves about the same (it stores the step's residuals), so memory is on a
-par; `residual_bytes` reports the exact figure.
+What the forward saves, per step (b = batch, u = units): the factors that the backward step
+multiplies its carried gradients by, computed in the forward's own elementwise pass, where every
+operand is at hand (so the backward recomputes no activation and no product), and h_prev:
+  LSTM       4u gate factors, o act'(c), f, h_prev             7u
+  GRU        3u gate factors, z, (1 - z) act'(h~), h_prev        6u
+  SimpleRNN  act'(h), h_prev                                     2u
+(`residual_bytes`). Autodiff of the scan keeps a similar amount (its step residuals); measured
+temp memory of the compiled fwd+bwd is in experiments/BENCH_RESULTS.md.
 
 Supported: LSTMCell, GRUCell (reset_after=True) and SimpleRNNCell with activations
-`tanh | sigmoid | linear | relu` (by name, or the same functions), every mask, go_backwards (the
-caller flips time), zero_output_for_mask, initial states, a recurrent-dropout mask, outputs or
-final states only. Reverse mode only: `jax.jvp` / `jax.jacfwd` through it raise (as for any
-custom_vjp); use the layer's `implementation="scan"` for forward-mode derivatives.
+`tanh | sigmoid | linear | relu` (by name, or the same functions), every mask, go_backwards,
+zero_output_for_mask, initial states, a recurrent-dropout mask, outputs or final states only.
+Reverse mode only: `jax.jvp` / `jax.jacfwd` through it raise (as for any custom_vjp); use the
+layer's `implementation="scan"` for forward-mode derivatives.
 """
 
 from __future__ import annotations
@@ -57,7 +59,8 @@ class Spec:
 
     kind: "lstm" | "gru" | "simple_rnn"; activation / recurrent_activation: names in `_ACT`;
     zero_output_for_mask: masked steps output zeros instead of the previous h;
-    emit: return the per-step outputs (else only the final states); unroll: scan unroll.
+    emit: return the per-step outputs (else only the final states); reverse: process time from
+    the end (Keras' go_backwards); unroll: loop unroll.
     """
 
     kind: str
@@ -65,6 +68,7 @@ class Spec:
     recurrent_activation: str = "sigmoid"
     zero_output_for_mask: bool = False
     emit: bool = True
+    reverse: bool = False
     unroll: int = 1
 
 
@@ -125,21 +129,19 @@ def auto_unroll(batch: int, units: int) -> int:
     return 1
 
 
-def spec_for(cell: CellBase, *, zero_output_for_mask: bool, emit: bool, unroll: int) -> Spec:
-    kind = _KINDS[type(cell)]
+def spec_for(cell: CellBase, **kw) -> Spec:
+    """The Spec of `cell`'s math; `kw`: the layer's flags (Spec fields)."""
     ract = getattr(cell, "recurrent_activation", "sigmoid")
     return Spec(
-        kind=kind,
+        kind=_KINDS[type(cell)],
         activation=_activation_name(cell.activation),
         recurrent_activation=_activation_name(ract),
-        zero_output_for_mask=zero_output_for_mask,
-        emit=emit,
-        unroll=unroll,
+        **kw,
     )
 
 
 # ---------------------------------------------------------------------------------------------
-# Forward. Gates live in a (b, n, u) view of the (b, n*u) projection, so that every gate
+# Helpers. Gates live in a (b, n, u) view of the (b, n*u) pre-activations, so that every gate
 # nonlinearity is ONE elementwise pass over one array (XLA:CPU emits one vectorized loop for it;
 # slicing the gates apart first costs several loops per step and measured 4x the time).
 
@@ -158,10 +160,8 @@ def _gate_act(spec: Spec, z: Array, act_lane: int | None) -> Array:
 
     For the default pair (tanh, sigmoid) this is one tanh: sigmoid(v) = 0.5 * tanh(v / 2) + 0.5.
     """
-    n = z.shape[1]
-    lane = _lane(n)
-    pair = (spec.activation, spec.recurrent_activation)
-    if pair == ("tanh", "sigmoid") or (act_lane is None and spec.recurrent_activation == "sigmoid"):
+    lane = _lane(z.shape[1])
+    if spec.recurrent_activation == "sigmoid" and (act_lane is None or spec.activation == "tanh"):
         scale = jnp.where(lane == act_lane, 1.0, 0.5).astype(z.dtype)
         shift = jnp.where(lane == act_lane, 0.0, 0.5).astype(z.dtype)
         return jnp.tanh(z * scale) * scale + shift
@@ -172,100 +172,131 @@ def _gate_act(spec: Spec, z: Array, act_lane: int | None) -> Array:
     return jnp.where(lane == act_lane, act(z), ract(z))
 
 
-def _forward(spec: Spec, xp, xb, rk, rb, states, mask, rmask, *, save: bool):
-    """The recurrence over time-major xp (t, b, n*u).
+def _at(a: Array, t) -> Array:
+    """a[:, t]: step t of a batch-major (b, t, ...) array."""
+    return jax.lax.dynamic_index_in_dim(a, t, axis=1, keepdims=False)
 
-    Returns ((ys, final_states), residuals); residuals is None unless `save`. The residuals are
-    the factors the backward step multiplies by (see `_backward`), computed here where every
-    operand is at hand, in the same elementwise pass as the step: (coef, hs).
-    """
-    act, dact = _ACT[spec.activation]
-    _, dract = _ACT[spec.recurrent_activation]
-    b = xp.shape[1]
-    u = rk.shape[0]
-    n = rk.shape[1] // u
 
-    def xin(xp_t):
-        return xp_t if xb is None else xp_t + xb[None, :]
+def _put(buf: Array, value: Array, t) -> Array:
+    return jax.lax.dynamic_update_index_in_dim(buf, value, t, axis=1)
 
-    def rec(h):
-        hr = h if rmask is None else h * rmask
-        inner = hr @ rk
-        return inner if rb is None else inner + rb[None, :]
 
-    keep_hs = save or spec.emit
-
-    if spec.kind == "lstm":
-
-        def step(carry, inp):
-            h, c = carry
-            xp_t, m_t = inp
-            a = _gate_act(spec, (xin(xp_t) + rec(h)).reshape(b, n, u), 2)
-            i, f, g, o = a[:, 0], a[:, 1], a[:, 2], a[:, 3]
-            c_new = f * c + i * g
-            tc = act(c_new)
-            h_new = o * tc
-            h_t, c_t = _keep(m_t, h_new, h), _keep(m_t, c_new, c)
-            if not save:
-                return (h_t, c_t), (h_t if keep_hs else None)
-            coef = jnp.stack(
-                [g * dract(i), c * dract(f), i * dact(g), tc * dract(o), o * dact(tc), f], axis=1
-            )
-            return (h_t, c_t), (coef, h_t)
-
-    elif spec.kind == "gru":
-
-        def step(carry, inp):
-            (h,) = carry
-            xp_t, m_t = inp
-            x = xin(xp_t).reshape(b, n, u)
-            inner = rec(h).reshape(b, n, u)
-            zr = _gate_act(spec, x[:, :2] + inner[:, :2], None)
-            z, r, rh = zr[:, 0], zr[:, 1], inner[:, 2]
-            hh = act(x[:, 2] + r * rh)
-            h_new = z * h + (1 - z) * hh
-            h_t = _keep(m_t, h_new, h)
-            if not save:
-                return (h_t,), (h_t if keep_hs else None)
-            kz = (h - hh) * dract(z)
-            kh = (1 - z) * dact(hh)
-            coef = jnp.stack([kz, kh * rh * dract(r), kh * r, z, kh], axis=1)
-            return (h_t,), (coef, h_t)
-
-    else:
-
-        def step(carry, inp):
-            (h,) = carry
-            xp_t, m_t = inp
-            h_new = act(xin(xp_t) + rec(h))
-            h_t = _keep(m_t, h_new, h)
-            return (h_t,), ((dact(h_new), h_t) if save else (h_t if keep_hs else None))
-
-    final, out = jax.lax.scan(step, tuple(states), (xp, mask), unroll=spec.unroll)
-    hs = out[-1] if save else out
-    ys = None
-    if spec.emit:
-        ys = hs
-        if spec.zero_output_for_mask and mask is not None:
-            ys = jnp.where(mask[:, :, None], hs, jnp.zeros_like(hs))
-    return (ys, final), (out if save else None)
+def _time_index(spec: Spec, steps: int, t):
+    """The time index that processing step t reads (reversed under go_backwards)."""
+    return steps - 1 - t if spec.reverse else t
 
 
 # ---------------------------------------------------------------------------------------------
-# Backward: the loop carries (dh, dc) and emits the gate gradients; every factor that does not
-# depend on the carried gradients is computed BEFORE the loop in one large elementwise pass, so
-# a step is: a few multiplies, one product with recurrent_kernel.T. Weight gradients after it.
+# Forward
 
 
-def _backward(spec: Spec, rk, rb, states, mask, rmask, res, dys, dfinal):
-    """-> (dxp, drk, drb, dstates, drmask). res = (coef, hs) from `_forward`."""
-    coef, hs = res
+def _forward(spec: Spec, x, kernel, xb, rk, rb, states, mask, rmask, *, save: bool):
+    """x (b, t, f) -> ((ys, final_states), residuals); residuals is None unless `save`.
+
+    ys (b, t, u) is in processing order; the residuals are in time order (aligned with x):
+      LSTM       (k (b, t, 4, u) = [g ract'(i), c_prev ract'(f), i act'(g), act(c) ract'(o)],
+                  e = o act'(c), f, h_prev)
+      GRU        (k (b, t, 3, u) = [kz, kr, kh r], z, kh, h_prev) with kz = (h_prev - h~)
+                  ract'(z), kh = (1 - z) act'(h~), kr = kh (h_prev @ rk_h + b_h) ract'(r)
+      SimpleRNN  (act'(h_new), h_prev)
+    """
+    act, dact = _ACT[spec.activation]
+    _, dract = _ACT[spec.recurrent_activation]
+    b, steps, f = x.shape
     u = rk.shape[0]
     n = rk.shape[1] // u
-    t, b = hs.shape[:2]
-    rk_t = rk.T
-    h_prev = _shift(states[0], hs)  # h entering each step
+    dtype = rk.dtype
+    xp = (x.reshape(b * steps, f) @ kernel).reshape(b, steps, n * u)  # ONE product
+
+    def pre(xp_t, h):
+        """(x-part, h-part) of the pre-activations, each (b, n, u)."""
+        xin = xp_t if xb is None else xp_t + xb[None, :]
+        inner = (h if rmask is None else h * rmask) @ rk
+        if rb is not None:
+            inner = inner + rb[None, :]
+        return xin.reshape(b, n, u), inner.reshape(b, n, u)
+
+    def zeros(*shape):
+        return jnp.zeros((b, steps, *shape), dtype)
+
+    if spec.kind == "lstm":
+        res0 = (zeros(4, u), zeros(u), zeros(u), zeros(u)) if save else ()
+
+        def cell(h, c, xp_t):
+            xin, inner = pre(xp_t, h)
+            a = _gate_act(spec, xin + inner, 2)
+            i, fg, g, o = a[:, 0], a[:, 1], a[:, 2], a[:, 3]
+            c_new = fg * c + i * g
+            tc = act(c_new)
+            h_new = o * tc
+            if not save:
+                return h_new, c_new, ()
+            k = jnp.stack([g * dract(i), c * dract(fg), i * dact(g), tc * dract(o)], axis=1)
+            return h_new, c_new, (k, o * dact(tc), fg, h)
+
+    elif spec.kind == "gru":
+        res0 = (zeros(3, u), zeros(u), zeros(u), zeros(u)) if save else ()
+
+        def cell(h, c, xp_t):
+            xin, inner = pre(xp_t, h)
+            zr = _gate_act(spec, xin[:, :2] + inner[:, :2], None)
+            z, r, rh = zr[:, 0], zr[:, 1], inner[:, 2]
+            hh = act(xin[:, 2] + r * rh)
+            h_new = z * h + (1 - z) * hh
+            if not save:
+                return h_new, c, ()
+            kz = (h - hh) * dract(z)
+            kh = (1 - z) * dact(hh)
+            return h_new, c, (jnp.stack([kz, kh * rh * dract(r), kh * r], axis=1), z, kh, h)
+
+    else:
+        res0 = (zeros(u), zeros(u)) if save else ()
+
+        def cell(h, c, xp_t):
+            xin, inner = pre(xp_t, h)
+            h_new = act((xin + inner)[:, 0])
+            return h_new, c, ((dact(h_new), h) if save else ())
+
+    def body(t, carry):
+        h, c, ys, res = carry
+        tau = _time_index(spec, steps, t)
+        m_t = None if mask is None else _at(mask, tau)
+        h_new, c_new, res_t = cell(h, c, _at(xp, tau))
+        h_t = _keep(m_t, h_new, h)
+        c_t = None if c is None else _keep(m_t, c_new, c)
+        if spec.emit:
+            y = h_t
+            if spec.zero_output_for_mask and m_t is not None:
+                y = jnp.where(m_t[:, None], h_new, jnp.zeros_like(h_new))
+            ys = _put(ys, y, t)
+        res = tuple(_put(buf, v, tau) for buf, v in zip(res, res_t, strict=True))
+        return h_t, c_t, ys, res
+
+    c0 = states[1] if spec.kind == "lstm" else None
+    ys0 = zeros(u) if spec.emit else None
+    h, c, ys, res = jax.lax.fori_loop(0, steps, body, (states[0], c0, ys0, res0),
+                                      unroll=spec.unroll)
+    final = (h, c) if spec.kind == "lstm" else (h,)
+    return (ys, final), (res if save else None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Backward: the loop carries (dh, dc) and does only what depends on them: a few multiplies by
+# the saved factors and the product with recurrent_kernel.T, split per gate (n products
+# (b, u) @ (u, u): measured 1.5x faster on XLA:CPU than one (b, n*u) @ (n*u, u), and no gate
+# array to assemble). It writes dh (and dc) per step; the gate gradients of all steps are
+# rebuilt after the loop in one elementwise pass, and every weight gradient is one product.
+
+
+def _backward(spec: Spec, x, kernel, rk, rb, states, mask, rmask, res, dys, dfinal):
+    """-> (dx, dkernel, dxb, drk, drb, dstates, drmask)."""
+    b, steps, f = x.shape
+    u = rk.shape[0]
+    n = rk.shape[1] // u
+    dtype = rk.dtype
+    rk_gates = rk.reshape(u, n, u).transpose(1, 2, 0)  # [j] = rk[:, j*u:(j+1)*u].T
     emit, zero_out = spec.emit, spec.zero_output_for_mask
+    h_prev = res[-1]
 
     def entry(dh, m_t, dy_t):
         """The incoming dh split into (gradient of h_new, gradient passed to h_prev)."""
@@ -275,99 +306,117 @@ def _backward(spec: Spec, rk, rb, states, mask, rmask, res, dys, dfinal):
         keep = m_t[:, None]
         return jnp.where(keep, dh_in, 0), jnp.where(keep, 0, dh if zero_out else dh_in)
 
-    def through_rk(dinner, hp_t, extra, drm):
-        """d h_prev from `inner = (h_prev * rmask) @ rk`, plus `extra`; accumulates d rmask."""
-        dhr = dinner.reshape(b, -1) @ rk_t
+    def through_rk(dgates, hp_t, extra, drm):
+        """d h_prev from `inner = (h_prev * rmask) @ rk` given d inner per gate, plus `extra`;
+        accumulates d rmask."""
+        dhr = dgates[0] @ rk_gates[0]
+        for j in range(1, n):
+            dhr = dhr + dgates[j] @ rk_gates[j]
         if rmask is None:
             return dhr if extra is None else dhr + extra, drm
         dh_prev = dhr * rmask
         return (dh_prev if extra is None else dh_prev + extra), drm + hp_t * dhr
 
     if spec.kind == "lstm":
-        # coef = [g ract'(i), c_prev ract'(f), i act'(g), act(c) ract'(o), o act'(c), f]
-        lane = _lane(4)
+        k, e, fg, _ = res
 
-        def step(carry, inp):
-            dh, dc, drm = carry
-            k_t, m_t, dy_t, hp_t = inp
+        def step(dh, dc, drm, tau, m_t, dy_t):
             dhn, ph = entry(dh, m_t, dy_t)
             dcn = dc if m_t is None else jnp.where(m_t[:, None], dc, 0)
-            dcn = dcn + dhn * k_t[:, 4]
-            dz = jnp.where(lane == 3, dhn[:, None], dcn[:, None]) * k_t[:, :4]
-            dc_prev = dcn * k_t[:, 5]
+            dcn = dcn + dhn * _at(e, tau)
+            dc_prev = dcn * _at(fg, tau)
             if m_t is not None:
                 dc_prev = dc_prev + jnp.where(m_t[:, None], 0, dc)
-            dh_prev, drm = through_rk(dz, hp_t, ph, drm)
-            return (dh_prev, dc_prev, drm), dz
-
-        init = (dfinal[0], dfinal[1])
+            k_t = _at(k, tau)
+            dgates = [dcn * k_t[:, 0], dcn * k_t[:, 1], dcn * k_t[:, 2], dhn * k_t[:, 3]]
+            dh_prev, drm = through_rk(dgates, _at(h_prev, tau) if rmask is not None else None,
+                                      ph, drm)
+            return dh_prev, dc_prev, drm, (dhn, dcn)
 
     elif spec.kind == "gru":
-        # coef = [kz, kr, kh r, z, kh]: d inner = dh * coef[:3], d xp = dh * coef[[0, 1, 4]]
+        k, z, kh, _ = res
 
-        def step(carry, inp):
-            dh, drm = carry
-            k_t, m_t, dy_t, hp_t = inp
+        def step(dh, dc, drm, tau, m_t, dy_t):
             dhn, ph = entry(dh, m_t, dy_t)
-            direct = dhn * k_t[:, 3] if ph is None else dhn * k_t[:, 3] + ph
-            dh_prev, drm = through_rk(dhn[:, None] * k_t[:, :3], hp_t, direct, drm)
-            return (dh_prev, drm), dhn
-
-        init = (dfinal[0],)
+            direct = dhn * _at(z, tau)
+            if ph is not None:
+                direct = direct + ph
+            k_t = _at(k, tau)
+            dgates = [dhn * k_t[:, 0], dhn * k_t[:, 1], dhn * k_t[:, 2]]
+            dh_prev, drm = through_rk(dgates, _at(h_prev, tau) if rmask is not None else None,
+                                      direct, drm)
+            return dh_prev, dc, drm, (dhn,)
 
     else:
-        # coef = act'(h_new)
+        k, _ = res
 
-        def step(carry, inp):
-            dh, drm = carry
-            k_t, m_t, dy_t, hp_t = inp
+        def step(dh, dc, drm, tau, m_t, dy_t):
             dhn, ph = entry(dh, m_t, dy_t)
-            da = dhn * k_t
-            dh_prev, drm = through_rk(da, hp_t, ph, drm)
-            return (dh_prev, drm), da
+            dh_prev, drm = through_rk([dhn * _at(k, tau)],
+                                      _at(h_prev, tau) if rmask is not None else None, ph, drm)
+            return dh_prev, dc, drm, (dhn,)
 
-        init = (dfinal[0],)
+    def body(s, carry):
+        dh, dc, drm, seqs = carry
+        t = steps - 1 - s  # processing steps, last first
+        tau = _time_index(spec, steps, t)
+        m_t = None if mask is None else _at(mask, tau)
+        dy_t = _at(dys, t) if emit else None
+        dh, dc, drm, outs = step(dh, dc, drm, tau, m_t, dy_t)
+        return dh, dc, drm, tuple(_put(buf, v, tau) for buf, v in zip(seqs, outs, strict=True))
 
+    n_seqs = 2 if spec.kind == "lstm" else 1
+    seqs0 = tuple(jnp.zeros((b, steps, u), dtype) for _ in range(n_seqs))
+    dc0 = dfinal[1] if spec.kind == "lstm" else None
     drm0 = None if rmask is None else jnp.zeros_like(rmask)
-    xs = (coef, mask, dys if emit else None, None if rmask is None else h_prev)
-    carry, dseq = jax.lax.scan(step, (*init, drm0), xs, reverse=True, unroll=spec.unroll)
-    *dstates, drmask = carry
+    dh, dc, drmask, seqs = jax.lax.fori_loop(0, steps, body, (dfinal[0], dc0, drm0, seqs0),
+                                             unroll=spec.unroll)
+    dstates = (dh, dc) if spec.kind == "lstm" else (dh,)
 
-    if spec.kind == "gru":
-        dhn = dseq[:, :, None]
-        dinner = (dhn * coef[:, :, :3]).reshape(t, b, n * u)
-        dxp = (dhn * jnp.concatenate([coef[:, :, :2], coef[:, :, 4:]], axis=2)).reshape(t, b, -1)
+    # The gate gradients of every step at once, time order (aligned with x).
+    if spec.kind == "lstm":
+        dhn, dcn = seqs
+        dinner = dxp = jnp.where(_lane(4)[None] == 3, dhn[:, :, None], dcn[:, :, None]) * k
+    elif spec.kind == "gru":
+        (dhn,) = seqs
+        dinner = dhn[:, :, None] * k
+        dxp = jnp.concatenate([dinner[:, :, :2], (dhn * kh)[:, :, None]], axis=2)
     else:
-        dinner = dxp = dseq.reshape(t, b, n * u)
-    hr_prev = h_prev if rmask is None else h_prev * rmask[None]
-    # ONE product for all steps: contract time and batch together.
-    drk = hr_prev.reshape(t * b, u).T @ dinner.reshape(t * b, n * u)
-    drb = None if rb is None else dinner.reshape(t * b, n * u).sum(axis=0)
-    return dxp, drk, drb, tuple(dstates), drmask
+        (dhn,) = seqs
+        dinner = dxp = dhn * k
+    dinner = dinner.reshape(b * steps, n * u)
+    dxp = dxp.reshape(b * steps, n * u)
+    hr_prev = h_prev if rmask is None else h_prev * rmask[:, None]
+    # ONE product each, contracting batch and time together.
+    x2 = x.reshape(b * steps, f)
+    dx = (dxp @ kernel.T).reshape(b, steps, f)
+    dkernel = x2.T @ dxp
+    drk = hr_prev.reshape(b * steps, u).T @ dinner
+    dxb = dxp.sum(axis=0)
+    drb = None if rb is None else dinner.sum(axis=0)
+    return dx, dkernel, dxb, drk, drb, dstates, drmask
 
 
-def _shift(first: Array, seq: Array) -> Array:
-    """(t, b, u) sequence of previous values: [first, seq[0], ..., seq[t-2]]."""
-    return jnp.concatenate([first[None], seq[:-1]], axis=0)
+# ---------------------------------------------------------------------------------------------
+# The custom_vjp
 
 
-def _recurrence_impl(spec, xp, xb, rk, rb, states, mask, rmask):
-    return _forward(spec, xp, xb, rk, rb, states, mask, rmask, save=False)[0]
+def _recurrence_impl(spec, x, kernel, xb, rk, rb, states, mask, rmask):
+    return _forward(spec, x, kernel, xb, rk, rb, states, mask, rmask, save=False)[0]
 
 
-def _recurrence_fwd(spec, xp, xb, rk, rb, states, mask, rmask):
-    out, res = _forward(spec, xp, xb, rk, rb, states, mask, rmask, save=True)
-    return out, (xb is not None, rk, rb, states, mask, rmask, res)
+def _recurrence_fwd(spec, x, kernel, xb, rk, rb, states, mask, rmask):
+    out, res = _forward(spec, x, kernel, xb, rk, rb, states, mask, rmask, save=True)
+    return out, (x, kernel, xb is not None, rk, rb, states, mask, rmask, res)
 
 
 def _recurrence_bwd(spec, saved, cotangents):
-    has_xb, rk, rb, states, mask, rmask, res = saved
+    x, kernel, has_xb, rk, rb, states, mask, rmask, res = saved
     dys, dfinal = cotangents
-    dxp, drk, drb, dstates, drmask = _backward(
-        spec, rk, rb, states, mask, rmask, res, dys, dfinal
+    dx, dkernel, dxb, drk, drb, dstates, drmask = _backward(
+        spec, x, kernel, rk, rb, states, mask, rmask, res, dys, dfinal
     )
-    dxb = dxp.reshape(-1, dxp.shape[-1]).sum(axis=0) if has_xb else None
-    return dxp, dxb, drk, drb, dstates, None, drmask
+    return dx, dkernel, (dxb if has_xb else None), drk, drb, dstates, None, drmask
 
 
 _recurrence = jax.custom_vjp(_recurrence_impl, nondiff_argnums=(0,))
@@ -376,7 +425,8 @@ _recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
 
 def recurrence(
     spec: Spec,
-    xp: Array,
+    x: Array,
+    kernel: Array,
     input_bias: Array | None,
     recurrent_kernel: Array,
     recurrent_bias: Array | None,
@@ -384,54 +434,41 @@ def recurrence(
     mask: Array | None = None,
     rmask: Array | None = None,
 ) -> tuple[Array | None, tuple[Array, ...]]:
-    """Run the recurrence over time-major projected inputs, with the fused backward pass.
+    """A recurrent layer's computation, input projection included, with the fused backward.
 
-    xp: (t, b, g) = x @ kernel for every step (g = gates * u); input_bias (g,) or None, added
-    to xp inside the step (saves a full pass over xp); recurrent_kernel (u, g); recurrent_bias
-    (g,) (GRU's second bias row: added to `h @ recurrent_kernel`) or None; states: LSTM (h, c),
-    else (h,), each (b, u); mask: (t, b) bool or None; rmask: (b, u) recurrent-dropout mask or
-    None. Returns (ys, final_states): ys (t, b, u) in processing order (None unless
-    `spec.emit`), final_states like `states`.
+    x: (b, t, f) batch-major; kernel (f, g) with g = gates * u; input_bias (g,) or None;
+    recurrent_kernel (u, g); recurrent_bias (g,) (GRU's second bias row: added to
+    `h @ recurrent_kernel`) or None; states: LSTM (h, c), else (h,), each (b, u); mask: (b, t)
+    bool or None; rmask: (b, u) recurrent-dropout mask or None. Returns (ys, final_states):
+    ys (b, t, u) in processing order (None unless `spec.emit`), final_states like `states`.
     """
-    return _recurrence(
-        spec, xp, input_bias, recurrent_kernel, recurrent_bias, tuple(states), mask, rmask
-    )
+    return _recurrence(spec, x, kernel, input_bias, recurrent_kernel, recurrent_bias,
+                       tuple(states), mask, rmask)
 
 
 def residual_bytes(spec: Spec, t: int, b: int, u: int, itemsize: int = 4) -> int:
-    """Bytes the forward saves for the backward besides its inputs: per step and sequence, the
-    backward factors (LSTM 6u, GRU 5u, SimpleRNN u) and the carried h (u)."""
+    """Bytes the forward saves for the backward besides its inputs (see the module doc)."""
     per_step = {"lstm": 7 * u, "gru": 6 * u, "simple_rnn": 2 * u}[spec.kind]
     return t * b * per_step * itemsize
 
 
 def layer_recurrence(layer, cell: CellBase, params, x, states, mask, rmask):
-    """The fused path of `recurrent.RNN`: x (b, t, f) batch-major as the layer gets it.
+    """The fused path of `recurrent.RNN`: x (b, t, f), mask (b, t) bool or None.
 
     Returns (final_states, ys) with ys (b, t, u) in processing order (reversed time under
     `go_backwards`, as Keras returns it), or None without `return_sequences`.
     """
     time = x.shape[1]
-    xt = jnp.swapaxes(x, 0, 1)  # (t, b, f): cheaper to move than the (t, b, g) projection
-    mt = None if mask is None else jnp.swapaxes(mask, 0, 1)
-    if layer.go_backwards:
-        xt = jnp.flip(xt, axis=0)
-        mt = None if mt is None else jnp.flip(mt, axis=0)
-    xp = xt @ params["kernel"]  # (t, b, g); the input bias is added inside the step
-    rb = None
-    if isinstance(cell, GRUCell) and cell.use_bias:
-        rb = params["bias"][1]
     if layer.unroll is True:
         unroll = time
     elif isinstance(layer.unroll, bool) or int(layer.unroll) <= 0:
         unroll = auto_unroll(x.shape[0], layer.units)
     else:
         unroll = int(layer.unroll)
-    spec = spec_for(
-        cell, zero_output_for_mask=layer.zero_output_for_mask,
-        emit=layer.return_sequences, unroll=min(unroll, time),
-    )
-    ys, final = recurrence(
-        spec, xp, cell.input_bias(params), params["recurrent_kernel"], rb, states, mt, rmask
-    )
-    return final, (None if ys is None else jnp.swapaxes(ys, 0, 1))
+    spec = spec_for(cell, zero_output_for_mask=layer.zero_output_for_mask,
+                    emit=layer.return_sequences, reverse=layer.go_backwards,
+                    unroll=max(1, min(unroll, time)))
+    rb = params["bias"][1] if isinstance(cell, GRUCell) and cell.use_bias else None
+    ys, final = recurrence(spec, x, params["kernel"], cell.input_bias(params),
+                           params["recurrent_kernel"], rb, states, mask, rmask)
+    return final, ys

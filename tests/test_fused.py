@@ -1,0 +1,335 @@
+"""The fused recurrence (`jaxseq.fused`, `implementation="fused"`) against the reference path.
+
+The reference is autodiff of the plain scan: the layer with `implementation="scan"` (flax
+`nn.scan`), and, for the bare `fused.recurrence`, autodiff of the same forward math without the
+custom backward. Outputs and gradients (w.r.t. params, inputs and initial states) must agree to
+rtol=1e-5 in float32 over masks, go_backwards, return_sequences, return_state, initial_state,
+zero_output_for_mask and dropout; `check_grads` must pass in float64.
+
+Speed: XLA's CPU compile dominates, so each test jit-compiles ONE program that runs several flag
+combinations of both implementations.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+import jaxseq as js
+from jaxseq import fused
+
+RTOL, ATOL = 1e-5, 1e-6
+B, T, F, U = 3, 5, 2, 4
+LAYERS = {"lstm": (js.LSTM, 2), "gru": (js.GRU, 1), "simple_rnn": (js.SimpleRNN, 1)}
+# Rows: no padding, holes, fully masked.
+MASK = np.array([[1, 1, 1, 1, 1], [1, 0, 1, 1, 0], [0, 0, 0, 0, 0]], bool)
+
+
+def _data(name: str, dtype=np.float32, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(B, T, F)).astype(dtype)
+    n_states = LAYERS[name][1]
+    init = tuple(rng.normal(scale=0.5, size=(B, U)).astype(dtype) for _ in range(n_states))
+    return x, init
+
+
+@functools.cache
+def _params(name: str, dtype=jnp.float32, seed=1):
+    """Random params in the layer's layout (shapes from `eval_shape`: no initializer to
+    compile), biases included so that every bias path carries gradient."""
+    layer = LAYERS[name][0](U, param_dtype=dtype)
+    shapes = jax.eval_shape(layer.init, jax.random.key(0), jnp.zeros((B, T, F), dtype))["params"]
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda s: jnp.asarray(rng.normal(scale=0.5, size=s.shape), dtype), shapes)
+
+
+def _weighted_sum(out, seed: int):
+    """A scalar that depends on every output with its own random weight."""
+    leaves = jax.tree.leaves(out)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    weights = [jax.random.normal(k, a.shape, a.dtype) for a, k in zip(leaves, keys, strict=True)]
+    return sum(jnp.sum(a * w) for a, w in zip(leaves, weights, strict=True))
+
+
+# (return_sequences, return_state, go_backwards, masked, initial_state, zero_output_for_mask):
+# every flag both ways and every pair of flags in all four combinations (a covering array; see
+# test_covering_flags_exercise_every_pair), six programs instead of 64.
+COVER = [
+    (False, False, False, False, False, False),
+    (True, True, True, True, True, True),
+    (False, False, False, True, True, True),
+    (False, True, True, False, False, True),
+    (True, False, True, False, True, False),
+    (True, True, False, True, False, False),
+]
+
+
+def _key(flags) -> str:
+    return "".join(str(int(f)) for f in flags)
+
+
+# Per kind: the flag combinations run deterministic, and those run with dropout and
+# recurrent_dropout (LSTM: the covering array; GRU and SimpleRNN share the flag handling, so the
+# two extremes). The all-True row runs with dropout only.
+PLAN = {"lstm": (COVER[:1] + COVER[2:], COVER[1:2]), "gru": (COVER[:1], COVER[1:2]),
+        "simple_rnn": (COVER[:1], COVER[1:2])}
+
+
+@functools.cache
+def _grads(name: str) -> dict:
+    """{(flags, dropout, impl): (outputs, grads)} from ONE compiled program per kind."""
+    cls, _ = LAYERS[name]
+    params = _params(name)
+    x, init = _data(name)
+    combos, with_dropout = PLAN[name]
+
+    def run(params, x, init, mask):
+        out = {}
+        for flags, dropout in [(f, False) for f in combos] + [(f, True) for f in with_dropout]:
+            rs, st, gb, masked, use_init, zo = flags
+            kw = {"dropout": 0.3, "recurrent_dropout": 0.4} if dropout else {}
+            for impl in ("scan", "fused"):
+                # unroll > 1 (not dividing T) on some fused runs: same math, other loop shape
+                unroll = 2 if impl == "fused" and gb else False
+                layer = cls(U, return_sequences=rs, return_state=st, go_backwards=gb,
+                            zero_output_for_mask=zo, implementation=impl, unroll=unroll, **kw)
+
+                def loss(params, x, init, layer=layer, masked=masked, use_init=use_init,
+                         dropout=dropout):
+                    y = layer.apply(
+                        {"params": params}, x, mask=mask if masked else None,
+                        initial_state=init if use_init else None,
+                        deterministic=not dropout, rngs={"dropout": jax.random.key(7)},
+                    )
+                    return _weighted_sum(y, 3), y
+
+                (_, y), g = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(
+                    params, x, init
+                )
+                out[_key(flags), dropout, impl] = (y, g)
+        return out
+
+    return jax.jit(run)(params, x, init, MASK)
+
+
+def _assert_close(got, want, rtol=RTOL, atol=ATOL):
+    """Elementwise rtol, plus an absolute floor of rtol times the array's largest magnitude:
+    float32 sums in a different order (one product over all steps vs. one per step) differ by
+    rounding relative to the sum's terms, not to a result that happens to cancel."""
+    got, want = jax.tree.leaves(got), jax.tree.leaves(want)
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        chex.assert_equal_shape([g, w])
+        assert g.dtype == w.dtype
+        g, w = np.asarray(g), np.asarray(w)
+        floor = rtol * float(np.max(np.abs(w), initial=0.0))
+        np.testing.assert_allclose(g, w, rtol=rtol, atol=max(atol, floor))
+
+
+CASES = [
+    pytest.param(name, flags, dropout, id=f"{name}-{_key(flags)}{'-dropout' if dropout else ''}")
+    for name, (combos, with_dropout) in PLAN.items()
+    for flags, dropout in [(f, False) for f in combos] + [(f, True) for f in with_dropout]
+]
+
+
+@pytest.mark.parametrize("name, flags, dropout", CASES)
+def test_fused_matches_scan_outputs_and_gradients(name, flags, dropout):
+    """Outputs, and gradients w.r.t. params, x and initial_state. With dropout both paths get
+    the same masks (drawn before the paths split)."""
+    out = _grads(name)
+    y_fused, g_fused = out[_key(flags), dropout, "fused"]
+    y_scan, g_scan = out[_key(flags), dropout, "scan"]
+    _assert_close(y_fused, y_scan)
+    _assert_close(g_fused, g_scan)
+
+
+def test_covering_flags_exercise_every_pair():
+    cols = np.array(COVER, int)
+    for i, j in itertools.combinations(range(cols.shape[1]), 2):
+        assert {tuple(p) for p in cols[:, [i, j]]} == {(0, 0), (0, 1), (1, 0), (1, 1)}
+
+
+# --------------------------------------------------------------------------------------------
+# The bare custom_vjp against autodiff of the same forward (gradients w.r.t. every input,
+# the recurrent-dropout mask included), float32 and float64.
+
+
+def _recurrence_case(kind: str, dtype, *, masked: bool, rmasked: bool, seed=0):
+    """Arguments of `fused.recurrence` after the spec: (x, kernel, input_bias, recurrent_kernel,
+    recurrent_bias, states, rmask), and the mask."""
+    n = {"lstm": 4, "gru": 3, "simple_rnn": 1}[kind]
+    rng = np.random.default_rng(seed)
+    arr = lambda *shape, scale=1.0: jnp.asarray(rng.normal(scale=scale, size=shape), dtype)
+    x, kernel = arr(B, T, F), arr(F, n * U, scale=0.5)
+    xb, rk = arr(n * U, scale=0.3), arr(U, n * U, scale=0.5)
+    rb = arr(n * U, scale=0.3) if kind == "gru" else None
+    states = tuple(arr(B, U, scale=0.5) for _ in range(2 if kind == "lstm" else 1))
+    mask = jnp.asarray(MASK) if masked else None
+    rmask = jnp.asarray(rng.uniform(0, 2, (B, U)), dtype) if rmasked else None
+    return (x, kernel, xb, rk, rb, states, rmask), mask
+
+
+def _reference(spec, x, kernel, xb, rk, rb, states, mask, rmask):
+    """The same forward math, differentiated by JAX's autodiff (no custom backward)."""
+    return fused._forward(spec, x, kernel, xb, rk, rb, states, mask, rmask, save=False)[0]
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "simple_rnn"])
+def test_recurrence_vjp_equals_autodiff_of_forward(kind):
+    cases = [
+        (fused.Spec(kind, emit=emit, zero_output_for_mask=zo, reverse=rev), masked, rmasked)
+        for emit, zo, rev, masked, rmasked in [(True, True, True, True, True),
+                                               (False, False, False, False, True)]
+    ]
+
+    @jax.jit
+    def run():
+        out = []
+        for i, (spec, masked, rmasked) in enumerate(cases):
+            args, mask = _recurrence_case(kind, jnp.float32, masked=masked, rmasked=rmasked,
+                                          seed=i)
+
+            def loss(f, x, kernel, xb, rk, rb, states, rmask, spec=spec, mask=mask, seed=i):
+                out = f(spec, x, kernel, xb, rk, rb, states, mask, rmask)
+                return _weighted_sum(out, seed)
+
+            got = jax.grad(functools.partial(loss, fused.recurrence), argnums=range(7))(*args)
+            want = jax.grad(functools.partial(loss, _reference), argnums=range(7))(*args)
+            out.append((got, want))
+        return out
+
+    for got, want in run():
+        _assert_close(got, want)
+
+
+def test_recurrence_other_activations_float64():
+    """The derivative table (written in terms of each activation's output) for the
+    non-default activations, and the generic gate path (not the one-tanh fast path)."""
+    cases = [("lstm", "relu", "tanh"), ("gru", "linear", "relu"), ("simple_rnn", "sigmoid", "")]
+    with jax.enable_x64(True):
+
+        @jax.jit
+        def run():
+            out = []
+            for i, (kind, act, ract) in enumerate(cases):
+                spec = fused.Spec(kind, activation=act, recurrent_activation=ract or "sigmoid")
+                args, mask = _recurrence_case(kind, jnp.float64, masked=True, rmasked=False,
+                                              seed=i)
+
+                def loss(f, *args, spec=spec, mask=mask):
+                    x, kernel, xb, rk, rb, states, rmask = args
+                    return _weighted_sum(f(spec, x, kernel, xb, rk, rb, states, mask, rmask), 8)
+
+                got = jax.grad(functools.partial(loss, fused.recurrence), argnums=range(6))
+                want = jax.grad(functools.partial(loss, _reference), argnums=range(6))
+                out.append((got(*args), want(*args)))
+            return out
+
+        for got, want in run():
+            _assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_recurrence_check_grads_float64_second_order():
+    """d rmask included; order 2 differentiates the custom backward pass itself."""
+    with jax.enable_x64(True):
+        args, mask = _recurrence_case("lstm", jnp.float64, masked=True, rmasked=True)
+        spec = fused.Spec("lstm", emit=True, reverse=True, zero_output_for_mask=True)
+
+        @jax.jit
+        def f(x, kernel, xb, rk, rb, states, rmask):
+            return fused.recurrence(spec, x, kernel, xb, rk, rb, states, mask, rmask)
+
+        check_grads(f, args, order=2, modes=["rev"], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["gru", "simple_rnn"])  # LSTM: the second-order test above
+def test_layer_check_grads_float64(name):
+    with jax.enable_x64(True):
+        params = _params(name, jnp.float64)
+        x, init = _data(name, np.float64)
+        layer = LAYERS[name][0](U, return_sequences=True, return_state=True, go_backwards=True,
+                                implementation="fused", dtype=jnp.float64,
+                                param_dtype=jnp.float64)
+
+        @jax.jit
+        def f(params, x, init):
+            return layer.apply({"params": params}, x, mask=MASK, initial_state=init)
+
+        chex.assert_type(jax.tree.leaves(f(params, x, init)), jnp.float64)
+        check_grads(f, (params, x, init), order=1, modes=["rev"])
+
+
+# --------------------------------------------------------------------------------------------
+# Transformations: vmap over replicas (as jaxseq.replicas does) under jit.
+
+
+def test_vmap_over_replicas_matches_per_replica_scan():
+    layer = js.LSTM(U, return_sequences=True, implementation="fused")
+    ref = js.LSTM(U, return_sequences=True, implementation="scan")
+    x, _ = _data("lstm")
+    p0 = _params("lstm")
+    params = jax.tree.map(lambda p: jnp.stack([p, 0.5 * p[::-1]]), p0)  # two distinct replicas
+
+    def grads(model, params):
+        return jax.grad(lambda p: _weighted_sum(model.apply({"params": p}, x, mask=MASK), 4))(
+            params
+        )
+
+    got = jax.jit(jax.vmap(functools.partial(grads, layer)))(params)
+    ref_grads = jax.jit(functools.partial(grads, ref))
+    for r in range(2):
+        want = ref_grads(jax.tree.map(lambda p, r=r: p[r], params))
+        _assert_close(jax.tree.map(lambda p, r=r: p[r], got), want)
+
+
+# --------------------------------------------------------------------------------------------
+# Selection: "auto" takes the fused path where supported; forced choices never fall back.
+
+
+def _uses_custom_vjp(layer, x) -> bool:
+    params = jax.eval_shape(layer.init, jax.random.key(0), x)
+    jaxpr = jax.make_jaxpr(lambda p: layer.apply(p, x))(params)
+    return "custom_vjp_call" in str(jaxpr)
+
+
+@pytest.mark.parametrize(
+    "layer, fused_expected",
+    [
+        (js.LSTM(U), True),
+        (js.GRU(U), True),
+        (js.SimpleRNN(U, activation="relu"), True),
+        (js.LSTM(U, recurrent_activation="hard_sigmoid"), False),
+        (js.GRU(U, reset_after=False), False),
+        (js.LSTM(U, implementation="scan"), False),
+    ],
+    ids=["lstm", "gru", "simple_rnn_relu", "lstm_hard_sigmoid", "gru_reset_before", "scan"],
+)
+def test_auto_selection(layer, fused_expected):
+    x = jnp.ones((B, T, F))
+    assert _uses_custom_vjp(layer, x) == fused_expected
+
+
+def test_unsupported_forced_fused_raises():
+    with pytest.raises(ValueError, match=r"GRU\(implementation='fused'\).*reset_after=False"):
+        layer = js.GRU(U, reset_after=False, implementation="fused")
+        jax.eval_shape(layer.init, jax.random.key(0), jnp.ones((B, T, F)))
+
+
+@pytest.mark.skipif(jax.default_backend() == "gpu", reason="checks the error off GPU")
+def test_cudnn_off_gpu_raises():
+    with pytest.raises(ValueError, match=r"implementation='cudnn'.*GPU"):
+        layer = js.LSTM(U, implementation="cudnn")
+        jax.eval_shape(layer.init, jax.random.key(0), jnp.ones((B, T, F)))
+
+
+def test_residual_bytes():
+    spec = fused.Spec("lstm")
+    assert fused.residual_bytes(spec, t=10, b=2, u=3) == 10 * 2 * 7 * 3 * 4
