@@ -62,7 +62,7 @@ def run_framing(framing: str, *, n_replicas: int, length: int, epochs: int | Non
 
     sk = replicas.skill(model, params, x, y)
     rmse, summary = sk["rmse"]
-    preds = np.stack([np.asarray(js.predict(model, jax.tree.map(lambda a: a[i], params), x))
+    preds = np.stack([np.asarray(js.predict(model, jax.tree.map(lambda a, i=i: a[i], params), x))
                       for i in range(len(seeds))])
     max_err = np.max(np.abs(preds - np.asarray(y)[None]).reshape(len(seeds), -1), axis=1)
     learned = np.isfinite(max_err) & (max_err <= tol)

@@ -3,9 +3,9 @@
 One sequence, [0.0, 0.2, 0.4, 0.6, 0.8], echoed back, framed three ways, with the tutorial's
 settings (LSTM(5), Adam(1e-3), MSE):
 
-  one_to_one    LSTM(5) + Dense(1)                                140 + 6  params, 1000 epochs, batch 5
-  many_to_one   LSTM(5) + Dense(5)                                140 + 30 params,  500 epochs, batch 1
-  many_to_many  LSTM(5, return_sequences) + TimeDistributed(Dense(1))  140 + 6  params, 1000 epochs, batch 1
+  one_to_one    LSTM(5) + Dense(1)                             140 + 6,  1000 epochs, batch 5
+  many_to_one   LSTM(5) + Dense(5)                             140 + 30,  500 epochs, batch 1
+  many_to_many  LSTM(5, return_sequences) + TD(Dense(1))       140 + 6,  1000 epochs, batch 1
 
 Command (from the repository root):
 
