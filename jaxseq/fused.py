@@ -13,6 +13,12 @@ Layout: batch-major, as the layer gets its input: the projection `x @ kernel` is
 (b*t, f), the loop reads step t as the slice [:, t] and writes its outputs in place; no
 transposes, no flips (`go_backwards` only changes which slice a step reads and writes).
 
+Choices by size, all measured on XLA:CPU with 2 cores (see the functions for the numbers): every
+gate nonlinearity in one elementwise pass (one tanh for sigmoid gates); for small steps (XLA runs
+their products on one thread) the backward product is taken per gate (`split_products`) and the
+training forward folds the input projection into the step (`project_in_loop`), which keeps the
+(b, t, g) projection out of memory; no loop unrolling (`AUTO_UNROLL`).
+
 What the forward saves, per step (b = batch, u = units): the factors that the backward step
 multiplies its carried gradients by, computed in the forward's own elementwise pass, where every
 operand is at hand (so the backward recomputes no activation and no product), and h_prev:
@@ -20,7 +26,7 @@ operand is at hand (so the backward recomputes no activation and no product), an
   GRU        3u gate factors, z, (1 - z) act'(h~), h_prev        6u
   SimpleRNN  act'(h), h_prev                                     2u
 (`residual_bytes`). Autodiff of the scan keeps a similar amount (its step residuals); measured
-temp memory of the compiled fwd+bwd is in experiments/BENCH_RESULTS.md.
+temp memory of the compiled fwd+bwd is in README.md (Performance).
 
 Supported: LSTMCell, GRUCell (reset_after=True) and SimpleRNNCell with activations
 `tanh | sigmoid | linear | relu` (by name, or the same functions), every mask, go_backwards,
@@ -51,6 +57,11 @@ _ACT: dict[str, tuple[Callable[[Array], Array], Callable[[Array], Array]]] = {
     "relu": (jax.nn.relu, lambda y: (y > 0).astype(y.dtype)),
 }
 _KINDS = {LSTMCell: "lstm", GRUCell: "gru", SimpleRNNCell: "simple_rnn"}
+
+# Loop unroll when the layer leaves `unroll` at False. Measured on XLA:CPU (2 cores), LSTM
+# fwd+bwd 64x100x128x128: unroll 2 is 1.10x and 4 is 1.24x the time of 1; the tutorial's
+# T=5 LSTM(5) trains no faster fully unrolled. Larger steps only dilute the loop overhead more.
+AUTO_UNROLL = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,12 +132,6 @@ def select(implementation: str, cell: CellBase, where: str) -> str:
             "implementation='auto' (falls back to the scan) or 'scan'."
         )
     return "scan"
-
-
-def auto_unroll(batch: int, units: int) -> int:
-    """Scan unroll by size: small steps are dominated by loop overhead, large ones by the
-    product. Measured on a 2-core CPU (experiments/bench.py)."""
-    return 1
 
 
 def spec_for(cell: CellBase, **kw) -> Spec:
@@ -206,12 +211,25 @@ def _forward(spec: Spec, x, kernel, xb, rk, rb, states, mask, rmask, *, save: bo
     u = rk.shape[0]
     n = rk.shape[1] // u
     dtype = rk.dtype
-    xp = (x.reshape(b * steps, f) @ kernel).reshape(b, steps, n * u)  # ONE product
+    # The input projection: hoisted out of the loop as ONE product (b*t, f) @ (f, g), or, when
+    # training at small sizes, inside the step as [x_t, h] @ [kernel; recurrent_kernel] (see
+    # `project_in_loop`).
+    in_loop = save and spec.kind != "gru" and project_in_loop(b, u, n)
+    if in_loop:
+        xp, w_cat = x, jnp.concatenate([kernel, rk], axis=0)
+    else:
+        xp = (x.reshape(b * steps, f) @ kernel).reshape(b, steps, n * u)
 
     def pre(xp_t, h):
-        """(x-part, h-part) of the pre-activations, each (b, n, u)."""
+        """(x-part, h-part) of the pre-activations, each (b, n, u); the h-part is a scalar 0
+        when the x-part holds the sum."""
+        hr = h if rmask is None else h * rmask
+        if in_loop:
+            z = jnp.concatenate([xp_t, hr], axis=1) @ w_cat
+            z = z if xb is None else z + xb[None, :]
+            return z.reshape(b, n, u), jnp.zeros((), z.dtype)
         xin = xp_t if xb is None else xp_t + xb[None, :]
-        inner = (h if rmask is None else h * rmask) @ rk
+        inner = hr @ rk
         if rb is not None:
             inner = inner + rb[None, :]
         return xin.reshape(b, n, u), inner.reshape(b, n, u)
@@ -282,10 +300,36 @@ def _forward(spec: Spec, x, kernel, xb, rk, rb, states, mask, rmask, *, save: bo
 
 # ---------------------------------------------------------------------------------------------
 # Backward: the loop carries (dh, dc) and does only what depends on them: a few multiplies by
-# the saved factors and the product with recurrent_kernel.T, split per gate (n products
-# (b, u) @ (u, u): measured 1.5x faster on XLA:CPU than one (b, n*u) @ (n*u, u), and no gate
-# array to assemble). It writes dh (and dc) per step; the gate gradients of all steps are
-# rebuilt after the loop in one elementwise pass, and every weight gradient is one product.
+# the saved factors and the product with recurrent_kernel.T. It writes dh (and dc) per step;
+# the gate gradients of all steps are rebuilt after the loop in one elementwise pass, and every
+# weight gradient is one product.
+
+
+def _small_step(batch: int, units: int, gates: int) -> bool:
+    """Whether a step's product h @ recurrent_kernel is small enough that XLA:CPU runs it on
+    one thread (measured: (64, 128) @ (128, 512) does, (64, 256) @ (256, 1024) does not)."""
+    return jax.default_backend() == "cpu" and 2 * batch * gates * units * units < 16e6
+
+
+def split_products(batch: int, units: int, gates: int) -> bool:
+    """Whether the backward step multiplies by recurrent_kernel.T gate by gate (n products
+    (b, u) @ (u, u)) rather than once ((b, n*u) @ (n*u, u)). For a small step the per-gate
+    products measured 1.3-1.8x faster for the backward loop (no gate array to assemble); a
+    large product runs on every core, better as one."""
+    return _small_step(batch, units, gates)
+
+
+def project_in_loop(batch: int, units: int, gates: int) -> bool:
+    """Whether the training forward computes x_t @ kernel inside the step, fused with the
+    recurrent product ([x_t, h] @ [kernel; recurrent_kernel]), instead of one hoisted product.
+    For a small step this drops the (b, t, g) projection from memory: measured at LSTM
+    64x100x128x128 fwd+bwd the compiled temp memory goes 37.8 -> 31.3 MB, under glibc's
+    largest mmap threshold (32 MiB), so it stops being mapped fresh (and page-faulted) on every
+    call: 0.87x the time. At 64x100x256x256 it is even (0.97x) and at 32x200x512x512 1.2x
+    slower, so large steps keep the hoisted product; so does inference (no residuals to make
+    room for; 1.3x slower in the step at 64x100x128x128). The GRU keeps it too: its x- and
+    h-parts must stay apart."""
+    return _small_step(batch, units, gates)
 
 
 def _backward(spec: Spec, x, kernel, rk, rb, states, mask, rmask, res, dys, dfinal):
@@ -294,7 +338,11 @@ def _backward(spec: Spec, x, kernel, rk, rb, states, mask, rmask, res, dys, dfin
     u = rk.shape[0]
     n = rk.shape[1] // u
     dtype = rk.dtype
-    rk_gates = rk.reshape(u, n, u).transpose(1, 2, 0)  # [j] = rk[:, j*u:(j+1)*u].T
+    split = split_products(b, u, n)
+    if split:
+        rk_t = rk.reshape(u, n, u).transpose(1, 2, 0)  # [j] = rk[:, j*u:(j+1)*u].T
+    else:
+        rk_t = rk.T
     emit, zero_out = spec.emit, spec.zero_output_for_mask
     h_prev = res[-1]
 
@@ -306,12 +354,16 @@ def _backward(spec: Spec, x, kernel, rk, rb, states, mask, rmask, res, dys, dfin
         keep = m_t[:, None]
         return jnp.where(keep, dh_in, 0), jnp.where(keep, 0, dh if zero_out else dh_in)
 
-    def through_rk(dgates, hp_t, extra, drm):
-        """d h_prev from `inner = (h_prev * rmask) @ rk` given d inner per gate, plus `extra`;
-        accumulates d rmask."""
-        dhr = dgates[0] @ rk_gates[0]
-        for j in range(1, n):
-            dhr = dhr + dgates[j] @ rk_gates[j]
+    def through_rk(dgate, dgates, hp_t, extra, drm):
+        """d h_prev from `inner = (h_prev * rmask) @ rk`, plus `extra`; accumulates d rmask.
+        d inner comes as `dgate(j)` -> (b, u) for gate j, or `dgates()` -> (b, n, u) (one
+        elementwise expression: no concatenation)."""
+        if split:
+            dhr = dgate(0) @ rk_t[0]
+            for j in range(1, n):
+                dhr = dhr + dgate(j) @ rk_t[j]
+        else:
+            dhr = dgates().reshape(b, n * u) @ rk_t
         if rmask is None:
             return dhr if extra is None else dhr + extra, drm
         dh_prev = dhr * rmask
@@ -328,9 +380,11 @@ def _backward(spec: Spec, x, kernel, rk, rb, states, mask, rmask, res, dys, dfin
             if m_t is not None:
                 dc_prev = dc_prev + jnp.where(m_t[:, None], 0, dc)
             k_t = _at(k, tau)
-            dgates = [dcn * k_t[:, 0], dcn * k_t[:, 1], dcn * k_t[:, 2], dhn * k_t[:, 3]]
-            dh_prev, drm = through_rk(dgates, _at(h_prev, tau) if rmask is not None else None,
-                                      ph, drm)
+            dh_prev, drm = through_rk(
+                lambda j: (dhn if j == 3 else dcn) * k_t[:, j],
+                lambda: jnp.where(_lane(4) == 3, dhn[:, None], dcn[:, None]) * k_t,
+                _at(h_prev, tau) if rmask is not None else None, ph, drm,
+            )
             return dh_prev, dc_prev, drm, (dhn, dcn)
 
     elif spec.kind == "gru":
@@ -342,9 +396,10 @@ def _backward(spec: Spec, x, kernel, rk, rb, states, mask, rmask, res, dys, dfin
             if ph is not None:
                 direct = direct + ph
             k_t = _at(k, tau)
-            dgates = [dhn * k_t[:, 0], dhn * k_t[:, 1], dhn * k_t[:, 2]]
-            dh_prev, drm = through_rk(dgates, _at(h_prev, tau) if rmask is not None else None,
-                                      direct, drm)
+            dh_prev, drm = through_rk(
+                lambda j: dhn * k_t[:, j], lambda: dhn[:, None] * k_t,
+                _at(h_prev, tau) if rmask is not None else None, direct, drm,
+            )
             return dh_prev, dc, drm, (dhn,)
 
     else:
@@ -352,8 +407,10 @@ def _backward(spec: Spec, x, kernel, rk, rb, states, mask, rmask, res, dys, dfin
 
         def step(dh, dc, drm, tau, m_t, dy_t):
             dhn, ph = entry(dh, m_t, dy_t)
-            dh_prev, drm = through_rk([dhn * _at(k, tau)],
-                                      _at(h_prev, tau) if rmask is not None else None, ph, drm)
+            dh_prev, drm = through_rk(
+                lambda j: dhn * _at(k, tau), lambda: (dhn * _at(k, tau))[:, None],
+                _at(h_prev, tau) if rmask is not None else None, ph, drm,
+            )
             return dh_prev, dc, drm, (dhn,)
 
     def body(s, carry):
@@ -462,7 +519,7 @@ def layer_recurrence(layer, cell: CellBase, params, x, states, mask, rmask):
     if layer.unroll is True:
         unroll = time
     elif isinstance(layer.unroll, bool) or int(layer.unroll) <= 0:
-        unroll = auto_unroll(x.shape[0], layer.units)
+        unroll = AUTO_UNROLL
     else:
         unroll = int(layer.unroll)
     spec = spec_for(cell, zero_output_for_mask=layer.zero_output_for_mask,
