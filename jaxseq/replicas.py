@@ -54,11 +54,7 @@ def init_replicas(model, x, tx, init_keys) -> tuple:
     """(params, opt_state) for each init key, stacked on a leading replica axis."""
 
     def build():
-        def init(key, x1):
-            params = model.init(key, x1)["params"]
-            return params, tx.init(params)
-
-        return jax.jit(jax.vmap(init, in_axes=(0, None)))
+        return jax.jit(jax.vmap(training.init_fn(model, tx), in_axes=(0, None)))
 
     return training.cached("init_replicas", model, tx, build=build)(
         init_keys, jnp.asarray(x[:1]))

@@ -195,9 +195,6 @@ class Program:
     def eval_loss(self, params, x, y, w, m=None):
         return reduce_loss(self.loss(self.apply(params, x, train=False, mask=m), y), w)
 
-    def epoch(self, params, opt_state, keys: Keys, epoch, data):
-        """One epoch over all mini-batches: -> (params, opt_state, epoch loss)."""
-        return self.checked_epoch(params, opt_state, keys, epoch, data)[:3]
 
     def checked_epoch(self, params, opt_state, keys: Keys, epoch, data):
         """One epoch: -> (params, opt_state, epoch loss, bad batch, its loss).
@@ -285,12 +282,6 @@ class Program:
 
         epochs = first_epoch + jnp.arange(self.epochs_per_chunk)
         return jax.lax.scan(body, carry, epochs)
-
-    def chunk(self, params, opt_state, keys: Keys, first_epoch, last_epoch, data, val):
-        """`run` without early stopping, from a live state: -> (params, opt_state, logs)."""
-        carry = Carry(params, opt_state, jnp.ones((), bool), ())
-        carry, out = self.run(carry, keys, first_epoch, last_epoch, data, val)
-        return carry.params, carry.opt_state, {k: out[k] for k in self.log_names(val)}
 
 
 def _key(obj) -> Any:
@@ -418,17 +409,20 @@ def loss_weights(model, x, y, sample_weight, mask, where: str = "fit"):
     return w, mask
 
 
+def init_fn(model, tx) -> Callable:
+    """The pure `(key, x1) -> (params, opt_state)` that `fit` and `fit_replicas` compile."""
+
+    def init(key, x1):
+        params = model.init(key, x1)["params"]
+        return params, tx.init(params)
+
+    return init
+
+
 def init_state(model, x, tx, key) -> TrainState:
     """A fresh `TrainState` for `model` on inputs shaped like `x` (only x[:1] is used)."""
-
-    def build():
-        def init(key, x1):
-            params = model.init(key, x1)["params"]
-            return params, tx.init(params)
-
-        return jax.jit(init)
-
-    params, opt_state = cached("init", model, tx, build=build)(key, jnp.asarray(x[:1]))
+    params, opt_state = cached("init", model, tx, build=lambda: jax.jit(init_fn(model, tx)))(
+        key, jnp.asarray(x[:1]))
     return TrainState(step=0, apply_fn=model.apply, params=params, tx=tx, opt_state=opt_state)
 
 
