@@ -188,7 +188,7 @@ def rollout(model: Sequential, params, prefix, steps: int) -> Array:
         raise TypeError(f"{where} expects a jaxseq Sequential; got {type(model).__name__}.")
     contracts.check_positive_int(steps, "steps", where)
     batch, _, features = contracts.check_sequence_input(prefix, where)
-    from jaxseq.training import cached, output_shape  # late: training imports this module
+    from jaxseq.training import cached, jit, output_shape  # late: training imports this module
 
     out = output_shape(model, prefix)
     if out.shape[-1] != features:
@@ -196,7 +196,7 @@ def rollout(model: Sequential, params, prefix, steps: int) -> Array:
             f"{where} feeds predictions back as inputs, so the model must output f={features} "
             f"features per step; it outputs shape (batch, {', '.join(map(str, out.shape[1:]))})."
         )
-    fn = cached("rollout", model, steps, build=lambda: jax.jit(_rollout_fn(model, steps)))
+    fn = cached("rollout", model, steps, build=lambda: jit(_rollout_fn(model, steps)))
     y = fn(params, jnp.asarray(prefix))
     chex.assert_shape(y, (batch, steps, features))
     return y

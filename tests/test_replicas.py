@@ -32,6 +32,17 @@ def test_replica_i_equals_fit_with_seed_i(framing, build, batch_size):
         assert int(states.step[i]) == int(state.step)
 
 
+@pytest.mark.parametrize("seeds", [[0, 1, -5, 2**31 - 1, -(2**31)], [2**40, 7]])
+def test_stacked_seeds_equal_split_seed_per_seed(seeds):
+    # int32 seeds take one compiled vmap of split_seed; wider ones a loop: the same keys.
+    init, keys = replicas._stack_seeds(seeds)
+    for i, seed in enumerate(seeds):
+        ref_init, ref_keys = training.split_seed(seed)
+        np.testing.assert_array_equal(np.asarray(init[i]), np.asarray(ref_init))
+        for got, ref in zip(keys, ref_keys, strict=True):
+            np.testing.assert_array_equal(np.asarray(got[i]), np.asarray(ref))
+
+
 def _trace_counter():
     """Count traces of the batched training program (a Python side effect runs per trace)."""
     calls = []

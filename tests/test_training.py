@@ -82,6 +82,17 @@ def test_fit_matches_a_python_loop_with_a_partial_last_batch():
     assert int(state.step) == 4 * 3  # ceil(7 / 3) = 3 steps per epoch
 
 
+@pytest.mark.parametrize("build", [models.many_to_many, models.one_to_one])
+def test_compiled_init_equals_eager_init_bitwise(build):
+    # fit compiles init with its own XLA options (training.compiler_options(once=True)); they
+    # must not change a bit of the initial parameters.
+    model = build()
+    x, _ = problems.frame(SEQ, "many_to_many")
+    key, _ = training.split_seed(4)
+    state = training.init_state(model, x, training.DEFAULT_OPTIMIZER, key)
+    chex.assert_trees_all_equal(state.params, model.init(key, x[:1])["params"])
+
+
 def test_one_step_changes_every_parameter():
     x, y = problems.frame(SEQ, "many_to_many")
     model = models.many_to_many()
