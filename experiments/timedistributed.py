@@ -108,11 +108,17 @@ def plot(results: list[dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     fig, axes = plt.subplots(2, len(results), figsize=(4 * len(results), 6), squeeze=False)
     for i, r in enumerate(results):
         ax = axes[0, i]
         ax.semilogy(np.arange(1, len(r["loss"]) + 1), r["loss"])
+        # Plain-text tick labels, no minor ticks: mathtext labels ($10^{-12}$) and minor ticks
+        # over a dozen decades took most of the plot's second here.
+        ax.yaxis.set_major_locator(ticker.LogLocator(numticks=6))
+        ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:.0e}"))
+        ax.yaxis.set_minor_locator(ticker.NullLocator())
         ax.set_title(f"{r['framing']}: loss")
         ax.set_xlabel("epoch")
         ax = axes[1, i]
@@ -121,7 +127,8 @@ def plot(results: list[dict], path: Path) -> None:
         ax.plot(steps, r["prediction"], "x--", label="predicted")
         ax.set_title(f"{r['framing']}: predicted vs target")
         ax.legend()
-    fig.tight_layout()
+    # Fixed margins: tight_layout measured 1.1 s here (tick layout on the log axes).
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.08, top=0.95, wspace=0.25, hspace=0.4)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 

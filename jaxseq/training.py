@@ -332,9 +332,35 @@ def compiler_options(*, once: bool = False) -> dict | None:
     return dict(CPU_ONCE_OPTIONS if once else CPU_OPTIONS)
 
 
+try:  # XLA options can be set only on an outermost program; no public API tells if one is
+    from jax._src.core import trace_state_clean as _at_top_level  # being traced right now.
+except ImportError:  # pragma: no cover - a JAX without it: compile without options
+    def _at_top_level() -> bool:
+        return False
+
+
+class _Jitted:
+    """`jax.jit(fn)` that compiles with `compiler_options(once=...)` when called at top level,
+    and runs as a plain nested jit inside someone else's trace (a user's `jit`, `vmap`,
+    `eval_shape`), where XLA takes no per-program options. Other attributes (`lower`, ...)
+    are the top-level jit's."""
+
+    def __init__(self, fn: Callable, options: dict | None, **kwargs):
+        self.top = jax.jit(fn, compiler_options=options, **kwargs) if options else None
+        self.nested = jax.jit(fn, **kwargs)
+
+    def __call__(self, *args, **kwargs):
+        if self.top is not None and _at_top_level():
+            return self.top(*args, **kwargs)
+        return self.nested(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self.top or self.nested, name)
+
+
 def jit(fn: Callable, *, once: bool = False, **kwargs) -> Callable:
-    """`jax.jit` with `compiler_options(once=once)`."""
-    return jax.jit(fn, compiler_options=compiler_options(once=once), **kwargs)
+    """`jax.jit` with `compiler_options(once=once)` (see `_Jitted`)."""
+    return _Jitted(fn, compiler_options(once=once), **kwargs)
 
 
 def cached(kind: str, *parts, build: Callable):

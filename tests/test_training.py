@@ -93,6 +93,16 @@ def test_compiled_init_equals_eager_init_bitwise(build):
     chex.assert_trees_all_equal(state.params, model.init(key, x[:1])["params"])
 
 
+def test_jaxseq_jit_runs_nested_in_a_users_trace():
+    # XLA options go only on an outermost program: nested, training.jit is a plain jit.
+    f = training.jit(lambda a: jnp.tanh(a) * 2.0)
+    a = jnp.arange(3.0)
+    np.testing.assert_array_equal(f(a), jnp.tanh(a) * 2.0)
+    np.testing.assert_array_equal(jax.jit(f)(a), f(a))
+    np.testing.assert_array_equal(jax.vmap(f)(a[:, None])[:, 0], f(a))
+    assert jax.eval_shape(f, a).shape == (3,)
+
+
 def test_one_step_changes_every_parameter():
     x, y = problems.frame(SEQ, "many_to_many")
     model = models.many_to_many()
