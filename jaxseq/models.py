@@ -71,22 +71,25 @@ class Sequential(nn.Module):
         return x
 
 
-def one_to_one(units: int = 5, out_features: int = 1) -> Sequential:
-    """LSTM(units) + Dense(1): x (n, 1, 1) -> y (n, 1). 140 + 6 parameters for units=5."""
-    return Sequential((LSTM(units), nn.Dense(out_features)))
+def one_to_one(units: int = 5, out_features: int = 1, **lstm) -> Sequential:
+    """LSTM(units) + Dense(1): x (n, 1, 1) -> y (n, 1). 140 + 6 parameters for units=5.
+    `**lstm`: further LSTM options (e.g. `implementation="scan", unroll=True`)."""
+    return Sequential((LSTM(units, **lstm), nn.Dense(out_features)))
 
 
-def many_to_one(length: int, units: int = 5) -> Sequential:
+def many_to_one(length: int, units: int = 5, **lstm) -> Sequential:
     """LSTM(units) + Dense(length): x (1, length, 1) -> y (1, length), the whole sequence as one
-    vector. 140 + 30 parameters for units=5, length=5."""
-    return Sequential((LSTM(units), nn.Dense(length)))
+    vector. 140 + 30 parameters for units=5, length=5. `**lstm`: further LSTM options."""
+    return Sequential((LSTM(units, **lstm), nn.Dense(length)))
 
 
-def many_to_many(units: int = 5, out_features: int = 1) -> Sequential:
+def many_to_many(units: int = 5, out_features: int = 1, **lstm) -> Sequential:
     """LSTM(units, return_sequences=True) + TimeDistributed(Dense(1)): x (1, t, 1) ->
-    y (1, t, 1). 140 + 6 parameters for units=5: one Dense shared by every time step."""
+    y (1, t, 1). 140 + 6 parameters for units=5: one Dense shared by every time step.
+    `**lstm`: further LSTM options (e.g. `implementation="scan", unroll=True`, which trains
+    many replicas of this tiny model faster; README, Performance)."""
     return Sequential(
-        (LSTM(units, return_sequences=True), TimeDistributed(nn.Dense(out_features)))
+        (LSTM(units, return_sequences=True, **lstm), TimeDistributed(nn.Dense(out_features)))
     )
 
 

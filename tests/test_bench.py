@@ -24,7 +24,7 @@ def _bench(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_bench_quick_end_to_end(tmp_path):
-    proc = _bench("--quick", "--out", str(tmp_path / "res"), cwd=tmp_path)
+    proc = _bench("--quick", "--cpu-devices", "2", "--out", str(tmp_path / "res"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "LSTM fwd+bwd" in proc.stdout and "Targets (this run):" in proc.stdout
 
@@ -49,13 +49,18 @@ def test_bench_quick_end_to_end(tmp_path):
     assert {row["framework"] for row in tutorial} <= {"jaxseq", "keras"}
     assert all(row["per_epoch_s"] > 0 and row["cold_s"] > 0 for row in tutorial)
     replicas = data["results"][5]
+    n = replicas["replicas"]
+    plain = ["fit_replicas (1 seeds)", f"fit_replicas ({n} seeds)",
+             f"fit_replicas ({n} seeds, 2 devices)"]
     assert [row["name"] for row in replicas["rows"]] == [
-        "fit_replicas (1 seeds)", f"fit_replicas ({replicas['replicas']} seeds)"]
+        "fit (1 seed)", *plain, *(name + " [scan, unrolled]" for name in plain)]
+    assert all(row["cold_s"] > 0 and len(row["warm_s"]) == 2 for row in replicas["rows"])
     compile_case = data["results"][6]
     assert [row["time"] for row in compile_case["rows"]] == compile_case["lengths"]
 
     names = [t["target"] for t in data["targets"]]
     assert any("jaxseq / flax" in name for name in names)
+    assert f"replicas ({n} seeds, 2 devices) / fit (1 seed) <= 3" in names
     assert all(t["met"] in (True, False, None) for t in data["targets"])
 
 

@@ -44,15 +44,16 @@ def test_timedistributed_experiment(tmp_path):
 def test_skill_experiment(tmp_path):
     # One framing keeps the test short (each framing compiles its own programs); the framing
     # loop itself is exercised by test_timedistributed_experiment's script.
+    # --cpu-devices 2 shards the replicas over two CPU devices: 3 replicas round up to 4.
     out = tmp_path / "res"
     stdout = _run("skill.py", "--framing", "many_to_many", "--replicas", "3", "--epochs", "2",
-                  "--out", str(out), cwd=tmp_path)
+                  "--unroll", "--cpu-devices", "2", "--out", str(out), cwd=tmp_path)
     assert "RMSE mean ± std" in stdout and "many_to_many" in stdout
     data = json.loads((out / "skill.json").read_text())
     (r,) = data["results"]
     assert r["framing"] == "many_to_many" and r["epochs"] == 2
-    assert r["replicas"] == 3 and len(r["rmse"]) == 3 and len(r["final_loss"]) == 3
-    assert r["summary"]["n"] + r["summary"]["n_nonfinite"] == 3
+    assert r["replicas"] == 4 and len(r["rmse"]) == 4 and len(r["final_loss"]) == 4
+    assert r["summary"]["n"] + r["summary"]["n_nonfinite"] == 4
     assert 0.0 <= r["learned_fraction"] <= 1.0
     assert r["speedup"] > 0 and r["wall_s_sequential"] > 0
     assert (out / "skill.png").read_bytes().startswith(PNG)

@@ -93,6 +93,16 @@ def test_compiled_init_equals_eager_init_bitwise(build):
     chex.assert_trees_all_equal(state.params, model.init(key, x[:1])["params"])
 
 
+def test_tutorial_builders_pass_lstm_options():
+    model = models.many_to_many(implementation="scan", unroll=True)
+    assert model.layers[0].implementation == "scan" and model.layers[0].unroll is True
+    assert models.one_to_one(go_backwards=True).layers[0].go_backwards
+    assert models.many_to_one(5, return_state=False).layers[0].return_state is False
+    x, _ = problems.frame(SEQ, "many_to_many")
+    params = model.init(jax.random.PRNGKey(0), x)["params"]
+    assert sum(a.size for a in jax.tree.leaves(params)) == 146  # same model, same weights
+
+
 def test_jaxseq_jit_runs_nested_in_a_users_trace():
     # XLA options go only on an outermost program: nested, training.jit is a plain jit.
     f = training.jit(lambda a: jnp.tanh(a) * 2.0)
