@@ -318,7 +318,7 @@ def tutorial_case(*, quick: bool, keras_epochs: int | None, notes: list) -> dict
     return {"case": "tutorial", "rows": rows}
 
 
-def replicas_case(*, quick: bool, notes: list) -> dict:
+def replicas_case(*, quick: bool, notes: list, cpu_devices: bool = False) -> dict:
     try:
         from jaxseq import parallel
         from jaxseq.replicas import fit_replicas
@@ -334,9 +334,9 @@ def replicas_case(*, quick: bool, notes: list) -> dict:
     many = 2 if quick else 32
     runs = {"fit (1 seed)": lambda: js.fit(model, x, y, epochs=epochs, batch_size=1,
                                            verbose=0)[0].params}
-    # Replica-parallel over the local devices (`--cpu-devices N` splits a CPU into N): the
-    # largest device count that divides the replicas.
-    devices = jax.local_devices()
+    # Replica-parallel over the local devices (the CPU's with `--cpu-devices N`, which splits
+    # a CPU into N): the largest device count that divides the replicas.
+    devices = jax.local_devices(backend="cpu" if cpu_devices else None)
     d = max(k for k in range(1, len(devices) + 1) if many % k == 0)
     mesh = parallel.make_mesh(devices[:d]) if d > 1 else None
     for tag, m in (("", model), (" [scan, unrolled]", unrolled)):
@@ -561,7 +561,8 @@ def main(argv=None) -> dict:
                                          notes=notes))
             print("done tutorial", flush=True)
         elif case == "replicas":
-            results.append(replicas_case(quick=args.quick, notes=notes))
+            results.append(replicas_case(quick=args.quick, notes=notes,
+                                         cpu_devices=args.cpu_devices is not None))
         elif case == "compile":
             results.append(compile_case(quick=args.quick, repeats=repeats))
         case_wall[case] = time.perf_counter() - t_case

@@ -138,7 +138,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--epochs", type=int, default=None, help="override the tutorial's epochs")
     p.add_argument("--mesh", action="store_true", help="shard replicas over all devices")
     p.add_argument("--cpu-devices", type=int, default=None,
-                   help="split the CPU into N JAX devices (e.g. one per core); implies --mesh")
+                   help="split the CPU into N JAX devices (e.g. one per core) and shard the "
+                        "replicas over them")
     p.add_argument("--unroll", action="store_true",
                    help="LSTM(implementation='scan', unroll=True): faster for many replicas "
                         "of these 5-step models, slower to compile")
@@ -151,13 +152,20 @@ def main(argv=None) -> list[dict]:
     if args.cpu_devices is not None:
         if args.cpu_devices < 1:
             p.error(f"--cpu-devices expects a positive integer; got {args.cpu_devices}.")
-        jax.config.update("jax_num_cpu_devices", args.cpu_devices)  # before the backend starts
-        args.mesh = True
+        try:
+            jax.config.update("jax_num_cpu_devices", args.cpu_devices)  # before backend start
+        except RuntimeError as err:
+            if len(jax.devices("cpu")) != args.cpu_devices:
+                p.error(f"--cpu-devices {args.cpu_devices}: JAX's CPU backend already started "
+                        f"with {len(jax.devices('cpu'))} device(s) ({err}).")
     if args.coordinator:
         jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     mesh = None
     n = args.replicas
-    if args.mesh or jax.process_count() > 1:
+    if args.cpu_devices is not None:  # the CPU's devices, even where a GPU is the default
+        mesh = parallel.make_mesh(jax.devices("cpu"))
+        n = -(-n // mesh.size) * mesh.size
+    elif args.mesh or jax.process_count() > 1:
         mesh = parallel.make_mesh()
         n = -(-n // mesh.size) * mesh.size
     main_process = jax.process_index() == 0

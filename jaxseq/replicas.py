@@ -37,7 +37,7 @@ def _stack_seeds(seeds: Sequence[int]) -> tuple[jax.Array, Keys]:
     if np.all((s >= np.iinfo(np.int32).min) & (s <= np.iinfo(np.int32).max)):
         split = training.cached("split_seeds", build=lambda: training.jit(
             jax.vmap(training.split_seed), once=True))
-        return split(s.astype(np.int32))
+        return split(jnp.asarray(s))  # int32, or int64 under x64: as split_seed(int) takes it
     pairs = [training.split_seed(int(v)) for v in seeds]
     init = jnp.stack([p[0] for p in pairs])
     keys = Keys(*(jnp.stack([getattr(p[1], f) for p in pairs]) for f in Keys._fields))

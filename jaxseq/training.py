@@ -342,19 +342,30 @@ except ImportError:  # pragma: no cover - a JAX without it: compile without opti
 class _Jitted:
     """`jax.jit(fn)` that compiles with `compiler_options(once=...)` when called at top level,
     and runs as a plain nested jit inside someone else's trace (a user's `jit`, `vmap`,
-    `eval_shape`), where XLA takes no per-program options. Other attributes (`lower`, ...)
-    are the top-level jit's."""
+    `eval_shape`), where XLA takes no per-program options. An XLA that does not know an option
+    (another jaxlib) gets none, with a warning. Other attributes (`lower`, ...) are those of
+    the jit that a top-level call runs."""
 
     def __init__(self, fn: Callable, options: dict | None, **kwargs):
         self.top = jax.jit(fn, compiler_options=options, **kwargs) if options else None
         self.nested = jax.jit(fn, **kwargs)
+        self.__doc__ = getattr(fn, "__doc__", None)
 
     def __call__(self, *args, **kwargs):
         if self.top is not None and _at_top_level():
-            return self.top(*args, **kwargs)
+            try:
+                return self.top(*args, **kwargs)
+            except RuntimeError as err:
+                if "No such compile option" not in str(err):
+                    raise
+                warnings.warn(f"jaxseq: this XLA rejects jaxseq's compiler options ({err}); "
+                              "compiling without them.", RuntimeWarning, stacklevel=2)
+                self.top = None
         return self.nested(*args, **kwargs)
 
     def __getattr__(self, name: str):
+        if name in ("top", "nested"):  # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
         return getattr(self.top or self.nested, name)
 
 

@@ -32,9 +32,16 @@ def test_replica_i_equals_fit_with_seed_i(framing, build, batch_size):
         assert int(states.step[i]) == int(state.step)
 
 
+@pytest.mark.parametrize("x64", [False, True])
 @pytest.mark.parametrize("seeds", [[0, 1, -5, 2**31 - 1, -(2**31)], [2**40, 7]])
-def test_stacked_seeds_equal_split_seed_per_seed(seeds):
-    # int32 seeds take one compiled vmap of split_seed; wider ones a loop: the same keys.
+def test_stacked_seeds_equal_split_seed_per_seed(seeds, x64):
+    # int32 seeds take one compiled vmap of split_seed; wider ones a loop: the same keys, with
+    # and without 64-bit mode (where split_seed(int) takes a negative seed as int64).
+    with jax.enable_x64(x64):
+        _check_stacked_seeds(seeds)
+
+
+def _check_stacked_seeds(seeds):
     init, keys = replicas._stack_seeds(seeds)
     for i, seed in enumerate(seeds):
         ref_init, ref_keys = training.split_seed(seed)

@@ -93,11 +93,26 @@ def test_compiled_init_equals_eager_init_bitwise(build):
     chex.assert_trees_all_equal(state.params, model.init(key, x[:1])["params"])
 
 
+def test_jaxseq_jit_copies_and_falls_back_when_xla_rejects_an_option(monkeypatch):
+    import copy
+
+    monkeypatch.setattr(training, "CPU_OPTIONS", {"xla_no_such_option_here": True})
+    f = training.jit(lambda a: a + 1.0)
+    g = copy.deepcopy(f)  # no recursion through __getattr__
+    a = jnp.arange(3.0)
+    if jax.default_backend() == "cpu":
+        with pytest.warns(RuntimeWarning, match="rejects jaxseq's compiler options"):
+            np.testing.assert_array_equal(f(a), a + 1.0)
+        assert f.top is None  # later calls compile without options
+    np.testing.assert_array_equal(g(a) if g.top is None else f(a), a + 1.0)
+
+
 def test_tutorial_builders_pass_lstm_options():
     model = models.many_to_many(implementation="scan", unroll=True)
     assert model.layers[0].implementation == "scan" and model.layers[0].unroll is True
     assert models.one_to_one(go_backwards=True).layers[0].go_backwards
-    assert models.many_to_one(5, return_state=False).layers[0].return_state is False
+    layer = models.many_to_one(5, units=3, recurrent_dropout=0.25).layers[0]
+    assert layer.units == 3 and layer.recurrent_dropout == 0.25
     x, _ = problems.frame(SEQ, "many_to_many")
     params = model.init(jax.random.PRNGKey(0), x)["params"]
     assert sum(a.size for a in jax.tree.leaves(params)) == 146  # same model, same weights
@@ -107,6 +122,11 @@ def test_jaxseq_jit_runs_nested_in_a_users_trace():
     # XLA options go only on an outermost program: nested, training.jit is a plain jit.
     f = training.jit(lambda a: jnp.tanh(a) * 2.0)
     a = jnp.arange(3.0)
+    assert training._at_top_level()  # the private JAX probe still answers...
+    seen = []
+    jax.eval_shape(lambda: seen.append(training._at_top_level()))
+    assert seen == [False]  # ...and sees a trace
+    assert (f.top is not None) == (jax.default_backend() == "cpu")  # options on CPU only
     np.testing.assert_array_equal(f(a), jnp.tanh(a) * 2.0)
     np.testing.assert_array_equal(jax.jit(f)(a), f(a))
     np.testing.assert_array_equal(jax.vmap(f)(a[:, None])[:, 0], f(a))
