@@ -58,6 +58,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import jaxseq as js  # noqa: E402
+from jaxseq import parallel  # noqa: E402
 
 DEFAULT_SIZES = "64x100x128x128,64x100x256x256,32x200x512x512"
 QUICK_SIZES = "4x6x3x5"
@@ -320,7 +321,6 @@ def tutorial_case(*, quick: bool, keras_epochs: int | None, notes: list) -> dict
 
 def replicas_case(*, quick: bool, notes: list, cpu_devices: bool = False) -> dict:
     try:
-        from jaxseq import parallel
         from jaxseq.replicas import fit_replicas
     except ImportError as err:
         notes.append(f"replicas rows skipped ({err})")
@@ -501,18 +501,6 @@ def report(results: list[dict], peak: float, notes: list) -> str:
     return "\n".join(lines)
 
 
-def use_cpu_devices(n: int, parser) -> None:
-    """jax_num_cpu_devices = n, which JAX reads when its CPU backend starts."""
-    if n < 1:
-        parser.error(f"--cpu-devices expects a positive integer; got {n}.")
-    try:
-        jax.config.update("jax_num_cpu_devices", n)
-    except RuntimeError as err:  # the backend is up already (e.g. bench.main from a test)
-        if len(jax.devices("cpu")) != n:
-            parser.error(f"--cpu-devices {n}: JAX's CPU backend already started with "
-                         f"{len(jax.devices('cpu'))} device(s) ({err}).")
-
-
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=parse_sizes, default=None,
@@ -529,7 +517,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", type=Path, default=Path("results"))
     args = parser.parse_args(argv)
     if args.cpu_devices is not None:
-        use_cpu_devices(args.cpu_devices, parser)
+        try:
+            parallel.use_cpu_devices(args.cpu_devices)
+        except (ValueError, RuntimeError) as err:
+            parser.error(f"--cpu-devices: {err}")
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = sorted(set(cases) - set(ALL_CASES))
     if unknown:

@@ -150,14 +150,10 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--process-id", type=int, default=None)
     args = p.parse_args(argv)
     if args.cpu_devices is not None:
-        if args.cpu_devices < 1:
-            p.error(f"--cpu-devices expects a positive integer; got {args.cpu_devices}.")
         try:
-            jax.config.update("jax_num_cpu_devices", args.cpu_devices)  # before backend start
-        except RuntimeError as err:
-            if len(jax.devices("cpu")) != args.cpu_devices:
-                p.error(f"--cpu-devices {args.cpu_devices}: JAX's CPU backend already started "
-                        f"with {len(jax.devices('cpu'))} device(s) ({err}).")
+            parallel.use_cpu_devices(args.cpu_devices)
+        except (ValueError, RuntimeError) as err:
+            p.error(f"--cpu-devices: {err}")
     if args.coordinator:
         jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     mesh = None

@@ -12,7 +12,9 @@ JAX's own sharding is the engine. Nothing here writes a collective by hand:
   process's host copy, and `to_host` brings results back on every process.
 
 On CPU, several processes on one machine form a mesh with
-`jax.config.update("jax_cpu_collectives_implementation", "gloo")` before initialize.
+`jax.config.update("jax_cpu_collectives_implementation", "gloo")` before initialize. One
+process splits its CPU into several devices (one per core, say) with `use_cpu_devices(n)`
+before JAX starts its backend.
 """
 
 from __future__ import annotations
@@ -24,6 +26,22 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 AXIS = "devices"
+
+
+def use_cpu_devices(n: int) -> None:
+    """Split the CPU into `n` JAX devices (`jax_num_cpu_devices`), read when JAX's CPU backend
+    starts. ValueError for n < 1; RuntimeError if the backend already runs with another count
+    (calling it again with the count it has is fine)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"use_cpu_devices expects a positive integer; got {n!r}.")
+    try:
+        jax.config.update("jax_num_cpu_devices", n)
+    except RuntimeError as err:  # the backend is up already
+        have = len(jax.devices("cpu"))
+        if have != n:
+            raise RuntimeError(f"use_cpu_devices({n}): JAX's CPU backend already started with "
+                               f"{have} device(s); call it before any JAX computation "
+                               f"({err}).") from err
 
 
 def make_mesh(devices=None, axis_name: str = AXIS) -> Mesh:

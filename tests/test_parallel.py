@@ -99,3 +99,15 @@ def test_two_processes_form_one_mesh(tmp_path):
         for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
             np.testing.assert_allclose(a[prefix + jax.tree_util.keystr(path)], leaf, rtol=1e-5,
                                        atol=1e-6)
+
+
+def test_use_cpu_devices_checks_its_count():
+    # conftest started the backend with 8 CPU devices: asking for 8 again is fine, another
+    # count is a clear error, and so is a non-positive one.
+    n = len(jax.devices("cpu"))
+    parallel.use_cpu_devices(n)
+    with pytest.raises(RuntimeError, match=f"already started with {n} device"):
+        parallel.use_cpu_devices(n + 1)
+    for bad in (0, -2, True, 2.0):
+        with pytest.raises(ValueError, match="expects a positive integer"):
+            parallel.use_cpu_devices(bad)

@@ -144,12 +144,8 @@ def test_gru_matches_torch(with_init, implementation):
     _assert_close(h, want_h[0], "h_n")
 
 
-@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
-@pytest.mark.parametrize("with_init", [False, True], ids=["zero_init", "h0_c0"])
-def test_bidirectional_lstm_matches_torch(with_init, implementation):
-    x, h0, c0 = _inputs(2)
-    module = _torch_module(torch.nn.LSTM, bidirectional=True, seed=2)
-    want_y, want_h, want_c = _torch_run(module, x, *((h0, c0) if with_init else ()))
+def _bidirectional_lstm(module, implementation):
+    """torch's bidirectional nn.LSTM weights as (params, jaxseq Bidirectional(LSTM))."""
     params = {
         "forward_layer": lstm_params(module),
         "backward_layer": lstm_params(module, "_reverse"),
@@ -158,6 +154,16 @@ def test_bidirectional_lstm_matches_torch(with_init, implementation):
         jaxseq.LSTM(H, return_sequences=True, return_state=True, implementation=implementation),
         merge_mode="concat",
     )
+    return params, layer
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("with_init", [False, True], ids=["zero_init", "h0_c0"])
+def test_bidirectional_lstm_matches_torch(with_init, implementation):
+    x, h0, c0 = _inputs(2)
+    module = _torch_module(torch.nn.LSTM, bidirectional=True, seed=2)
+    want_y, want_h, want_c = _torch_run(module, x, *((h0, c0) if with_init else ()))
+    params, layer = _bidirectional_lstm(module, implementation)
     _check_layout(layer, params, x)
     init = (h0[0], c0[0], h0[1], c0[1]) if with_init else None
     y, h_f, c_f, h_b, c_b = layer.apply({"params": params}, x, initial_state=init)
@@ -201,14 +207,7 @@ def test_masked_bidirectional_lstm_matches_torch_packed_sequence(implementation)
     x, h0, c0 = _inputs(4)
     module = _torch_module(torch.nn.LSTM, bidirectional=True, seed=4)
     want_y, want_h, want_c = _torch_run(module, x, h0, c0, lengths=LENGTHS)
-    params = {
-        "forward_layer": lstm_params(module),
-        "backward_layer": lstm_params(module, "_reverse"),
-    }
-    layer = jaxseq.Bidirectional(
-        jaxseq.LSTM(H, return_sequences=True, return_state=True, implementation=implementation),
-        merge_mode="concat",
-    )
+    params, layer = _bidirectional_lstm(module, implementation)
     y, h_f, c_f, h_b, c_b = layer.apply(
         {"params": params}, x, mask=_mask(LENGTHS), initial_state=(h0[0], c0[0], h0[1], c0[1])
     )
