@@ -10,14 +10,23 @@ from jaxseq import (
     replicas,
     training,
 )
-from jaxseq.callbacks import EarlyStopping
 from jaxseq.cells import GRUCell, LSTMCell, SimpleRNNCell
 from jaxseq.checkpointing import load_params, save_params
 from jaxseq.models import Sequential, rollout, seq2seq
 from jaxseq.recurrent import GRU, LSTM, RNN, Bidirectional, SimpleRNN
-from jaxseq.replicas import fit_replicas, skill
+from jaxseq.replicas import skill
 from jaxseq.summary import summary, summary_rows
-from jaxseq.training import Callback, History, NonFiniteLossError, evaluate, fit, predict
+from jaxseq.training import (
+    Callback,
+    EarlyStopping,
+    History,
+    NonFiniteLossError,
+    TrainState,
+    evaluate,
+    fit,
+    fit_replicas,
+    predict,
+)
 from jaxseq.wrappers import RepeatVector, TimeDistributed
 
 __version__ = "0.1.0"
@@ -38,6 +47,7 @@ __all__ = [
     "SimpleRNN",
     "SimpleRNNCell",
     "TimeDistributed",
+    "TrainState",
     "checkpointing",
     "contracts",
     "evaluate",

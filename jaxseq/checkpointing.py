@@ -7,15 +7,16 @@ stopped by a non-finite epoch: then the last finite state), keeping the newest k
 empty directory, so one command serves the first launch and every relaunch). The resumed run is
 bitwise equal, on the same machine, to the run that was never interrupted: same parameters,
 optimizer state, step and per-epoch history, because every epoch is the same compiled function
-of (state, keys, epoch index) wherever the chunks are cut. A run that already stopped (early
+of (state, key) wherever the chunks are cut. A run that already stopped (early
 stopping) resumes as stopped. Host-side callbacks keep no state in checkpoints.
 `restore(d, like)` reads a checkpoint without training; `latest_epoch(d)` names the newest.
 
 A checkpoint is one orbax step directory named by the number of epochs completed, `d/<epoch>/`:
 
 - `state/`: arrays (orbax `StandardSave`, tensorstore/OCDBT): `params/...`, `opt_state/...`,
-  `keys/shuffle` and `keys/dropout` (the data-order and dropout PRNG keys), and with
-  `EarlyStopping` its compiled state `early_stopping/...` (best value, wait, best parameters).
+  `model_state/...` (the model's other collections), `key` (the training PRNG key), and the
+  loop's compiled early-stopping state `early_stopping/...` (settings, best value, wait, best
+  parameters). Under `fit_replicas` every array has a leading replica axis.
   The tree is stored flat, keyed by path strings (`params/lstm/kernel`, `opt_state/0/mu/...`).
 - `meta/`: JSON (orbax `JsonSave`): format and version, `epoch`, optimizer `step`, the per-epoch
   `history`, why training `stopped` (None, "early_stopping", "non_finite"), and the `settings`
@@ -47,11 +48,12 @@ import numpy as np
 from flax import serialization
 from flax.training.train_state import TrainState
 
-from jaxseq.training import History, Keys, split_seed
+from jaxseq.training.state import History, split_seed
 
 FORMAT = "jaxseq.checkpoint"
 PARAMS_FORMAT = "jaxseq.params"
-VERSION = 1
+VERSION = 2  # 2: one training key, model_state, early stopping settings in the carry
+PARAMS_VERSION = 1
 
 
 def _ocp():
@@ -151,13 +153,13 @@ def unflatten(like, flat: Mapping[str, Any], prefix: str = ""):
 
 class Checkpoint(NamedTuple):
     """One restored checkpoint: `epoch` epochs completed; `state` (params, opt_state, step),
-    the per-epoch `history`, the PRNG `keys`, the JSON `record` (settings, stop reason), and
+    the per-epoch `history`, the training PRNG `key`, the JSON `record` (settings, stop reason), and
     the raw early-stopping arrays (`{path: array}`, empty without EarlyStopping)."""
 
     epoch: int
     state: TrainState
     history: History
-    keys: Keys
+    key: jax.Array
     record: dict
     early_stopping: dict
 
@@ -243,22 +245,30 @@ class Checkpointer:
                           "an earlier one.")
 
 
-def training_tree(params, opt_state, keys: Keys, stop_state=()) -> dict[str, Any]:
-    """The flat array tree of a training checkpoint."""
-    tree = {**flatten(params, "params/"), **flatten(opt_state, "opt_state/"),
-            "keys/shuffle": keys.shuffle, "keys/dropout": keys.dropout}
-    if stop_state:  # () without EarlyStopping
+def training_tree(state: TrainState, key, stop_state=()) -> dict[str, Any]:
+    """The flat array tree of a training checkpoint (leaves may carry a replica axis)."""
+    tree = {**flatten(state.params, "params/"), **flatten(state.opt_state, "opt_state/"),
+            **flatten(getattr(state, "model_state", {}), "model_state/"), "key": key}
+    if stop_state:  # () when not saved
         tree.update(flatten(stop_state, "early_stopping/"))
     return tree
 
 
 def history_from(record: dict) -> History:
-    return History({k: np.asarray(v, np.float32) for k, v in record["history"].items()})
+    return History({k: np.asarray([np.nan if v is None else v for v in np.ravel(
+        np.asarray(vals, object))], np.float32).reshape(np.shape(vals))
+        for k, vals in record["history"].items()})
 
 
-def history_record(history: History) -> dict[str, list[float]]:
-    return {k: [float(v) for v in np.asarray(vals, np.float32)]
-            for k, vals in history.history.items()}
+def history_record(history: History) -> dict[str, list]:
+    """JSON-able history: NaN (a stopped replica's epochs) as null."""
+    def plain(a):
+        a = np.asarray(a, np.float64)
+        if a.ndim == 0:
+            return None if np.isnan(a) else float(a)
+        return [plain(v) for v in a]
+
+    return {k: plain(v) for k, v in history.history.items()}
 
 
 def latest_epoch(directory) -> int | None:
@@ -292,19 +302,26 @@ def restore(directory, like: TrainState, *, epoch: int | None = None) -> Checkpo
             raise FileNotFoundError(f"No complete checkpoint for epoch {epoch} in "
                                     f"{checkpointer.directory!r}; there are "
                                     f"{sorted(checkpointer.manager.all_steps())}.")
-        _, keys = split_seed(0)  # shapes and dtypes only
-        expected = training_tree(like.params, like.opt_state, keys)
+        _, key = split_seed(0)  # shapes and dtypes only
+        expected = training_tree(like, key)
         record = checkpointer.record(epoch)
         arrays = checkpointer.arrays(epoch, expected, where="restore",
                                      ignore_extra=("early_stopping/",))
     finally:
         checkpointer.close()
-    state = like.replace(params=unflatten(like.params, arrays, "params/"),
-                         opt_state=unflatten(like.opt_state, arrays, "opt_state/"),
-                         step=int(record["step"]))
-    keys = Keys(jnp.asarray(arrays["keys/shuffle"]), jnp.asarray(arrays["keys/dropout"]))
+    state = _state_from(like, arrays, record)
     extra = {k: v for k, v in arrays.items() if k.startswith("early_stopping/")}
-    return Checkpoint(int(epoch), state, history_from(record), keys, record, extra)
+    return Checkpoint(int(epoch), state, history_from(record), jnp.asarray(arrays["key"]), record,
+                      extra)
+
+
+def _state_from(like: TrainState, arrays, record) -> TrainState:
+    changes = dict(params=unflatten(like.params, arrays, "params/"),
+                   opt_state=unflatten(like.opt_state, arrays, "opt_state/"),
+                   step=jnp.asarray(record["step"], jnp.int32))
+    if hasattr(like, "model_state"):
+        changes["model_state"] = unflatten(like.model_state, arrays, "model_state/")
+    return like.replace(**changes)
 
 
 def check_settings(record: dict, settings: dict, directory: str) -> None:
@@ -320,25 +337,20 @@ def check_settings(record: dict, settings: dict, directory: str) -> None:
             )
 
 
-def resume(checkpointer: Checkpointer, epoch: int, state: TrainState, keys: Keys, stop_state,
+def resume(checkpointer: Checkpointer, epoch: int, state: TrainState, key, stop_state,
            settings: dict):
-    """What `fit(resume=True)` continues from: -> (state, keys, stop_state, history).
+    """What `fit(resume=True)` continues from: -> (state, key, stop_state, history).
 
-    `state`, `keys` and `stop_state` are fit's freshly built ones (templates); the settings and
-    the whole tree, early-stopping state included, must match the checkpoint. The saved keys
-    are used (they equal the seed's, as the settings check guarantees the seed matches).
+    `state`, `key` and `stop_state` are the driver's freshly built ones (templates); the
+    settings and the whole tree, early-stopping state included, must match the checkpoint.
     """
     record = checkpointer.record(epoch)
     check_settings(record, settings, checkpointer.directory)
-    expected = training_tree(state.params, state.opt_state, keys, stop_state)
+    expected = training_tree(state, key, stop_state)
     arrays = checkpointer.arrays(epoch, expected, where="fit(resume=True)")
-    state = state.replace(params=unflatten(state.params, arrays, "params/"),
-                          opt_state=unflatten(state.opt_state, arrays, "opt_state/"),
-                          step=int(record["step"]))
-    keys = Keys(jnp.asarray(arrays["keys/shuffle"]), jnp.asarray(arrays["keys/dropout"]))
-    if stop_state:
-        stop_state = unflatten(stop_state, arrays, "early_stopping/")
-    return state, keys, stop_state, history_from(record)
+    state = _state_from(state, arrays, record)
+    stop_state = unflatten(stop_state, arrays, "early_stopping/")
+    return state, jnp.asarray(arrays["key"]), stop_state, history_from(record)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,7 +362,7 @@ def save_params(path, params) -> None:
     path = os.fspath(path)
     arrays = {k: np.asarray(v) for k, v in jax.device_get(flatten(params)).items()}
     payload = serialization.msgpack_serialize(
-        {"format": PARAMS_FORMAT, "version": VERSION, "params": arrays})
+        {"format": PARAMS_FORMAT, "version": PARAMS_VERSION, "params": arrays})
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "wb") as f:
         f.write(payload)
@@ -378,9 +390,9 @@ def load_params(path, *, like=None):
     if (not isinstance(content, dict) or content.get("format") != PARAMS_FORMAT
             or not isinstance(content.get("params"), dict)):
         raise ValueError(f"{path!r} is not a jaxseq params file (no {PARAMS_FORMAT!r} header).")
-    if content.get("version") != VERSION:
+    if content.get("version") != PARAMS_VERSION:
         raise ValueError(f"{path!r} has params format version {content.get('version')}; this "
-                         f"jaxseq reads version {VERSION}.")
+                         f"jaxseq reads version {PARAMS_VERSION}.")
     flat = content["params"]
     for name, value in flat.items():
         if not isinstance(value, np.ndarray) or value.dtype.hasobject:

@@ -7,6 +7,8 @@ named axes (b=batch, t=time, f=features, u=units) and what was given.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Sequence
 
 import numpy as np
@@ -116,3 +118,16 @@ def check_choice(value, choices: Sequence, name: str, where: str) -> None:
         raise ValueError(
             f"{where} expects {name} to be one of {', '.join(map(repr, choices))}; got {value!r}."
         )
+
+
+@functools.cache
+def _call_params(cls: type) -> frozenset[str]:
+    try:
+        return frozenset(inspect.signature(cls.__call__).parameters)
+    except (TypeError, ValueError):
+        return frozenset()
+
+
+def accepts(module, argument: str) -> bool:
+    """Whether `module(x, ...)` takes the keyword `argument` (e.g. "deterministic", "mask")."""
+    return argument in _call_params(type(module))

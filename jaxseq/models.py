@@ -8,8 +8,6 @@ them. A mask follows the time axis: it is dropped once a layer returns no time a
 
 from __future__ import annotations
 
-import functools
-import inspect
 import re
 from collections.abc import Sequence
 
@@ -19,22 +17,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxseq import contracts
+from jaxseq.contracts import accepts
 from jaxseq.recurrent import LSTM, RNN, Bidirectional
 from jaxseq.typing import Array
 from jaxseq.wrappers import RepeatVector, TimeDistributed
-
-
-@functools.cache
-def _call_params(cls: type) -> frozenset[str]:
-    try:
-        return frozenset(inspect.signature(cls.__call__).parameters)
-    except (TypeError, ValueError):
-        return frozenset()
-
-
-def accepts(module, argument: str) -> bool:
-    """Whether `module(x, ...)` takes the keyword `argument` (e.g. "deterministic")."""
-    return argument in _call_params(type(module))
 
 
 def keras_name(cls: type) -> str:
@@ -191,7 +177,8 @@ def rollout(model: Sequential, params, prefix, steps: int) -> Array:
         raise TypeError(f"{where} expects a jaxseq Sequential; got {type(model).__name__}.")
     contracts.check_positive_int(steps, "steps", where)
     batch, _, features = contracts.check_sequence_input(prefix, where)
-    from jaxseq.training import cached, jit, output_shape  # late: training imports this module
+    from jaxseq.training.compile import cached  # late: models sit below training
+    from jaxseq.training.data import output_shape
 
     out = output_shape(model, prefix)
     if out.shape[-1] != features:
@@ -199,7 +186,7 @@ def rollout(model: Sequential, params, prefix, steps: int) -> Array:
             f"{where} feeds predictions back as inputs, so the model must output f={features} "
             f"features per step; it outputs shape (batch, {', '.join(map(str, out.shape[1:]))})."
         )
-    fn = cached("rollout", model, steps, build=lambda: jit(_rollout_fn(model, steps)))
+    fn = cached("rollout", model, steps, build=lambda: jax.jit(_rollout_fn(model, steps)))
     y = fn(params, jnp.asarray(prefix))
     chex.assert_shape(y, (batch, steps, features))
     return y

@@ -1,0 +1,65 @@
+"""Training: a functional core (pure, jit/vmap/scan-safe) and the drivers built on it.
+
+Core (see `loop`): `create_train_state`, `train_step`, `eval_step`, `train_epoch`,
+`evaluate_batches`, `train_loop`; data as `Batch`; losses and metrics with Keras' reduction
+(`losses`). Drivers: `fit`, `fit_replicas`, `predict`, `evaluate`. Compilation cache:
+`clear_caches`, `set_cache_size`, `cache_size`.
+"""
+
+from jaxseq.training import callbacks, compile, data, hooks, losses, loop, state
+from jaxseq.training.callbacks import Callback, EarlyStopping
+from jaxseq.training.compile import cache_size, clear_caches, compiler_options, set_cache_size
+from jaxseq.training.data import Batch
+from jaxseq.training.fit import DEFAULT_OPTIMIZER, fit, fit_replicas, init_state
+from jaxseq.training.loop import (
+    LoopState,
+    eval_step,
+    evaluate_batches,
+    train_epoch,
+    train_loop,
+    train_step,
+)
+from jaxseq.training.predict import evaluate, predict
+from jaxseq.training.state import (
+    History,
+    ModelFn,
+    NonFiniteLossError,
+    TrainState,
+    create_train_state,
+    split_seed,
+)
+
+__all__ = [
+    "DEFAULT_OPTIMIZER",
+    "Batch",
+    "Callback",
+    "EarlyStopping",
+    "History",
+    "LoopState",
+    "ModelFn",
+    "NonFiniteLossError",
+    "TrainState",
+    "cache_size",
+    "callbacks",
+    "clear_caches",
+    "compile",
+    "compiler_options",
+    "create_train_state",
+    "data",
+    "eval_step",
+    "evaluate",
+    "evaluate_batches",
+    "fit",
+    "fit_replicas",
+    "hooks",
+    "init_state",
+    "losses",
+    "loop",
+    "predict",
+    "set_cache_size",
+    "split_seed",
+    "state",
+    "train_epoch",
+    "train_loop",
+    "train_step",
+]

@@ -1,0 +1,110 @@
+"""Compilation for the drivers: `jax.jit` with XLA:CPU options, and one bounded, clearable cache.
+
+The drivers (`fit`, `fit_replicas`, `predict`, `evaluate`) build one jitted program per static
+setting (model, optimizer object, loss, metrics, batch size, ...) and keep it in an LRU cache of
+`cache_size()` entries (default 64; `set_cache_size(n)`, `clear_caches()`). Keys hold the
+objects themselves: optax transformations are tuples of closures and cannot be weakly
+referenced, so an entry keeps its model and optimizer alive until it is evicted. Array shapes are
+not part of the key: each jitted program keeps JAX's own per-shape cache.
+
+XLA:CPU options (`compiler_options`): the loop emitters instead of the MLIR fusion emitters
+(measured on the tutorial's many-to-many fit, 2-core EPYC: the training program compiles in
+0.64 s instead of 1.30 s and runs as fast), and LLVM level 1 for programs that run once per fit
+(initialization: 0.41 s instead of 0.78 s, bitwise the same parameters, tested). Other backends
+get no options. XLA takes options only on an outermost program, so a jaxseq program called
+with traced arguments (inside a user's `jit`, `vmap`, `grad`) runs as a plain nested jit.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+CPU_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
+CPU_ONCE_OPTIONS = {**CPU_OPTIONS, "xla_backend_optimization_level": 1}
+
+_DEFAULT_SIZE = 64
+_cache: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
+_size = _DEFAULT_SIZE
+
+
+def compiler_options(*, once: bool = False) -> dict | None:
+    """The XLA options jaxseq's own programs compile with on this backend (None off CPU).
+    `once`: for a program that runs once per fit (initialization)."""
+    if jax.default_backend() != "cpu":
+        return None
+    return dict(CPU_ONCE_OPTIONS if once else CPU_OPTIONS)
+
+
+def _traced(args) -> bool:
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(args))
+
+
+class Jitted:
+    """`jax.jit(fn, compiler_options=...)` at top level; a plain `jax.jit(fn)` when any argument
+    is a tracer (XLA rejects options on nested programs)."""
+
+    def __init__(self, fn: Callable, options: dict | None, **kwargs):
+        self.top = jax.jit(fn, compiler_options=options, **kwargs) if options else None
+        self.nested = jax.jit(fn, **kwargs)
+
+    def __call__(self, *args, **kwargs):
+        if self.top is not None and not _traced((args, kwargs)):
+            return self.top(*args, **kwargs)
+        return self.nested(*args, **kwargs)
+
+
+def jit(fn: Callable, *, once: bool = False, **kwargs) -> Jitted:
+    """`jax.jit(fn, **kwargs)` with `compiler_options(once=once)` (see `Jitted`)."""
+    return Jitted(fn, compiler_options(once=once), **kwargs)
+
+
+def _key(obj) -> Any:
+    try:
+        hash(obj)
+        return ("h", obj)
+    except TypeError:
+        return ("id", id(obj))
+
+
+def cached(kind: str, *parts, build: Callable):
+    """The memo of `build()` for (kind, parts), least recently used evicted first. Unhashable
+    parts are keyed by identity and kept alive by their entry, so an id is never reused while
+    the entry exists."""
+    key = (kind, *(_key(p) for p in parts))
+    if key in _cache:
+        _cache.move_to_end(key)
+        return _cache[key][1]
+    value = build()
+    _cache[key] = (parts, value)
+    while len(_cache) > _size:
+        _cache.popitem(last=False)
+    return value
+
+
+def cache_size() -> int:
+    """How many compiled programs jaxseq keeps (default 64)."""
+    return _size
+
+
+def set_cache_size(n: int) -> None:
+    """Keep at most `n` >= 1 compiled programs (evicting the least recently used now)."""
+    global _size
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"set_cache_size expects an int >= 1; got {n!r}.")
+    _size = n
+    while len(_cache) > _size:
+        _cache.popitem(last=False)
+
+
+def cache_len() -> int:
+    """How many compiled programs are cached now."""
+    return len(_cache)
+
+
+def clear_caches() -> None:
+    """Drop every compiled program jaxseq keeps (and the models and optimizers they hold)."""
+    _cache.clear()

@@ -1,0 +1,182 @@
+"""Data checks: (x, y, sample_weight, mask) -> one checked `Batch`, before anything is traced.
+
+Every public entry point (`fit`, `fit_replicas`, `evaluate`, `predict`) checks its arrays here,
+in plain NumPy on static shapes, and raises ValueError/TypeError naming the argument, the
+expected shape in named axes and what was given. Nothing is broadcast or truncated silently.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+from jaxseq import contracts
+from jaxseq.training.compile import cached
+from jaxseq.typing import Array
+
+
+class Batch(NamedTuple):
+    """The arrays of one data set or mini-batch (leading axis: samples).
+
+    x: (batch, ...) inputs; y: (batch, ...) targets shaped like the model's output;
+    sample_weight: (batch,) per-sample or (batch, time) per-step loss weights, float32;
+    mask: (batch, time) bool input mask (True = real step), or None.
+    """
+
+    x: Any
+    y: Any
+    sample_weight: Any
+    mask: Any = None
+
+
+def _dtype(a):
+    dtype = getattr(a, "dtype", None)
+    return np.asarray(a).dtype if dtype is None else dtype
+
+
+def _is_floating(dtype) -> bool:
+    return np.issubdtype(dtype, np.floating) or str(dtype) == "bfloat16"
+
+
+def output_shape(model, x) -> Any:
+    """The model's output shape/dtype for inputs shaped like x (traced once per shape, cached)."""
+    spec = jax.ShapeDtypeStruct(contracts.shape_of(x), _dtype(x))
+    return cached(
+        "out", model, (spec.shape, str(spec.dtype)),
+        build=lambda: jax.eval_shape(
+            lambda x: model.init_with_output(jax.random.PRNGKey(0), x)[0], spec),
+    )
+
+
+def _check_finite(a, name: str, where: str, mask) -> None:
+    """Finite values required where they count: everywhere, or at unmasked steps when a mask
+    (batch, time) covers the array's first two axes (padding may hold anything)."""
+    a = np.asarray(a, np.float32) if str(_dtype(a)) == "bfloat16" else np.asarray(a)
+    finite = np.isfinite(a)
+    if mask is not None and a.ndim >= 2 and a.shape[:2] == mask.shape:
+        finite = finite | ~mask.reshape(mask.shape + (1,) * (a.ndim - 2))
+    if not finite.all():
+        bad = int(finite.size - np.count_nonzero(finite))
+        at = " at unmasked steps" if mask is not None else ""
+        raise ValueError(f"{where} expects finite {name}; {name} has {bad} NaN/Inf value(s)"
+                         f"{at}. Clean or impute the data first, or mask those steps.")
+
+
+def check_xy(model, x, y, *, where: str = "fit", name_x="x", name_y="y", mask=None) -> None:
+    """x and y: same number of samples (>= 1), floating, finite (outside the mask), and y
+    shaped exactly like the model's output for x."""
+    xs, ys = contracts.shape_of(x), contracts.shape_of(y)
+    if len(xs) < 1 or len(ys) < 1:
+        raise ValueError(f"{where} expects {name_x} and {name_y} with a batch axis; got "
+                         f"{name_x} {xs} and {name_y} {ys}.")
+    if xs[0] != ys[0]:
+        raise ValueError(
+            f"{where} expects {name_x} and {name_y} with the same number of samples (axis 0); "
+            f"got {name_x} {xs} and {name_y} {ys}.")
+    if xs[0] < 1:
+        raise ValueError(f"{where} expects at least one sample; got {name_x} of shape {xs}.")
+    for arr, name in ((x, name_x), (y, name_y)):
+        if not _is_floating(_dtype(arr)):
+            raise TypeError(f"{where} expects {name} with a floating dtype; got {_dtype(arr)}. "
+                            f"Cast it, e.g. {name}.astype(np.float32).")
+        _check_finite(arr, name, where, mask)
+    out = output_shape(model, x)
+    if not hasattr(out, "shape"):
+        raise TypeError(f"{where} expects a model with one array output; got {out}.")
+    if tuple(out.shape[1:]) != tuple(ys[1:]):
+        expected = "(" + ", ".join(["n", *map(str, out.shape[1:])]) + ")"
+        raise ValueError(
+            f"{where}: the model outputs shape (batch, {', '.join(map(str, out.shape[1:]))}) per "
+            f"batch, so {name_y} must have shape {expected}; got {name_y} {ys}. Reshape {name_y} "
+            "(nothing is broadcast), or change the model's output layer.")
+
+
+def check_mask(model, x, mask, where: str):
+    """mask (batch, time) bool/int for x (batch, time, ...), for a model that takes `mask`
+    -> a bool NumPy array, or None."""
+    if mask is None:
+        return None
+    xs = contracts.shape_of(x)
+    if len(xs) < 2:
+        raise ValueError(f"{where} got a mask, but x {xs} has no time axis.")
+    contracts.check_mask(mask, xs[0], xs[1], where)
+    if not contracts.accepts(model, "mask"):
+        raise TypeError(
+            f"{where} got a mask, but {type(model).__name__}.__call__ takes no mask argument. "
+            "Use jaxseq.Sequential (it passes the mask to its recurrent layers).")
+    return np.asarray(mask).astype(bool)
+
+
+def check_sample_weight(sample_weight, y, where: str, name: str = "sample_weight"):
+    """(batch,) per sample, or (batch, time) per step when y is (batch, time, features) ->
+    float32 NumPy weights ((batch,) ones when None)."""
+    ys = contracts.shape_of(y)
+    n = ys[0]
+    if sample_weight is None:
+        return np.ones((n,), np.float32)
+    w = np.asarray(sample_weight, np.float32)
+    allowed = [(n,)] + ([(n, ys[1])] if len(ys) == 3 else [])
+    if w.shape not in allowed:
+        per_step = f" or (batch, time) = {allowed[1]}" if len(allowed) > 1 else ""
+        raise ValueError(f"{where} expects {name} of shape (batch,) = ({n},){per_step}; got "
+                         f"{w.shape}. Nothing is broadcast: reshape it.")
+    if not np.all(np.isfinite(w)) or np.any(w < 0):
+        raise ValueError(f"{where} expects finite, non-negative {name}.")
+    return w
+
+
+def check_batch(model, x, y, sample_weight=None, mask=None, *, where: str = "fit",
+                names=("x", "y", "sample_weight")) -> Batch:
+    """Every check of (x, y, sample_weight, mask) -> a `Batch` of NumPy arrays."""
+    if str(_dtype(x)) != "bfloat16":
+        x = np.asarray(x)
+    m = check_mask(model, x, mask, where)
+    check_xy(model, x, y, where=where, name_x=names[0], name_y=names[1], mask=m)
+    w = check_sample_weight(sample_weight, y, where, names[2])
+    return Batch(x, y, w, m)
+
+
+def check_validation(model, validation_data, where: str) -> Batch | None:
+    """`validation_data` = (x, y), (x, y, sample_weight) or (x, y, sample_weight, mask)."""
+    if validation_data is None:
+        return None
+    if not isinstance(validation_data, (tuple, list)) or not 2 <= len(validation_data) <= 4:
+        got = (f"{len(validation_data)} item(s)" if isinstance(validation_data, (tuple, list))
+               else type(validation_data).__name__)
+        raise ValueError(f"{where} expects validation_data=(x_val, y_val[, sample_weight"
+                         f"[, mask]]); got {got}.")
+    xv, yv, *rest = validation_data
+    sw = rest[0] if rest else None
+    mv = rest[1] if len(rest) > 1 else None
+    return check_batch(model, xv, yv, sw, mv, where=where,
+                       names=("x_val", "y_val", "validation sample_weight"))
+
+
+def split_validation(data: Batch, fraction, where: str) -> tuple[Batch, Batch]:
+    """Keras' `validation_split`: the last `fraction` of the samples (before any shuffling)
+    validate, the first `floor(n * (1 - fraction))` train."""
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not (
+            0.0 < fraction < 1.0):
+        raise ValueError(f"{where} expects validation_split in (0, 1); got {fraction!r}.")
+    n = contracts.shape_of(data.x)[0]
+    split = int(math.floor(n * (1.0 - fraction)))
+    if split < 1 or split >= n:
+        raise ValueError(f"{where}: validation_split={fraction} leaves {split} training and "
+                         f"{n - split} validation sample(s) of {n}; both need at least one.")
+    head = Batch(*(None if a is None else a[:split] for a in data))
+    tail = Batch(*(None if a is None else a[split:] for a in data))
+    return head, tail
+
+
+def as_device(batch: Batch | None) -> Batch | None:
+    """NumPy arrays -> jax arrays (None stays None)."""
+    if batch is None:
+        return None
+    return jax.tree.map(lambda a: jax.numpy.asarray(a), batch)
+
+
+def num_samples(a: Array) -> int:
+    return contracts.shape_of(a)[0]

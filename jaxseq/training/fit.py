@@ -1,0 +1,435 @@
+"""`fit` and `fit_replicas`: host drivers over the functional core (`loop.train_loop`).
+
+One driver serves both: validate -> initialize -> run the compiled loop chunk by chunk ->
+host hooks (progress, callbacks, checkpoints) -> result. `fit_replicas` runs the same jitted
+`train_loop`, `jax.vmap`-ed over a leading replica axis of the state, the key and the
+early-stopping carry; data and settings are shared. Replica i therefore follows exactly the
+computation of `fit(..., seed=seeds[i])`, to float32 rounding (XLA may order batched sums
+differently; the tests check 1e-6 relative).
+
+What is compiled depends only on: the model, the optimizer object, loss and metrics, the
+(capped) batch size, shuffle, the validation batch size, the chunk length (32 epochs unless
+`epochs_per_chunk` is given), the mesh, and array shapes. The number of epochs, the seed,
+`verbose`, callbacks, `EarlyStopping`'s settings and the checkpoint cadence are runtime values
+or host logic: a second `fit` that changes only those compiles nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from functools import partial
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxseq import contracts, parallel
+from jaxseq.training import callbacks as cbs
+from jaxseq.training import data as data_mod
+from jaxseq.training import hooks, losses, loop
+from jaxseq.training.compile import cached, jit
+from jaxseq.training.state import (
+    History,
+    NonFiniteLossError,
+    TrainState,
+    create_train_state,
+    split_seed,
+)
+
+DEFAULT_OPTIMIZER = optax.adam(1e-3)  # Keras' Adam default; shared so compilation is reused.
+
+
+def get_optimizer(optimizer, where: str) -> optax.GradientTransformation:
+    if optimizer is None:
+        return DEFAULT_OPTIMIZER
+    if not isinstance(optimizer, optax.GradientTransformation):
+        raise TypeError(f"{where} expects optimizer to be an optax GradientTransformation (e.g. "
+                        f"optax.adam(1e-3)) or None (Adam 1e-3); got {type(optimizer).__name__}.")
+    return optimizer
+
+
+def _init_program(model, tx, replicated: bool):
+    def build():
+        fn = partial(create_train_state, model, tx)
+        if replicated:
+            fn = jax.vmap(fn, in_axes=(None, 0))
+        return jit(fn, once=True)
+
+    return cached("init", model, tx, replicated, build=build)
+
+
+def init_state(model, x, tx, key) -> TrainState:
+    """`create_train_state`, compiled once per (model, optimizer) by the drivers."""
+    return _init_program(model, tx, False)(jnp.asarray(x[:1]), key)
+
+
+def _loop_program(model, tx, static: dict, replicated: bool):
+    def build():
+        fn = partial(loop.train_loop, **static)
+        if replicated:
+            fn = jax.vmap(fn, in_axes=(0, 0, None, None, None, None))
+        return jit(fn, donate_argnums=(0,))
+
+    return cached("loop", model, tx, replicated, *sorted(static.items(), key=lambda kv: kv[0]),
+                  build=build)
+
+
+def _stack_seeds(seeds: Sequence[int]) -> tuple[jax.Array, jax.Array]:
+    """`split_seed` of every seed, stacked (one compiled call)."""
+    split = cached("split_seeds", build=lambda: jit(jax.vmap(split_seed), once=True))
+    return split(jnp.asarray(np.asarray(seeds)))
+
+
+def check_seeds(seeds, where: str = "fit_replicas") -> list[int]:
+    if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
+        contracts.check_positive_int(seeds, "seeds (an int: the number of replicas)", where)
+        seeds = range(int(seeds))
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError(f"{where} expects at least one seed; got an empty seeds.")
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, (int, np.integer)):
+            raise TypeError(f"{where} expects integer seeds; got {s!r}.")
+        if not np.iinfo(np.int32).min <= s <= np.iinfo(np.int32).max:
+            raise ValueError(f"{where} expects seeds that fit in int32; got {s}.")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"{where} expects distinct seeds; got {seeds} (repeated seeds train "
+                         "identical replicas and shrink the spread).")
+    return [int(s) for s in seeds]
+
+
+def _broadcast_stop(stop: cbs.StopState, r: int) -> cbs.StopState:
+    """A StopState built from stacked params: give its scalar settings the replica axis."""
+    fields = {k: jnp.broadcast_to(v, (r,) + jnp.shape(v))
+              for k, v in stop._asdict().items() if k != "best_params"}
+    return stop._replace(**fields)
+
+
+def _train(model, x, y, *, where, seed=0, seeds, state, epochs, batch_size, optimizer, loss, metrics,
+           shuffle, validation_data, validation_split, validation_batch_size, sample_weight,
+           mask, callbacks, verbose, epochs_per_chunk, on_nan, checkpoint_dir,
+           checkpoint_every, keep, resume, mesh):
+    replicated = seeds is not None
+    contracts.check_positive_int(epochs, "epochs", where)
+    contracts.check_positive_int(batch_size, "batch_size", where)
+    if validation_batch_size is not None:
+        contracts.check_positive_int(validation_batch_size, "validation_batch_size", where)
+    if epochs_per_chunk is not None:
+        contracts.check_positive_int(epochs_per_chunk, "epochs_per_chunk", where)
+    if not isinstance(shuffle, (bool, np.bool_)):
+        raise TypeError(f"{where} expects shuffle to be True or False; got {shuffle!r} (Keras' "
+                        "'batch' shuffling is not supported).")
+    if verbose not in hooks.VERBOSE:
+        raise ValueError(f"{where} expects verbose in {hooks.VERBOSE}; got {verbose!r}.")
+    contracts.check_choice(on_nan, ("raise", "stop"), "on_nan", where)
+    hooks.check_checkpoint_args(checkpoint_dir, checkpoint_every, keep, resume, where)
+    loss_fn = losses.get_loss(loss, where)
+    metric_list = losses.get_metrics(metrics, where)
+    stopper, host = hooks.split_callbacks(callbacks, where)
+    tx = state.tx if state is not None else get_optimizer(optimizer, where)
+    if state is not None and optimizer is not None and optimizer is not state.tx:
+        raise ValueError(f"{where}: state= carries its own optimizer (state.tx); do not pass "
+                         "another optimizer with it.")
+
+    train = data_mod.check_batch(model, x, y, sample_weight, mask, where=where)
+    val = data_mod.check_validation(model, validation_data, where)
+    if validation_split is not None:
+        if val is not None:
+            raise ValueError(f"{where} got both validation_data and validation_split; pass one.")
+        train, val = data_mod.split_validation(train, validation_split, where)
+    n = data_mod.num_samples(train.x)
+    bs = min(batch_size, n)
+    names = loop.log_names(metric_list, val is not None)
+    sharding = None
+    if mesh is not None:
+        parallel.check_mesh(mesh, where)
+        if not replicated:
+            if bs % mesh.size:
+                raise ValueError(
+                    f"{where} with a mesh expects batch_size divisible by the mesh size "
+                    f"{mesh.size}; got {bs}. Pick a multiple of {mesh.size} (every device gets "
+                    "an equal share of each mini-batch).")
+            sharding = parallel.batch_sharding(mesh)
+        elif len(seeds) % mesh.size:
+            raise ValueError(f"{where} with a mesh expects a number of seeds divisible by the "
+                             f"mesh size {mesh.size}; got {len(seeds)}.")
+
+    # Initialize (or continue from `state`).
+    if replicated:
+        init_keys, key = _stack_seeds(seeds)
+        if state is None:
+            state = _init_program(model, tx, True)(jnp.asarray(train.x[:1]), init_keys)
+    else:
+        init_key, key = split_seed(seed)
+        if state is None:
+            state = init_state(model, train.x, tx, init_key)
+        elif not isinstance(state, TrainState):
+            raise TypeError(f"{where} expects state= to be a jaxseq TrainState (from fit or "
+                            f"js.training.create_train_state); got {type(state).__name__}.")
+    stop = cbs.stop_state(stopper, state.params, names)
+    if replicated:
+        stop = _broadcast_stop(stop, len(seeds))
+
+    chunk = hooks.auto_chunk(epochs_per_chunk)
+    every = None
+    if checkpoint_dir is not None:
+        every = hooks.checkpoint_every(epochs, checkpoint_every)
+    static = dict(epochs_per_chunk=chunk, batch_size=bs, shuffle=bool(shuffle), loss=loss_fn,
+                  metrics=metric_list, val_batch_size=validation_batch_size, sharding=sharding)
+    run = _loop_program(model, tx, static, replicated)
+    batches = -(-n // bs)
+
+    history = History()
+    first = saved = 0
+    saver = settings = None
+    if checkpoint_dir is not None:
+        from jaxseq import checkpointing  # imports orbax only when checkpoints are used
+
+        settings = dict(
+            seed=seeds if replicated else seed, batch_size=bs, n_samples=n,
+            shuffle=bool(shuffle), validation=val is not None, metrics=list(names),
+            loss=loss if isinstance(loss, str) else None,
+            early_stopping=stopper.config() if stopper else None)
+        saver = checkpointing.Checkpointer(checkpoint_dir, keep=keep)
+    try:
+        if saver is not None and (latest := saver.latest()) is not None:
+            if not resume:
+                raise ValueError(
+                    f"{where}: {saver.directory!r} already holds checkpoints (the latest after "
+                    f"{latest} epochs). Pass resume=True to continue that run, or use an empty "
+                    "checkpoint_dir for a new one.")
+            state, key, stop, history = checkpointing.resume(saver, latest, state, key, stop,
+                                                             settings)
+            first = saved = latest
+        history.first_epoch = 0
+        # Donation consumes the buffers passed in; keep the caller's state usable.
+        carry = loop.LoopState(jax.tree.map(jnp.copy, state),
+                               ~jnp.asarray(stop.stopped), stop)
+        train_d, val_d = data_mod.as_device(train), data_mod.as_device(val)
+        if mesh is not None:
+            if replicated:
+                carry, key = parallel.shard_replicas((carry, key), mesh)
+            else:
+                carry, key = parallel.replicate((carry, key), mesh)
+            train_d, val_d = parallel.replicate((train_d, val_d), mesh)
+        for cb in [*([stopper] if stopper else []), *host]:
+            cb.on_train_begin(state)
+        progress = hooks.Progress(epochs, verbose, first)
+        failure = None
+        finished = not np.asarray(parallel.to_host(carry.alive)).any()
+        while first < epochs and not finished:
+            last = epochs if every is None else min(epochs, (first // every + 1) * every)
+            carry, out = run(carry, key, jnp.asarray(first, jnp.int32),
+                             jnp.asarray(last, jnp.int32), train_d, val_d)
+            out = parallel.to_host(out)
+            out = out if replicated else {k: v[None] for k, v in out.items()}
+            good = out["ran"] & out["finite"]  # (R, E): contiguous from each row's start
+            cols = int(good.sum(axis=1).max())
+            logs = {k: np.where(good, out[k], np.nan)[:, :cols].astype(np.float32)
+                    for k in names}
+            logs = logs if replicated else {k: v[0] for k, v in logs.items()}
+            history.extend(logs)
+            progress.report(first, logs)
+            stop_requested = hooks.epoch_callbacks(host, first, logs)
+            bad = out["ran"] & ~out["finite"]
+            for r in np.flatnonzero(bad.any(axis=1)):
+                e = int(np.argmax(bad[r]))
+                failure = failure or {}
+                failure.setdefault(int(r), dict(
+                    epoch=first + e, batch=int(out["bad_batch"][r, e]),
+                    batch_loss=float(out["bad_loss"][r, e]), epoch_loss=float(out["loss"][r, e])))
+            first += cols
+            alive = np.asarray(parallel.to_host(carry.alive))
+            finished = stop_requested or not alive.any() or (
+                not replicated and failure is not None)
+            if saver is not None and first != saved and (
+                    first % every == 0 or finished or first >= epochs):
+                early = np.asarray(parallel.to_host(carry.stop.stopped)).any()
+                why = "non_finite" if failure else "early_stopping" if early else None
+                saver.save(first, checkpointing.training_tree(carry.state, key, carry.stop),
+                           dict(step=np.asarray(parallel.to_host(carry.state.step)).tolist(),
+                                history=checkpointing.history_record(history), stopped=why,
+                                settings=settings))
+                saved = first
+        progress.close()
+    finally:
+        if saver is not None:
+            saver.close()
+    final = parallel.to_host(carry) if mesh is not None and replicated else carry
+    s = final.stop
+    restore = s.restore & s.has_weights
+    params = jax.tree.map(
+        lambda best, p: jnp.where(restore.reshape(restore.shape + (1,) * (p.ndim - restore.ndim)),
+                                  best, p), s.best_params, final.state.params)
+    state = final.state.replace(params=params)
+    if replicated:
+        history.nonfinite = np.isin(np.arange(len(seeds)), list(failure or ()))
+    if stopper is not None:
+        stopper.finish(s)
+    for cb in host:
+        cb.on_train_end(state, history)
+    if failure:
+        replicas = tuple(sorted(failure))
+        f = failure[replicas[0]]
+        message = hooks.non_finite_message(
+            where=where, **f, epochs=epochs, batches=batches,
+            saved=saver.directory if saver is not None else None,
+            replicas=replicas if replicated else ())
+        if on_nan == "raise":
+            raise NonFiniteLossError(message, epoch=f["epoch"], batch=(
+                f["batch"] if f["batch"] >= 0 else None), state=state, history=history,
+                replicas=replicas if replicated else ())
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+    return state, history
+
+
+def fit(
+    model: nn.Module,
+    x,
+    y,
+    *,
+    epochs: int,
+    batch_size: int = 32,
+    optimizer: optax.GradientTransformation | None = None,
+    loss: str | Callable = "mse",
+    metrics: Sequence = (),
+    seed: int = 0,
+    shuffle: bool = True,
+    validation_data: tuple | None = None,
+    validation_split: float | None = None,
+    validation_batch_size: int | None = None,
+    sample_weight=None,
+    mask=None,
+    callbacks: Sequence[cbs.Callback] = (),
+    verbose: int = 1,
+    epochs_per_chunk: int | None = None,
+    state: TrainState | None = None,
+    on_nan: str = "raise",
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
+    keep: int | None = 3,
+    resume: bool = False,
+    mesh: jax.sharding.Mesh | None = None,
+) -> tuple[TrainState, History]:
+    """Train `model` on (x, y) for `epochs` epochs with Keras `fit` semantics.
+
+    Args:
+      model: a linen Module (e.g. `js.Sequential`); it may take `mask` and `deterministic`.
+      x: (batch, ...) inputs, floating (float32, bfloat16, ...).
+      y: (batch, ...) targets shaped exactly like the model's output (nothing is broadcast).
+      epochs: epochs to run (a runtime value: changing it compiles nothing).
+      batch_size: mini-batch size; larger than the data uses all of it (as Keras). The last
+        batch may be partial: it is padded inside the program and counts only its real samples.
+      optimizer: an optax GradientTransformation; None = one shared `optax.adam(1e-3)`. Pass the
+        same object to reuse compilation; sweep a learning rate with `optax.inject_hyperparams`
+        (the rate is then state, not code: one compilation for every value).
+      loss: "mse", "mae" or `(y_true, y_pred) -> values` (see `jaxseq.training.losses` for
+        Keras' reduction with weights and masks).
+      metrics: names ("mse", "mae", "rmse", "mape") or callables, computed in the compiled loop,
+        masked, not weighted; logged as "mae", "val_mae", ...
+      seed: int; one key for initialization, one for shuffling and dropout (runtime value).
+      shuffle: reshuffle the samples every epoch (bool).
+      validation_data: (x_val, y_val), (x_val, y_val, sample_weight_val) or
+        (x_val, y_val, sample_weight_val, mask_val); evaluated after each epoch in batches of
+        `validation_batch_size` (default `batch_size`), as Keras.
+      validation_split: float in (0, 1): validate on the last fraction of the samples (taken
+        before shuffling), as Keras; not together with validation_data.
+      sample_weight: (batch,) per-sample or (batch, time) per-step loss weights (>= 0).
+      mask: (batch, time) bool, True at real steps: passed to the model, and when y has that
+        time axis the masked steps are left out of loss and metrics (their x and y may hold
+        anything, NaN included).
+      callbacks: `jaxseq.Callback`s (host side) and at most one `EarlyStopping` (compiled).
+      verbose: 0 silent; 1 a progress bar (plain lines when stdout is not a terminal); 2 one
+        line per epoch. Output appears when a chunk of epochs finishes.
+      epochs_per_chunk: epochs per compiled call (default 32; static).
+      state: continue from this TrainState (from `fit` or `create_train_state`) instead of
+        initializing from `seed`; its optimizer (`state.tx`) is used.
+      on_nan: "raise" (default) raises `NonFiniteLossError` at the first epoch whose loss or
+        parameters go non-finite, naming epoch and batch, carrying the last finite state and
+        history; "stop" warns and returns them.
+      checkpoint_dir, checkpoint_every, keep, resume: save the whole training state with orbax
+        every `checkpoint_every` epochs (default about 20 saves per run) and at the end, keeping
+        the newest `keep`; `resume=True` continues from the latest complete checkpoint, bitwise
+        as if never interrupted.
+      mesh: data-parallel training over a 1-D `jax.sharding.Mesh`: each mini-batch is sharded
+        along its batch axis (batch_size divisible by the mesh size).
+
+    Returns:
+      (state, history): a `TrainState` (`state.params`, `state.model_state`, `state.step`) and
+      a `History` (`history.loss`, `history.val_loss`, `history.history["mae"]`, each (epochs,)).
+
+    Raises:
+      ValueError / TypeError naming the argument, before anything is compiled;
+      NonFiniteLossError (on_nan="raise").
+    """
+    seed = check_seeds([seed], "fit")[0]
+    return _train(model, x, y, where="fit", seed=seed, seeds=None, state=state, epochs=epochs,
+                  batch_size=batch_size, optimizer=optimizer, loss=loss, metrics=metrics,
+                  shuffle=shuffle, validation_data=validation_data,
+                  validation_split=validation_split,
+                  validation_batch_size=validation_batch_size, sample_weight=sample_weight,
+                  mask=mask, callbacks=callbacks, verbose=verbose,
+                  epochs_per_chunk=epochs_per_chunk, on_nan=on_nan,
+                  checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, keep=keep,
+                  resume=resume, mesh=mesh)
+
+
+def fit_replicas(
+    model: nn.Module,
+    x,
+    y,
+    *,
+    seeds: int | Sequence[int],
+    epochs: int,
+    batch_size: int = 32,
+    optimizer: optax.GradientTransformation | None = None,
+    loss: str | Callable = "mse",
+    metrics: Sequence = (),
+    shuffle: bool = True,
+    validation_data: tuple | None = None,
+    validation_split: float | None = None,
+    validation_batch_size: int | None = None,
+    sample_weight=None,
+    mask=None,
+    callbacks: Sequence[cbs.Callback] = (),
+    verbose: int = 0,
+    epochs_per_chunk: int | None = None,
+    on_nan: str = "stop",
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
+    keep: int | None = 3,
+    resume: bool = False,
+    mesh: jax.sharding.Mesh | None = None,
+) -> tuple[TrainState, History]:
+    """Train one replica of `model` per seed, all in one compiled program (`fit`, vmapped).
+
+    Args: those of `fit` (same meaning, same checks), except:
+      seeds: a list of distinct int seeds, or an int n meaning `range(n)`.
+      callbacks: host callbacks get `logs` values as arrays (replicas,); `EarlyStopping` stops
+        each replica at its own epoch and restores its own best weights.
+      on_nan: a replica whose training goes non-finite keeps its last finite state and logs NaN
+        from then on while the others go on; "stop" (default) warns naming the failed replicas,
+        "raise" raises `NonFiniteLossError` after the run (its `.replicas` names them, `.state`
+        holds every replica).
+      mesh: the replica axis is sharded over the mesh (seeds divisible by its size); data and
+        settings are replicated.
+
+    Returns:
+      (states, history): a `TrainState` whose leaves have a leading replica axis
+      (`states.params["lstm"]["kernel"][i]` is replica i's; `states.step` (replicas,)), and a
+      `History` whose entries have shape (replicas, epochs), NaN after a replica stopped.
+    """
+    seeds = check_seeds(seeds)
+    return _train(model, x, y, where="fit_replicas", seeds=seeds, state=None, epochs=epochs,
+                  batch_size=batch_size, optimizer=optimizer, loss=loss, metrics=metrics,
+                  shuffle=shuffle, validation_data=validation_data,
+                  validation_split=validation_split,
+                  validation_batch_size=validation_batch_size, sample_weight=sample_weight,
+                  mask=mask, callbacks=callbacks, verbose=verbose,
+                  epochs_per_chunk=epochs_per_chunk, on_nan=on_nan,
+                  checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, keep=keep,
+                  resume=resume, mesh=mesh)

@@ -1,0 +1,134 @@
+"""Host-side hooks of the drivers: progress output, callbacks, checkpoint saving, failure text.
+
+Nothing here is compiled; none of it changes what `fit` compiles (verbose, callbacks and the
+checkpoint cadence are host logic).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+
+from jaxseq.training.callbacks import Callback, EarlyStopping
+
+VERBOSE = (0, 1, 2)
+
+
+def split_callbacks(callbacks, where: str) -> tuple[EarlyStopping | None, list[Callback]]:
+    """-> (the one EarlyStopping or None, the host callbacks), checked."""
+    callbacks = list(callbacks or ())
+    for cb in callbacks:
+        if not isinstance(cb, Callback):
+            raise TypeError(
+                f"{where} expects callbacks that subclass jaxseq.Callback (or "
+                f"jaxseq.EarlyStopping); got {type(cb).__module__}.{type(cb).__name__}. Keras "
+                "callbacks do not run in jaxseq: use js.EarlyStopping, or subclass js.Callback.")
+    stoppers = [cb for cb in callbacks if isinstance(cb, EarlyStopping)]
+    if len(stoppers) > 1:
+        raise ValueError(f"{where} takes at most one EarlyStopping; got {len(stoppers)}.")
+    host = [cb for cb in callbacks if not isinstance(cb, EarlyStopping)]
+    return (stoppers[0] if stoppers else None), host
+
+
+def _fmt(v) -> str:
+    v = np.asarray(v)
+    if v.ndim == 0:
+        return f"{float(v):.4g}"
+    finite = v[np.isfinite(v)]
+    return f"{finite.mean():.4g} (mean of {finite.size})" if finite.size else "nan"
+
+
+class Progress:
+    """Keras-like output. verbose=0: silent; 1: a progress bar (tqdm, kept on screen with the
+    final values) on a terminal, else one line per chunk; 2: one line per epoch."""
+
+    def __init__(self, epochs: int, verbose: int, first: int = 0):
+        self.epochs, self.verbose, self.bar = epochs, verbose, None
+        if verbose == 1 and sys.stdout.isatty():
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:  # the [experiments] extra brings tqdm; fall back to lines
+                tqdm = None
+            if tqdm is not None:
+                self.bar = tqdm(total=epochs, initial=min(first, epochs), unit="epoch")
+
+    def report(self, first: int, logs: dict[str, np.ndarray]) -> None:
+        """`logs`: this chunk's values, epochs on the last axis, starting at epoch `first`."""
+        done = np.shape(logs["loss"])[-1]
+        if self.verbose == 0 or done == 0:
+            return
+        if self.verbose == 2:
+            for i in range(done):
+                items = " - ".join(f"{k}: {_fmt(v[..., i])}" for k, v in logs.items())
+                print(f"Epoch {first + i + 1}/{self.epochs} - {items}")
+        elif self.bar is not None:
+            self.bar.update(done)
+            self.bar.set_postfix({k: _fmt(v[..., -1]) for k, v in logs.items()})
+        else:
+            items = " - ".join(f"{k}: {_fmt(v[..., -1])}" for k, v in logs.items())
+            print(f"Epoch {first + done}/{self.epochs} - {items}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def auto_chunk(epochs_per_chunk: int | None) -> int:
+    """Epochs per compiled chunk. A constant (32) unless given: the epoch count, verbosity and
+    callbacks never change the compiled program; the host wakes every 32 epochs at most."""
+    return 32 if epochs_per_chunk is None else epochs_per_chunk
+
+
+def epoch_callbacks(host: Sequence[Callback], first: int, logs: dict[str, np.ndarray]) -> bool:
+    """Run `on_epoch_end` for each epoch of a chunk; -> whether a callback asked to stop."""
+    stop = False
+    for i in range(np.shape(logs["loss"])[-1]):
+        values = {k: (float(v[..., i]) if np.ndim(v) == 1 else np.asarray(v[..., i]))
+                  for k, v in logs.items()}
+        for cb in host:
+            cb.on_epoch_end(first + i, values)
+            stop = stop or bool(getattr(cb, "stop_training", False))
+    return stop
+
+
+def check_checkpoint_args(checkpoint_dir, checkpoint_every, keep, resume, where: str) -> None:
+    from jaxseq import contracts
+
+    if checkpoint_dir is None:
+        if checkpoint_every is not None or resume:
+            name = "resume=True" if resume else "checkpoint_every"
+            raise ValueError(f"{where}: {name} needs checkpoint_dir (the directory of the run).")
+        return
+    if checkpoint_every is not None:
+        contracts.check_positive_int(checkpoint_every, "checkpoint_every", where)
+    if keep is not None:
+        contracts.check_positive_int(keep, "keep", where)
+
+
+def checkpoint_every(epochs: int, every: int | None) -> int:
+    return every or math.ceil(epochs / 20)
+
+
+def non_finite_message(*, where, epoch, batch, batch_loss, epoch_loss, epochs, batches, saved,
+                       replicas: Sequence[int] = ()) -> str:
+    if batch < 0:
+        what = f"the epoch's mean loss overflowed to {epoch_loss} (every batch loss was finite)"
+    elif math.isfinite(batch_loss):
+        what = (f"the parameters became non-finite in the update of batch index {batch} of "
+                f"{batches} (its loss, {batch_loss:.6g}, was finite)")
+    else:
+        what = f"the loss of batch index {batch} of {batches} is {batch_loss}"
+    where_saved = f" (checkpointed in {saved!r})" if saved else ""
+    who = ""
+    if replicas:
+        who = (f"replica(s) {list(replicas)} went non-finite; the first, replica "
+               f"{replicas[0]}, ")
+    return (
+        f"{where}: {who}non-finite training at epoch index {epoch} (Epoch {epoch + 1}/{epochs}):"
+        f" {what}. Training stopped; the state kept is the last finite one, after {epoch} "
+        f"epoch(s){where_saved}. Lower the learning rate, clip gradients "
+        "(optax.clip_by_global_norm), or check the loss."
+    )

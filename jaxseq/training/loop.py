@@ -1,0 +1,235 @@
+"""The functional training core: pure train step, eval step, epoch and chunked epoch loop.
+
+Every function here is pure and traceable: jit it, `vmap` it over a replica axis (stacked
+states and keys), `scan` it, shard its batch. `fit` and `fit_replicas` do nothing but call
+`train_loop` (jitted, and for replicas `vmap`-ed) between host-side hooks.
+
+Shapes (named axes): b = batch, t = time, f = features, n = samples of a data set,
+nb = batches per epoch, E = epochs per chunk.
+
+- `train_step(state, batch, key, valid=None, *, loss, metrics)` -> (state, terms): one
+  optimizer step on one `Batch`; dropout uses `fold_in(key, state.step)`. `terms` (see
+  `losses.batch_terms`) holds the batch loss (Keras reduction), the real sample count, metric
+  sums, and `finite` (loss and updated parameters finite).
+- `eval_step(state, batch, valid=None, *, loss, metrics)` -> terms, in inference mode.
+- `train_epoch(state, data, key, *, batch_size, shuffle, loss, metrics)` -> (state, logs): a
+  `lax.scan` of `train_step` over the epoch's mini-batches (shuffled with
+  `fold_in(shuffle_key, state.step)`; the last one padded with zero-weight rows, so every batch
+  has the same shape). logs: {"loss", metrics, "bad_batch", "bad_loss"}.
+- `evaluate_batches(state, data, *, batch_size, loss, metrics)` -> {"loss", metrics}: Keras'
+  `evaluate` over in-order mini-batches.
+- `train_loop(carry, key, first, last, data, val, *, ...)` -> (carry, logs (E,)): epochs
+  [first, first + E) below `last`, with early stopping and the non-finite check compiled in.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxseq.training import callbacks, losses
+from jaxseq.training.data import Batch
+from jaxseq.training.state import TrainState
+from jaxseq.typing import Array
+
+
+def all_finite(tree) -> Array:
+    leaves = jax.tree.leaves(tree)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in leaves])) if leaves else (
+        jnp.ones((), bool))
+
+
+def select(flag, new, old):
+    """`new` where the scalar `flag` holds, else `old`, leaf by leaf (exact: no arithmetic)."""
+    return jax.tree.map(lambda a, b: jnp.where(flag, a, b), new, old)
+
+
+def _valid(batch: Batch, valid) -> Array:
+    n = batch.x.shape[0]
+    return jnp.ones((n,), jnp.float32) if valid is None else valid
+
+
+def _resolve(loss, metrics) -> tuple[Callable, tuple[losses.Metric, ...]]:
+    metrics = metrics if all(isinstance(m, losses.Metric) for m in metrics) else (
+        losses.get_metrics(metrics))
+    return losses.get_loss(loss), tuple(metrics)
+
+
+def train_step(state: TrainState, batch: Batch, key, valid=None, *, loss="mse",
+               metrics: Sequence = ()) -> tuple[TrainState, dict[str, Array]]:
+    """One optimizer step on one mini-batch.
+
+    state: a `TrainState` (from `create_train_state`). batch: `Batch(x (b, ...), y (b, ...),
+    sample_weight (b,) or (b, t), mask (b, t) or None)`. key: PRNG key; dropout uses
+    `fold_in(key, state.step)`. valid: (b,) 1.0 for real samples, 0.0 for padding rows (default:
+    all real). loss: "mse", "mae" or `(y_true, y_pred) -> values`; metrics: names or callables
+    (see `losses`). Returns (new state, terms): terms["loss"] is the batch loss, "size" the real
+    samples, "<metric>/total" and "/count" the metric sums, "finite" whether the loss and the
+    updated parameters are finite.
+    """
+    loss_fn, metrics = _resolve(loss, metrics)
+    valid = _valid(batch, valid)
+    dropout_key = jax.random.fold_in(key, state.step)
+
+    def objective(params):
+        pred, model_state = state.apply_fn.forward(
+            {"params": params, **state.model_state}, batch.x, mask=batch.mask, train=True,
+            key=dropout_key)
+        terms = losses.batch_terms(loss_fn, metrics, batch.y, pred, batch.sample_weight,
+                                   batch.mask, valid)
+        return terms["loss"], (terms, model_state)
+
+    grads, (terms, model_state) = jax.grad(objective, has_aux=True)(state.params)
+    state = state.apply_gradients(grads=grads, model_state=model_state)
+    terms["finite"] = jnp.isfinite(terms["loss"]) & all_finite(state.params)
+    return state, terms
+
+
+def eval_step(state: TrainState, batch: Batch, valid=None, *, loss="mse",
+              metrics: Sequence = ()) -> dict[str, Array]:
+    """The terms of one mini-batch in inference mode (no dropout, nothing mutated); arguments
+    and terms as in `train_step` (without "finite")."""
+    loss_fn, metrics = _resolve(loss, metrics)
+    valid = _valid(batch, valid)
+    pred, _ = state.apply_fn.forward(state.variables, batch.x, mask=batch.mask, train=False)
+    return losses.batch_terms(loss_fn, metrics, batch.y, pred, batch.sample_weight, batch.mask,
+                              valid)
+
+
+def batch_indices(n: int, batch_size: int, order=None) -> tuple[Array, Array]:
+    """(indices (nb, b), valid (nb, b)): `order` (n,) (default 0..n-1) cut into mini-batches of
+    `batch_size`, the last one padded with index 0 and valid 0."""
+    nb = math.ceil(n / batch_size)
+    pad = nb * batch_size - n
+    order = jnp.arange(n) if order is None else order
+    valid = jnp.concatenate([jnp.ones((n,), jnp.float32), jnp.zeros((pad,), jnp.float32)])
+    order = jnp.concatenate([order, jnp.zeros((pad,), order.dtype)])
+    return order.reshape(nb, batch_size), valid.reshape(nb, batch_size)
+
+
+def take(data: Batch, idx) -> Batch:
+    return Batch(*(None if a is None else a[idx] for a in data))
+
+
+def train_epoch(state: TrainState, data: Batch, key, *, batch_size: int, shuffle: bool = True,
+                loss="mse", metrics: Sequence = (), sharding=None) -> tuple[TrainState, dict]:
+    """One epoch: `train_step` scanned over the mini-batches of `data` (n samples).
+
+    key: the run's training key; `shuffle_key, dropout_key = split(key)`, the epoch's order is
+    `permutation(fold_in(shuffle_key, state.step), n)` (unshuffled when `shuffle` is False or
+    there is one batch), and each step gets `dropout_key`. batch_size: static, capped at n
+    by the caller. sharding: optional `NamedSharding` each mini-batch is constrained to
+    (data-parallel). Returns (state, logs): "loss" (the batch-size-weighted mean of the batch
+    losses, Keras' loss tracker), each metric, "bad_batch" (index of the first batch whose loss
+    or updated parameters are not finite; -1 if none) and "bad_loss" (that batch's loss).
+    """
+    loss_fn, metrics = _resolve(loss, metrics)
+    n = data.x.shape[0]
+    shuffle_key, dropout_key = jax.random.split(key)
+    nb = math.ceil(n / batch_size)
+    order = None
+    if shuffle and nb > 1:  # a single full batch is the same batch in any order
+        order = jax.random.permutation(jax.random.fold_in(shuffle_key, state.step), n)
+    idx, valid = batch_indices(n, batch_size, order)
+
+    def body(state, inputs):
+        i, ok = inputs
+        batch = take(data, i)
+        if sharding is not None:
+            batch, ok = jax.lax.with_sharding_constraint((batch, ok), sharding)
+        return train_step(state, batch, dropout_key, ok, loss=loss_fn, metrics=metrics)
+
+    state, terms = jax.lax.scan(body, state, (idx, valid))
+    logs = losses.epoch_values(terms, metrics)
+    bad_any = ~jnp.all(terms["finite"])
+    bad = jnp.where(bad_any, jnp.argmin(terms["finite"]), -1).astype(jnp.int32)
+    logs["bad_batch"] = bad
+    logs["bad_loss"] = terms["loss"][jnp.maximum(bad, 0)].astype(jnp.float32)
+    return state, logs
+
+
+def evaluate_batches(state: TrainState, data: Batch, *, batch_size: int, loss="mse",
+                     metrics: Sequence = ()) -> dict[str, Array]:
+    """Keras' `evaluate`: `eval_step` over the mini-batches of `data` in order -> {"loss": the
+    batch-size-weighted mean of the batch losses, metric: its value over all real entries}."""
+    loss_fn, metrics = _resolve(loss, metrics)
+    idx, valid = batch_indices(data.x.shape[0], batch_size)
+
+    def body(_, inputs):
+        i, ok = inputs
+        return None, eval_step(state, take(data, i), ok, loss=loss_fn, metrics=metrics)
+
+    _, terms = jax.lax.scan(body, None, (idx, valid))
+    return losses.epoch_values(terms, metrics)
+
+
+class LoopState(NamedTuple):
+    """What the compiled epoch loop carries from epoch to epoch."""
+
+    state: TrainState
+    alive: Array  # bool: no non-finite epoch yet, early stopping has not fired
+    stop: callbacks.StopState  # early stopping (disabled without EarlyStopping)
+
+
+def log_names(metrics: Sequence, validation: bool) -> tuple[str, ...]:
+    """The loop's per-epoch log names, in order: loss, metrics, then val_ versions."""
+    names = ("loss", *(m.name if isinstance(m, losses.Metric) else m for m in metrics))
+    return names + tuple(f"val_{k}" for k in names) if validation else names
+
+
+def train_loop(carry: LoopState, key, first, last, data: Batch, val: Batch | None, *,
+               epochs_per_chunk: int, batch_size: int, shuffle: bool = True, loss="mse",
+               metrics: Sequence = (), val_batch_size: int | None = None, sharding=None
+               ) -> tuple[LoopState, dict[str, Array]]:
+    """Epochs [first, first + epochs_per_chunk) that are below `last`, while alive.
+
+    first, last: int32 scalars (runtime values: the epoch count never recompiles). An epoch
+    that runs calls `train_epoch`, then (with `val`) `evaluate_batches`; if its loss or
+    parameters went non-finite it is not committed (the carry keeps the previous state) and
+    `alive` turns off, as it does when early stopping fires. Returns (carry, logs), each log of
+    shape (epochs_per_chunk,): the names of `log_names` (NaN for epochs that did not run),
+    "ran", "finite", "bad_batch", "bad_loss".
+    """
+    loss_fn, metrics = _resolve(loss, metrics)
+    names = log_names(metrics, val is not None)
+    val_bs = val_batch_size or batch_size
+
+    def run(carry: LoopState, epoch):
+        state, logs = train_epoch(carry.state, data, key, batch_size=batch_size,
+                                  shuffle=shuffle, loss=loss_fn, metrics=metrics,
+                                  sharding=sharding)
+        finite = (logs["bad_batch"] < 0) & jnp.isfinite(logs["loss"])
+        state = select(finite, state, carry.state)
+        values = {k: logs[k] for k in names if not k.startswith("val_")}
+        if val is not None:
+            val_bs_ = min(val_bs, val.x.shape[0])
+            scores = evaluate_batches(state, val, batch_size=val_bs_, loss=loss_fn,
+                                      metrics=metrics)
+            values.update({f"val_{k}": v for k, v in scores.items()})
+        values = {k: jnp.asarray(values[k], jnp.float32) for k in names}
+        monitored = jnp.stack([values[k] for k in names])[carry.stop.monitor]
+        stop = select(finite, callbacks.update(carry.stop, monitored, epoch, state.params),
+                      carry.stop)
+        out = {**values, "ran": jnp.ones((), bool), "finite": finite,
+               "bad_batch": logs["bad_batch"], "bad_loss": logs["bad_loss"]}
+        return LoopState(state, finite & ~stop.stopped, stop), out
+
+    def skip(carry: LoopState, epoch):
+        nan = jnp.full((), jnp.nan, jnp.float32)
+        out = {**{k: nan for k in names}, "ran": jnp.zeros((), bool),
+               "finite": jnp.ones((), bool), "bad_batch": jnp.full((), -1, jnp.int32),
+               "bad_loss": nan}
+        return carry, out
+
+    def body(carry: LoopState, epoch):
+        return jax.lax.cond((epoch < last) & carry.alive, run, skip, carry, epoch)
+
+    epochs = first + jnp.arange(epochs_per_chunk, dtype=jnp.int32)
+    return jax.lax.scan(body, carry, epochs)
+
+
+Static = dict[str, Any]  # the keyword arguments of `train_loop` that shape the program

@@ -1,0 +1,100 @@
+"""`predict` and `evaluate`: compiled inference over a trained state, params or variables."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import partial
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from jaxseq import contracts
+from jaxseq.training import data as data_mod
+from jaxseq.training import losses, loop
+from jaxseq.training.compile import cached, jit
+from jaxseq.training.state import ModelFn, TrainState, as_variables
+from jaxseq.typing import Array
+
+
+def _forward(model):
+    def build():
+        fn = ModelFn(model)
+        return jit(lambda variables, x, m: fn.forward(variables, x, mask=m, train=False)[0])
+
+    return cached("predict", model, build=build)
+
+
+def predict(model: nn.Module, params, x, *, batch_size: int | None = None, mask=None) -> Array:
+    """Model outputs for x in inference mode (no dropout), compiled.
+
+    Args:
+      model: the linen Module.
+      params: its params dict, a variables dict ({"params": ..., "batch_stats": ...}) or a
+        `TrainState` (from `fit`).
+      x: (batch, ...) inputs.
+      batch_size: run x in batches of this size (the last one padded on the host, the outputs
+        trimmed): one compiled program per (model, batch shape) serves any number of samples.
+      mask: (batch, time) bool, passed to the model.
+
+    Returns: (batch, ...) the model's outputs (a jax Array).
+    Raises: ValueError / TypeError naming the argument.
+    """
+    xs = contracts.shape_of(x)
+    if len(xs) < 1 or xs[0] < 1:
+        raise ValueError(f"predict expects x with a non-empty batch axis; got {xs}.")
+    variables = as_variables(params, "predict")
+    m = data_mod.check_mask(model, x, mask, "predict")
+    fn = _forward(model)
+    if batch_size is None:
+        return fn(variables, jnp.asarray(x), m)
+    contracts.check_positive_int(batch_size, "batch_size", "predict")
+    x = np.asarray(x)
+    n = xs[0]
+    pad = (-n) % batch_size
+
+    def padded(a):
+        return np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]) if pad else a
+
+    xp, mp = padded(x), None if m is None else padded(m)
+    outs = [np.asarray(fn(variables, xp[i: i + batch_size],
+                          None if mp is None else mp[i: i + batch_size]))
+            for i in range(0, n + pad, batch_size)]
+    return jnp.asarray(np.concatenate(outs)[:n])  # host concatenation: nothing to compile
+
+
+def evaluate(model: nn.Module, params, x, y, *, batch_size: int = 32,
+             loss: str | Callable = "mse", metrics: Sequence = (), sample_weight=None,
+             mask=None, return_dict: bool = False):
+    """The loss (and metrics) of the model on (x, y) in inference mode, as Keras' `evaluate`.
+
+    Args:
+      model, params: as in `predict`.
+      x: (batch, ...); y: (batch, ...) shaped like the model's output.
+      batch_size: evaluated in mini-batches of this size, in order (Keras' default 32); the
+        loss is the batch-size-weighted mean of the batch losses, so with masks or weights the
+        value depends on the batching exactly as in Keras.
+      loss, metrics, sample_weight, mask: as in `fit` (Keras reduction, see
+        `jaxseq.training.losses`).
+      return_dict: return {"loss": ..., metric: ...}.
+
+    Returns: the loss (float) without metrics; with metrics `[loss, *metric values]`, as
+      Keras; a dict with `return_dict=True`.
+    Raises: ValueError / TypeError naming the argument.
+    """
+    contracts.check_positive_int(batch_size, "batch_size", "evaluate")
+    data = data_mod.check_batch(model, x, y, sample_weight, mask, where="evaluate")
+    loss_fn = losses.get_loss(loss, "evaluate")
+    metric_list = losses.get_metrics(metrics, "evaluate")
+    variables = as_variables(params, "evaluate")
+    state = TrainState(step=0, apply_fn=ModelFn(model), params=variables["params"], tx=None,
+                       opt_state=None,
+                       model_state={k: v for k, v in variables.items() if k != "params"})
+    bs = min(batch_size, data_mod.num_samples(data.x))
+    fn = cached("evaluate", model, loss_fn, metric_list, bs, build=lambda: jit(partial(
+        loop.evaluate_batches, batch_size=bs, loss=loss_fn, metrics=metric_list)))
+    values = {k: float(v) for k, v in fn(state, data_mod.as_device(data)).items()}
+    if return_dict:
+        return values
+    return values["loss"] if not metric_list else [values["loss"],
+                                                   *(values[m.name] for m in metric_list)]

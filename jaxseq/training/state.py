@@ -1,0 +1,162 @@
+"""The train state, the model call convention, PRNG keys, History and the training error.
+
+`TrainState` is flax's `TrainState` plus `model_state`: every variable collection of the model
+other than `params` (`batch_stats` of BatchNorm, the carried state of stateful layers). Its
+`apply_fn` is a `ModelFn`: called like `model.apply`, and `ModelFn.forward` is the one place
+that decides what the training core passes to a model (mask, `deterministic`, the dropout rng,
+which collections are mutable).
+
+Randomness (Keras' "same seed, same run"): `seed -> split_seed -> (init_key, key)`; the init key
+draws the initial variables, `key` drives training. Inside the core, an epoch shuffles with
+`fold_in(shuffle_key, state.step)` and a step drops out with `fold_in(dropout_key, state.step)`
+(`shuffle_key, dropout_key = split(key)`), so randomness follows the optimizer step, as in
+flax's examples, and continuing from a state never repeats an earlier epoch's order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+from flax.training import train_state
+
+from jaxseq import contracts
+from jaxseq.typing import Array
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFn:
+    """`model.apply`, hashable by the model's value (flax Modules compare by their fields), plus
+    `forward`, the call the training core makes."""
+
+    model: nn.Module
+
+    def __call__(self, variables, *args, **kwargs):
+        return self.model.apply(variables, *args, **kwargs)
+
+    def forward(self, variables: dict, x, *, mask=None, train: bool = False, key=None):
+        """-> (outputs, updated non-params collections).
+
+        x: (batch, ...) inputs; mask: (batch, time) bool or None (passed only when given).
+        `train`: dropout on (with `key` as the "dropout" rng, for models whose `__call__` takes
+        `deterministic`) and every non-params collection mutable; else nothing is mutated.
+        """
+        kwargs: dict[str, Any] = {}
+        if mask is not None:
+            kwargs["mask"] = mask
+        if contracts.accepts(self.model, "deterministic"):
+            kwargs["deterministic"] = not train
+            if train and key is not None:
+                kwargs["rngs"] = {"dropout": key}
+        model_state = {k: v for k, v in variables.items() if k != "params"}
+        if train and model_state:
+            out, updates = self.model.apply(variables, x, mutable=list(model_state), **kwargs)
+            return out, {**model_state, **updates}
+        return self.model.apply(variables, x, **kwargs), model_state
+
+
+class TrainState(train_state.TrainState):
+    """flax's TrainState (`step`, `params`, `opt_state`, `apply_fn`, `tx`) with `model_state`:
+    the model's other variable collections, `{collection: tree}` (empty for plain RNNs).
+    `variables` is what `model.apply` takes."""
+
+    model_state: Any = struct.field(default_factory=dict)
+
+    @property
+    def variables(self) -> dict:
+        return {"params": self.params, **self.model_state}
+
+
+def split_seed(seed) -> tuple[Array, Array]:
+    """seed (int) -> (init key, training key)."""
+    init, key = jax.random.split(jax.random.PRNGKey(seed))
+    return init, key
+
+
+def init_variables(model: nn.Module, tx: optax.GradientTransformation, key, x1):
+    """The pure `(model, tx, key, x1) -> (variables, opt_state)` behind `create_train_state`:
+    x1 is one sample batch (1, ...); `opt_state = tx.init(variables["params"])`."""
+    variables = dict(model.init(key, x1))
+    return variables, tx.init(variables["params"])
+
+
+def create_train_state(model: nn.Module, tx: optax.GradientTransformation, x, key) -> TrainState:
+    """A fresh `TrainState` for `model` on inputs shaped like x (batch, ...): only `x[:1]` is used
+    (shapes and dtype). Every variable collection of `model.init` is kept. Pure and traceable
+    (works under `jit`, `vmap` over keys, `eval_shape`)."""
+    variables, opt_state = init_variables(model, tx, key, jnp.asarray(x[:1]))
+    params = variables.pop("params")
+    return TrainState(step=jnp.zeros((), jnp.int32), apply_fn=ModelFn(model), params=params,
+                      tx=tx, opt_state=opt_state, model_state=variables)
+
+
+def as_variables(state_or_variables, where: str) -> dict:
+    """A TrainState, a variables dict (`{"params": ..., "batch_stats": ...}`) or a bare params
+    dict -> the variables dict a model applies."""
+    if isinstance(state_or_variables, train_state.TrainState):
+        return {"params": state_or_variables.params,
+                **getattr(state_or_variables, "model_state", {})}
+    if not hasattr(state_or_variables, "keys"):
+        raise TypeError(f"{where} expects params (a dict of arrays), a variables dict or a "
+                        f"TrainState; got {type(state_or_variables).__name__}.")
+    if "params" in state_or_variables:
+        return dict(state_or_variables)
+    return {"params": state_or_variables}
+
+
+@dataclasses.dataclass
+class History:
+    """Per-epoch logs, as Keras' `History`: `history.history["loss"]`, or `history.loss`.
+
+    Each entry has shape (epochs,) for `fit`, (replicas, epochs) for `fit_replicas` (NaN after a
+    replica stopped). `epoch` lists the epoch indices run. `nonfinite` (fit_replicas): bool
+    (replicas,), True for the replicas whose training went non-finite."""
+
+    history: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    first_epoch: int = 0
+    nonfinite: np.ndarray | None = None  # bool (replicas,) for fit_replicas: training failed
+
+    @property
+    def epoch(self) -> np.ndarray:
+        return self.first_epoch + np.arange(np.shape(self.loss)[-1])
+
+    @property
+    def loss(self) -> np.ndarray:
+        return self.history.get("loss", np.zeros((0,), np.float32))
+
+    @property
+    def val_loss(self) -> np.ndarray | None:
+        return self.history.get("val_loss")
+
+    def __getattr__(self, name: str):
+        if name != "history" and name in self.__dict__.get("history", {}):
+            return self.history[name]
+        raise AttributeError(name)
+
+    def extend(self, logs: dict[str, np.ndarray]) -> None:
+        """Append per-epoch values along the last (epoch) axis."""
+        for key, values in logs.items():
+            values = np.asarray(values)
+            old = self.history.get(key)
+            self.history[key] = values if old is None else np.concatenate([old, values], -1)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a non-finite loss (or parameters).
+
+    For `fit`: `epoch` and `batch` are 0-based indices (`batch` is None when only the epoch mean
+    overflowed). For `fit_replicas`: `replicas` lists the failed replica indices and `epoch`,
+    `batch` are those of the first of them. `state` and `history` are the last finite ones, as
+    `on_nan="stop"` returns them."""
+
+    def __init__(self, message: str, *, epoch: int, batch: int | None, state, history,
+                 replicas: tuple[int, ...] = ()):
+        super().__init__(message)
+        self.epoch, self.batch, self.state, self.history = epoch, batch, state, history
+        self.replicas = replicas
