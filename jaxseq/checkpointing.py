@@ -349,7 +349,8 @@ def resume(checkpointer: Checkpointer, epoch: int, state: TrainState, key, stop_
     expected = training_tree(state, key, stop_state)
     arrays = checkpointer.arrays(epoch, expected, where="fit(resume=True)")
     state = _state_from(state, arrays, record)
-    stop_state = unflatten(stop_state, arrays, "early_stopping/")
+    if stop_state:
+        stop_state = unflatten(stop_state, arrays, "early_stopping/")
     return state, jnp.asarray(arrays["key"]), stop_state, history_from(record)
 
 

@@ -87,12 +87,11 @@ def test_checkpointing_does_not_change_the_run_and_saves_the_whole_state(referen
     assert saved.epoch == 4 and int(saved.state.step) == 4 * 3  # 3 batches of 5, 5, 2
     np.testing.assert_array_equal(saved.history.loss, history.loss[:4])
     np.testing.assert_array_equal(saved.history.val_loss, history.val_loss[:4])
-    _, keys = training.split_seed(KW["seed"])  # the PRNG and data-order state
-    np.testing.assert_array_equal(saved.keys.shuffle, keys.shuffle)
-    np.testing.assert_array_equal(saved.keys.dropout, keys.dropout)
+    _, key = training.split_seed(KW["seed"])  # the PRNG state of data order and dropout
+    np.testing.assert_array_equal(saved.key, key)
     assert saved.record["settings"] == dict(
         seed=3, batch_size=5, n_samples=12, shuffle=True, validation=True, loss="mse",
-        early_stopping=None)
+        logs=["loss", "val_loss"], early_stopping=None)
     assert saved.record["stopped"] is None and saved.early_stopping == {}
     latest = checkpointing.restore(d, state)
     assert latest.epoch == 8
@@ -158,14 +157,14 @@ def test_restoring_into_a_different_model_names_the_path_and_both_shapes(
         js.fit(wider, X, Y, epochs=EPOCHS, checkpoint_dir=d, resume=True, **KW)
 
     deeper = js.Sequential((js.LSTM(3, dropout=0.25), nn.Dense(1), nn.Dense(1)))
-    like = jax.eval_shape(lambda: training.init_state(deeper, X, KW["optimizer"],
+    like = jax.eval_shape(lambda: training.create_train_state(deeper, KW["optimizer"], X,
                                                       jax.random.PRNGKey(0)))
     with pytest.raises(ValueError, match=r"first mismatch at params/dense_1/bias: the model has "
                                          r"shape \(1,\) float32, the file has no such entry"):
         checkpointing.restore(d, like)
 
     shallow = js.Sequential((js.LSTM(3, dropout=0.25),))
-    like = jax.eval_shape(lambda: training.init_state(shallow, X, KW["optimizer"],
+    like = jax.eval_shape(lambda: training.create_train_state(shallow, KW["optimizer"], X,
                                                       jax.random.PRNGKey(0)))
     with pytest.raises(ValueError, match=r"first mismatch at params/dense/bias: the file has "
                                          r"shape \(1,\) float32, the model has no such entry"):

@@ -21,7 +21,8 @@ import pytest
 
 import jaxseq as js
 from jaxseq import checkpointing, training
-from jaxseq.callbacks import EarlyStopping
+from jaxseq.training import callbacks
+from jaxseq.training.callbacks import EarlyStopping
 
 
 class Scripted(nn.Module):
@@ -41,7 +42,7 @@ COUNT_UP = optax.GradientTransformation(
 )
 
 
-def script_loss(pred, y):
+def script_loss(y, pred):
     return jnp.where(pred < 0, jnp.inf, pred)  # the elementwise "error" is the script's value
 
 
@@ -98,15 +99,16 @@ def keras_run(values, monitor="loss", **kw) -> dict:
 
 
 @functools.cache
-def compiled_rule(rule):
-    """The compiled decision alone: scan `rule.update` over a sequence, as fit's loop does."""
+def compiled_rule():
+    """The compiled decision alone: scan `callbacks.update` over a sequence, as fit's loop
+    does. Every setting is in the state, so one program serves every configuration."""
 
     def drive(state, values):
         def body(carry, inputs):
             s, alive = carry
             epoch, value = inputs
-            new = rule.update(s, value, epoch, (epoch + 1).astype(jnp.float32))
-            s = training.select(alive, new, s)
+            new = callbacks.update(s, value, epoch, (epoch + 1).astype(jnp.float32))
+            s = training.loop.select(alive, new, s)
             return (s, alive & ~s.stopped), alive
 
         (s, _), ran = jax.lax.scan(body, (state, jnp.ones((), bool)),
@@ -118,7 +120,7 @@ def compiled_rule(rule):
 
 def jaxseq_run(values, **kw) -> dict:
     es = EarlyStopping(monitor="loss", **kw)
-    s, ran = compiled_rule(es.rule)(es.init_state(jnp.zeros((), jnp.float32)),
+    s, ran = compiled_rule()(es.init_state(jnp.zeros((), jnp.float32), ("loss",)),
                                     jnp.asarray(values, jnp.float32))
     es.finish(s)
     restored = None if es.best_weights is None else float(es.best_weights)
@@ -183,6 +185,9 @@ def test_early_stopping_in_fit_stops_where_keras_does_and_restores_best():
     try:
         again, h2 = fit_scripted(values, callbacks=[EarlyStopping(
             monitor="loss", patience=3, min_delta=0.25, baseline=4.0, restore_best=True)])
+        # nor does restore_best_weights=False, another mode, or no EarlyStopping at all
+        fit_scripted(values, callbacks=[EarlyStopping(monitor="loss", mode="max")])
+        fit_scripted(values)
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
     assert compiles == []
@@ -250,13 +255,15 @@ def test_early_stopping_does_not_depend_on_chunking():
 
 
 def test_early_stopping_contracts():
-    with pytest.raises(ValueError, match=r"monitor in \('loss', 'val_loss'\); got 'acc'"):
-        EarlyStopping(monitor="acc")
+    with pytest.raises(ValueError, match=r"monitor='acc'\): this run logs \('loss',\)"):
+        fit_scripted([1, 2, 3], callbacks=[EarlyStopping(monitor="acc")])
+    with pytest.raises(ValueError, match=r"monitor to be a log name"):
+        EarlyStopping(monitor="")
     with pytest.raises(ValueError, match=r"mode in \('auto', 'min', 'max'\)"):
         EarlyStopping(mode="up")
     with pytest.raises(ValueError, match=r"patience to be an int >= 0; got -1"):
         EarlyStopping(patience=-1)
-    with pytest.raises(ValueError, match=r"monitor='val_loss'\) needs validation_data"):
+    with pytest.raises(ValueError, match=r"monitor='val_loss'\): this run logs \('loss',\)"):
         fit_scripted([1, 2, 3], callbacks=[EarlyStopping()])
     with pytest.raises(ValueError, match=r"at most one EarlyStopping; got 2"):
         fit_scripted([1, 2, 3], callbacks=[EarlyStopping("loss"), EarlyStopping("loss")])

@@ -30,7 +30,7 @@ import optax
 from jaxseq import contracts, parallel
 from jaxseq.training import callbacks as cbs
 from jaxseq.training import data as data_mod
-from jaxseq.training import hooks, losses, loop
+from jaxseq.training import hooks, loop, losses
 from jaxseq.training.compile import cached, jit
 from jaxseq.training.state import (
     History,
@@ -62,8 +62,10 @@ def _init_program(model, tx, replicated: bool):
     return cached("init", model, tx, replicated, build=build)
 
 
-def init_state(model, x, tx, key) -> TrainState:
-    """`create_train_state`, compiled once per (model, optimizer) by the drivers."""
+def init_state(model, tx, x, key) -> TrainState:
+    """`create_train_state(model, tx, x, key)`, compiled once per (model, optimizer): a sweep
+    that builds many states (learning rates with `optax.inject_hyperparams`, seeds) compiles
+    initialization once."""
     return _init_program(model, tx, False)(jnp.asarray(x[:1]), key)
 
 
@@ -166,7 +168,7 @@ def _train(model, x, y, *, where, seed=0, seeds, state, epochs, batch_size, opti
     else:
         init_key, key = split_seed(seed)
         if state is None:
-            state = init_state(model, train.x, tx, init_key)
+            state = init_state(model, tx, train.x, init_key)
         elif not isinstance(state, TrainState):
             raise TypeError(f"{where} expects state= to be a jaxseq TrainState (from fit or "
                             f"js.training.create_train_state); got {type(state).__name__}.")
@@ -191,7 +193,7 @@ def _train(model, x, y, *, where, seed=0, seeds, state, epochs, batch_size, opti
 
         settings = dict(
             seed=seeds if replicated else seed, batch_size=bs, n_samples=n,
-            shuffle=bool(shuffle), validation=val is not None, metrics=list(names),
+            shuffle=bool(shuffle), validation=val is not None, logs=list(names),
             loss=loss if isinstance(loss, str) else None,
             early_stopping=stopper.config() if stopper else None)
         saver = checkpointing.Checkpointer(checkpoint_dir, keep=keep)
@@ -202,8 +204,9 @@ def _train(model, x, y, *, where, seed=0, seeds, state, epochs, batch_size, opti
                     f"{where}: {saver.directory!r} already holds checkpoints (the latest after "
                     f"{latest} epochs). Pass resume=True to continue that run, or use an empty "
                     "checkpoint_dir for a new one.")
-            state, key, stop, history = checkpointing.resume(saver, latest, state, key, stop,
-                                                             settings)
+            state, key, saved_stop, history = checkpointing.resume(
+                saver, latest, state, key, stop if stopper else (), settings)
+            stop = saved_stop if stopper else stop
             first = saved = latest
         history.first_epoch = 0
         # Donation consumes the buffers passed in; keep the caller's state usable.
@@ -250,7 +253,8 @@ def _train(model, x, y, *, where, seed=0, seeds, state, epochs, batch_size, opti
                     first % every == 0 or finished or first >= epochs):
                 early = np.asarray(parallel.to_host(carry.stop.stopped)).any()
                 why = "non_finite" if failure else "early_stopping" if early else None
-                saver.save(first, checkpointing.training_tree(carry.state, key, carry.stop),
+                saver.save(first, checkpointing.training_tree(
+                    carry.state, key, carry.stop if stopper else ()),
                            dict(step=np.asarray(parallel.to_host(carry.state.step)).tolist(),
                                 history=checkpointing.history_record(history), stopped=why,
                                 settings=settings))

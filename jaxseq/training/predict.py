@@ -6,12 +6,13 @@ from collections.abc import Callable, Sequence
 from functools import partial
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxseq import contracts
 from jaxseq.training import data as data_mod
-from jaxseq.training import losses, loop
+from jaxseq.training import loop, losses
 from jaxseq.training.compile import cached, jit
 from jaxseq.training.state import ModelFn, TrainState, as_variables
 from jaxseq.typing import Array
@@ -60,7 +61,7 @@ def predict(model: nn.Module, params, x, *, batch_size: int | None = None, mask=
     outs = [np.asarray(fn(variables, xp[i: i + batch_size],
                           None if mp is None else mp[i: i + batch_size]))
             for i in range(0, n + pad, batch_size)]
-    return jnp.asarray(np.concatenate(outs)[:n])  # host concatenation: nothing to compile
+    return jax.device_put(np.concatenate(outs)[:n])  # on the host: nothing to compile
 
 
 def evaluate(model: nn.Module, params, x, y, *, batch_size: int = 32,

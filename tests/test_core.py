@@ -1,0 +1,217 @@
+"""The functional training core: public pure steps that compose, equal to `fit`, and carry
+every variable collection of the model."""
+
+from functools import partial
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxseq as js
+from jaxseq import training
+from jaxseq.training import Batch
+
+
+class Normed(nn.Module):
+    """BatchNorm (a `batch_stats` collection), dropout and a Dense head: x (b, t, f) -> (b, 1)."""
+
+    @nn.compact
+    def __call__(self, x, *, deterministic: bool = True):
+        h = nn.BatchNorm(use_running_average=deterministic)(x)
+        h = nn.Dropout(0.3, deterministic=deterministic)(h)
+        return nn.Dense(1)(h.reshape(h.shape[0], -1))
+
+
+def _data(n=7, t=3, f=2, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=(n, t, f)).astype(np.float32),
+            rng.normal(size=(n, 1)).astype(np.float32))
+
+
+TX = optax.adam(1e-2)
+
+
+def test_a_loop_of_the_public_epoch_equals_fit_bitwise():
+    x, y = _data()
+    model = Normed()
+    init_key, key = training.split_seed(3)
+    state = training.create_train_state(model, TX, x, init_key)
+    assert set(state.model_state) == {"batch_stats"}
+    epoch = jax.jit(partial(training.train_epoch, batch_size=3, metrics=("mae",)),
+                    compiler_options=training.compiler_options())  # fit's XLA options
+    data = Batch(x, y, np.ones((7,), np.float32))
+    losses, maes = [], []
+    for _ in range(4):
+        state, logs = epoch(state, data, key)
+        losses.append(float(logs["loss"]))
+        maes.append(float(logs["mae"]))
+    fitted, history = js.fit(model, x, y, epochs=4, batch_size=3, optimizer=TX, seed=3,
+                             metrics=["mae"], verbose=0)
+    chex.assert_trees_all_equal(fitted.params, state.params)
+    chex.assert_trees_all_equal(fitted.model_state, state.model_state)  # batch_stats carried
+    np.testing.assert_array_equal(history.loss, np.asarray(losses, np.float32))
+    np.testing.assert_array_equal(history.history["mae"], np.asarray(maes, np.float32))
+    assert int(fitted.step) == int(state.step) == 4 * 3
+    # the running statistics really moved, and predict uses them (inference mode)
+    assert not np.allclose(state.model_state["batch_stats"]["BatchNorm_0"]["mean"], 0.0)
+    want = model.apply(state.variables, x)  # eager, op by op: XLA fuses differently
+    np.testing.assert_allclose(js.predict(model, fitted, x), want, rtol=1e-6, atol=1e-7)
+
+
+def test_jitted_train_steps_equal_fit_to_float32_rounding():
+    x, y = _data()
+    model = js.Sequential((js.GRU(4), nn.Dense(1)))
+    init_key, key = training.split_seed(0)
+    state = training.create_train_state(model, TX, x, init_key)
+    step = jax.jit(training.train_step)
+    w = np.ones((7,), np.float32)
+    for _ in range(3):  # no shuffling: batches [0:3], [3:6], [6:7] (a partial last batch)
+        for i in range(0, 7, 3):
+            state, terms = step(state, Batch(x[i:i + 3], y[i:i + 3], w[i:i + 3]),
+                                jax.random.split(key)[1])
+            assert bool(terms["finite"])
+    fitted, _ = js.fit(model, x, y, epochs=3, batch_size=3, optimizer=TX, shuffle=False,
+                       verbose=0)
+    chex.assert_trees_all_close(fitted.params, state.params, rtol=1e-6, atol=1e-7)
+    assert int(state.step) == 9
+
+
+def test_the_core_composes_with_vmap_scan_and_eval_shape():
+    x, y = _data()
+    model = js.Sequential((js.LSTM(3), nn.Dense(1)))
+    keys = jax.random.split(jax.random.PRNGKey(0), 3)
+    states = jax.vmap(lambda k: training.create_train_state(model, TX, x, k))(keys)
+    batch = Batch(x[:4], y[:4], np.ones((4,), np.float32))
+    step = partial(training.train_step, key=keys[0])
+    vmapped, terms = jax.jit(jax.vmap(lambda s: step(s, batch)))(states)
+    assert terms["loss"].shape == (3,)
+    for i in range(3):
+        one = jax.tree.map(lambda a: a[i], states)
+        single, t = step(one, batch)
+        chex.assert_trees_all_close(jax.tree.map(lambda a: a[i], vmapped.params), single.params,
+                                    rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(terms["loss"][i], t["loss"], rtol=1e-6)
+    # a scan of steps is a scan; eval_shape of the state builder traces without running
+    one = jax.tree.map(lambda a: a[0], states)
+    scanned, losses = jax.lax.scan(lambda s, _: (lambda r: (r[0], r[1]["loss"]))(step(s, batch)),
+                                   one, None, length=3)
+    assert losses.shape == (3,) and int(scanned.step) == 3
+    shapes = jax.eval_shape(lambda: training.create_train_state(model, TX, x, keys[0]))
+    assert shapes.params["lstm"]["kernel"].shape == (2, 12)
+    ev = training.eval_step(scanned, batch)
+    assert float(ev["loss"]) < float(losses[0])  # three steps on one batch lowered its loss
+
+
+def _compiles(fn) -> int:
+    events = []
+
+    def listener(name, duration, **kwargs):
+        if name == "/jax/core/compile/backend_compile_duration":
+            events.append(name)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        fn()
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    return len(events)
+
+
+def test_epochs_verbose_seed_callbacks_and_restore_compile_nothing(capsys):
+    x, y = js.problems.frame(js.problems.echo_sequence(5), "many_to_many")
+    model = js.models.many_to_many()
+    stop = lambda r: js.EarlyStopping(monitor="loss", patience=2, restore_best_weights=r)
+    first = _compiles(lambda: js.fit(model, x, y, epochs=30, batch_size=1, verbose=0))
+    assert first > 0  # the counter works
+
+    class Noop(js.Callback):
+        pass
+
+    again = _compiles(lambda: (
+        js.fit(model, x, y, epochs=37, batch_size=1, verbose=0),
+        js.fit(model, x, y, epochs=5, batch_size=1, verbose=2),
+        js.fit(model, x, y, epochs=64, batch_size=1, verbose=1, seed=3),
+        js.fit(model, x, y, epochs=9, batch_size=1, verbose=0, callbacks=[Noop(), stop(True)]),
+        js.fit(model, x, y, epochs=9, batch_size=1, verbose=0, callbacks=[stop(False)]),
+    ))
+    assert again == 0
+    assert "Epoch 5/5 - loss:" in capsys.readouterr().out  # verbose=2 printed its lines
+
+    params = model.init(jax.random.PRNGKey(0), x)["params"]
+    xs = [np.random.default_rng(n).normal(size=(n, 5, 1)).astype(np.float32) for n in (5, 9, 13)]
+    assert _compiles(lambda: js.predict(model, params, xs[0], batch_size=4)) == 1
+    assert _compiles(lambda: [js.predict(model, params, a, batch_size=4) for a in xs]) == 0
+
+
+def test_inject_hyperparams_sweeps_a_learning_rate_with_one_compilation():
+    x, y = js.problems.frame(js.problems.echo_sequence(5), "many_to_one")
+    model = js.models.many_to_one(5)
+    tx = optax.inject_hyperparams(optax.adam)(learning_rate=1e-3)
+    key = training.split_seed(0)[0]
+
+    def run(lr):
+        state = training.init_state(model, tx, x, key)  # compiled once, cached
+        state.opt_state.hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
+        return js.fit(model, x, y, epochs=20, batch_size=1, state=state, verbose=0)
+
+    a, _ = run(1e-3)
+    finals = []
+    assert _compiles(lambda: finals.extend(run(lr)[1].loss[-1] for lr in (1e-2, 1e-1))) == 0
+    b, _ = run(1e-1)
+    assert not np.allclose(a.params["dense"]["kernel"], b.params["dense"]["kernel"])
+    assert finals[0] != finals[1]
+
+
+def test_the_compile_cache_is_bounded_and_clearable():
+    x, y = _data(n=4)
+    model = js.Sequential((js.SimpleRNN(2), nn.Dense(1)))
+    old = training.cache_size()
+    training.clear_caches()
+    try:
+        training.set_cache_size(3)
+        for lr in (0.1, 0.2, 0.3, 0.4, 0.5):
+            js.fit(model, x, y, epochs=1, batch_size=4, optimizer=optax.sgd(lr), verbose=0)
+            assert training.compile.cache_len() <= 3
+        assert training.compile.cache_len() == 3
+        training.clear_caches()
+        assert training.compile.cache_len() == 0
+        with pytest.raises(ValueError, match="set_cache_size expects an int >= 1; got 0"):
+            training.set_cache_size(0)
+    finally:
+        training.set_cache_size(old)
+
+
+def test_driver_programs_run_nested_in_a_users_trace():
+    # XLA takes compiler options only on an outermost program: called with tracers, jaxseq's
+    # jitted programs are plain nested jits.
+    f = training.compile.jit(lambda a: jnp.tanh(a) * 2.0)
+    a = jnp.arange(3.0)
+    assert (f.top is not None) == (jax.default_backend() == "cpu")
+    np.testing.assert_array_equal(jax.jit(f)(a), f(a))
+    np.testing.assert_array_equal(jax.vmap(f)(a[:, None])[:, 0], f(a))
+    assert jax.eval_shape(f, a).shape == (3,)
+    x, _ = _data(n=2)
+    model = js.Sequential((js.LSTM(2), nn.Dense(1)))
+    params = model.init(jax.random.PRNGKey(0), x)["params"]
+    inside = jax.jit(lambda p: js.predict(model, p, x))(params)
+    np.testing.assert_array_equal(inside, js.predict(model, params, x))
+
+
+def test_state_and_optimizer_arguments():
+    x, y = _data(n=4)
+    model = js.Sequential((js.SimpleRNN(2), nn.Dense(1)))
+    state, _ = js.fit(model, x, y, epochs=2, batch_size=2, verbose=0)
+    more, h = js.fit(model, x, y, epochs=3, batch_size=2, state=state, verbose=0)
+    assert int(more.step) == 2 * 2 + 3 * 2 and len(h.loss) == 3
+    both, _ = js.fit(model, x, y, epochs=5, batch_size=2, verbose=0)
+    # continuing = one longer run, except for the shuffles, which follow the step count:
+    # equal here because both runs draw each epoch's order from fold_in(key, step)
+    chex.assert_trees_all_close(more.params, both.params, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="state= carries its own optimizer"):
+        js.fit(model, x, y, epochs=1, state=state, optimizer=optax.sgd(0.1), verbose=0)
+    with pytest.raises(TypeError, match="optax GradientTransformation"):
+        js.fit(model, x, y, epochs=1, optimizer="adam", verbose=0)
