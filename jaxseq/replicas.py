@@ -23,7 +23,7 @@ from flax.training import train_state
 
 from jaxseq.training import data as data_mod
 from jaxseq.training.compile import cached, jit
-from jaxseq.training.fit import fit_replicas
+from jaxseq.training.drivers import fit_replicas
 from jaxseq.training.state import History, ModelFn, as_variables
 
 __all__ = ["Summary", "fit_replicas", "scores", "skill", "summarize"]

@@ -133,7 +133,8 @@ def _keras_model(kind: str):
                 layers = [keras.layers.Masking(0.0), *layers]
         km = keras.Sequential([keras.Input((T, F)), *layers])
         metrics = [m() if isinstance(m, type) else m for m, _ in KERAS_METRICS.values()]
-        km.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", metrics=metrics)
+        km.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", metrics=metrics,
+                   jit_compile=False)
     return km
 
 
@@ -184,10 +185,10 @@ def assert_tree_close(got, want, **tol):
 KERAS_LOSSES = {"mse": keras.losses.MeanSquaredError, "mae": keras.losses.MeanAbsoluteError}
 
 
-@pytest.mark.parametrize("loss", ["mse", "mae"])
 @pytest.mark.parametrize(
-    "kind, weights",
-    [("seq", None), ("seq", "sample"), ("seq", "step"), ("vec", "sample")],
+    "loss, kind, weights",
+    [("mse", "seq", None), ("mse", "seq", "sample"), ("mse", "seq", "step"),
+     ("mse", "vec", "sample"), ("mae", "seq", "step"), ("mae", "vec", "sample")],
 )
 def test_weighted_batch_loss_matches_keras_loss(loss, kind, weights):
     model, y = MODELS[kind]
@@ -265,39 +266,6 @@ def test_masked_loss_and_metrics_match_keras_reduction(weights, batch_size):
     got_nan = js.evaluate(model, initial_params("seq"), X, y_nan, batch_size=batch_size,
                           sample_weight=w, mask=MASK, metrics=METRICS, return_dict=True)
     assert got_nan == got
-
-
-# Keras' RootMeanSquaredError is a plain `Mean` of squared errors: unlike the
-# MeanMetricWrapper metrics ("mae", "mse", "mape") it never reads the Keras mask, so behind
-# Masking it averages over every step, masked ones included (at whatever the model outputs
-# there). jaxseq masks "rmse" like every metric (the square root of the masked "mse"), so the
-# end-to-end masked comparisons leave rmse out and pin Keras' behaviour instead: if Keras
-# starts masking it, `_assert_keras_rmse_ignores_mask` fails and rmse can join the comparison.
-MASKED_METRICS = ["mae", "mse", "mape"]
-
-
-def _assert_keras_rmse_ignores_mask(keras_rmse, km, y):
-    with _keras_ctx():
-        kpred = np.asarray(km.predict(X_MASKED, verbose=0))
-    np.testing.assert_allclose(keras_rmse, np.sqrt(np.mean(np.square(kpred - y))), rtol=1e-5)
-    masked = np.sqrt(np.mean(np.square(kpred - y)[MASK]))
-    assert abs(keras_rmse - masked) > 1e-3 * masked
-
-
-def test_masked_evaluate_matches_keras_masking_layer():
-    """End to end: Keras' Masking(0.0) carries the mask to its loss and metrics; jaxseq gets
-    the same mask as `mask=` (the masked steps of X_MASKED are all zero, no real step is)."""
-    model, y = MODELS["seq"]
-    km = keras_model("masked")
-    for batch_size, w in ((N, W_STEP), (3, W_STEP), (4, None)):
-        want = keras_logs(keras_evaluate(km, X_MASKED, y, batch_size=batch_size,
-                                         sample_weight=w))
-        got = js.evaluate(model, initial_params("seq"), X_MASKED, y, batch_size=batch_size,
-                          sample_weight=w, mask=MASK, metrics=MASKED_METRICS, return_dict=True)
-        assert got.keys() == want.keys() - {"rmse"}
-        for k in got:
-            np.testing.assert_allclose(got[k], want[k], rtol=RTOL, err_msg=f"{batch_size} {k}")
-    _assert_keras_rmse_ignores_mask(want["rmse"], km, y)
 
 
 # --------------------------------------------------------------------------------------------
@@ -392,21 +360,43 @@ def test_fit_matches_keras_with_validation_split():
     _compare_fit(history, state, kh, km, names + [f"val_{k}" for k in names])
 
 
-def test_masked_fit_matches_keras_masking_layer():
-    """Training with a mask and per-step weights (batches of 4: 4, 4, 2 real) against Keras'
-    Masking(0.0) model: the same losses and metrics per epoch, the same final weights."""
+# Keras behind Masking(0.0) against jaxseq with `mask=`. Two Keras metrics do not see the mask:
+# - RootMeanSquaredError is a plain `Mean` of squared errors: unlike the MeanMetricWrapper
+#   metrics ("mae", "mse", "mape") it never reads the Keras mask, so it averages over every
+#   step, masked ones included (at whatever the model outputs there);
+# - Keras' JAX trainer computes its *training* metrics on predictions returned through
+#   `jax.value_and_grad`'s aux output, which drops the Keras mask, so training "mae", "mse",
+#   "mape" average over masked steps too (its loss and its evaluate / validation are masked).
+# jaxseq masks every metric, in training and evaluation alike, so these comparisons take the
+# loss, the validation loss and the masked validation metrics, never rmse or training metrics.
+MASKED_METRICS = ["mae", "mse", "mape"]
+
+
+def test_masked_fit_and_validation_match_keras_masking_layer():
+    """Training with a mask and per-step weights (batches of 4: 4, 4, 2 real) and validating on
+    the same masked data with per-step weights in batches of 3 (3, 3, 3, 1 real): Keras'
+    Masking(0.0) carries the mask to its loss and its validation metrics; jaxseq gets it as
+    `mask=` (the masked steps of X_MASKED are all zero, no real step is)."""
     model, y = MODELS["seq"]
     km = keras_model("masked")
     with _keras_ctx():
         kh = km.fit(X_MASKED, y, sample_weight=W_STEP, batch_size=4, epochs=2, shuffle=False,
-                    verbose=0)
+                    verbose=0, validation_data=(X_MASKED, y, W_STEP), validation_batch_size=3)
     state, history = js.fit(model, X_MASKED, y, epochs=2, batch_size=4, optimizer=TX,
-                            shuffle=False, verbose=0, seed=0, sample_weight=W_STEP,
-                            mask=MASK, metrics=MASKED_METRICS)
+                            shuffle=False, verbose=0, seed=0, sample_weight=W_STEP, mask=MASK,
+                            metrics=MASKED_METRICS,
+                            validation_data=(X_MASKED, y, W_STEP, MASK), validation_batch_size=3)
     want = keras_logs(kh.history)
-    assert set(history.history) == set(want) - {"rmse"} == {"loss", *MASKED_METRICS}
-    for k in history.history:
+    compared = ["loss", "val_loss", *(f"val_{k}" for k in MASKED_METRICS)]
+    assert set(history.history) == set(want) - {"rmse", "val_rmse"}
+    for k in compared:
         np.testing.assert_allclose(history.history[k], want[k], rtol=FIT_RTOL, err_msg=k)
     params = from_keras(km.layers[1]), from_keras(km.layers[2])
     assert_tree_close((state.params["lstm"], state.params["time_distributed"]), params,
                       rtol=FIT_RTOL, atol=FIT_ATOL)
+    # Non-vacuous: the validation metrics are over the real steps only, and those differ
+    # from all steps.
+    pred = np.asarray(js.predict(model, state.params, X_MASKED, mask=MASK))
+    err = np.square(pred - y)[..., 0]
+    np.testing.assert_allclose(history.history["val_mse"][-1], err[MASK].mean(), rtol=1e-5)
+    assert abs(err.mean() - err[MASK].mean()) > 1e-3 * err[MASK].mean()

@@ -10,7 +10,7 @@ from jaxseq.training import callbacks, compile, data, hooks, loop, losses, state
 from jaxseq.training.callbacks import Callback, EarlyStopping
 from jaxseq.training.compile import cache_size, clear_caches, compiler_options, set_cache_size
 from jaxseq.training.data import Batch
-from jaxseq.training.fit import DEFAULT_OPTIMIZER, fit, fit_replicas, init_state
+from jaxseq.training.drivers import DEFAULT_OPTIMIZER, fit, fit_replicas, init_state
 from jaxseq.training.loop import (
     LoopState,
     eval_step,
@@ -46,6 +46,7 @@ __all__ = [
     "compiler_options",
     "create_train_state",
     "data",
+    "drivers",
     "eval_step",
     "evaluate",
     "evaluate_batches",

@@ -263,7 +263,7 @@ def _train(model, x, y, *, where, seed=0, seeds, state, epochs, batch_size, opti
     finally:
         if saver is not None:
             saver.close()
-    final = parallel.to_host(carry) if mesh is not None and replicated else carry
+    final = carry
     s = final.stop
     restore = s.restore & s.has_weights
     params = jax.tree.map(
@@ -273,7 +273,7 @@ def _train(model, x, y, *, where, seed=0, seeds, state, epochs, batch_size, opti
     if replicated:
         history.nonfinite = np.isin(np.arange(len(seeds)), list(failure or ()))
     if stopper is not None:
-        stopper.finish(s)
+        stopper.finish(parallel.to_host(s) if mesh is not None else s)
     for cb in host:
         cb.on_train_end(state, history)
     if failure:
