@@ -25,42 +25,49 @@ def _shape(out) -> str:
     return text[0] if len(text) == 1 else "[" + ", ".join(text) + "]"
 
 
-def summary_rows(model: nn.Module, x) -> tuple[list[tuple[str, str, int]], int]:
-    """[(\"name (Type)\", \"(None, ...)\", params)] per top-level layer, and the total count."""
+def _rows(model: nn.Module, x) -> tuple[list[tuple[str, str, str, int]], int]:
+    """[(name, type name, output shape, params)] per direct child in call order (or the model
+    itself as one row named "" when it has none), and the total count."""
     shape = contracts.shape_of(x)
     if len(shape) < 1:
         raise ValueError(f"summary expects x with a batch axis; got shape {shape}.")
+    called: dict[str, str] = {}  # direct child name -> class name, in call order
 
     def is_child(module, method_name: str) -> bool:
-        return method_name == "__call__" and len(module.path) == 1
+        if method_name == "__call__" and len(module.path) == 1:
+            called.setdefault(module.path[0], type(module).__name__)
+            return True
+        return False
 
-    out, variables = jax.eval_shape(
-        lambda: model.init_with_output(jax.random.PRNGKey(0), x, capture_intermediates=is_child)
+    out, variables = jax.eval_shape(  # x as an argument: an array or a jax.ShapeDtypeStruct
+        lambda x: model.init_with_output(jax.random.PRNGKey(0), x,
+                                         capture_intermediates=is_child), x
     )
     params = variables.get("params", {})
     inter = variables.get("intermediates", {})
-    rows = []
-    order = [n for n in _child_types(model) if n in inter]
-    for name in order + sorted(set(inter) - set(order)):  # call order, as Keras lists layers
-        child_out = inter[name]["__call__"][-1]
-        rows.append((name, _shape(child_out), _count(params.get(name, {}))))
+    rows = [(name, cls, _shape(inter[name]["__call__"][-1]), _count(params.get(name, {})))
+            for name, cls in called.items() if name in inter]
     if not rows:  # a single layer: the model itself is the row
-        rows.append(("", _shape(out), _count(params)))
+        rows.append(("", type(model).__name__, _shape(out), _count(params)))
     return rows, _count(params)
+
+
+def summary_rows(model: nn.Module, x) -> tuple[list[tuple[str, str, int]], int]:
+    """[(name, "(None, ...)", params)] per top-level layer, in call order (as Keras lists
+    layers), and the total count. `x`: a sample input or a `jax.ShapeDtypeStruct`. A model
+    without submodules is one row named ""."""
+    rows, total = _rows(model, x)
+    return [(name, shape, count) for name, _, shape, count in rows], total
 
 
 def summary(model: nn.Module, x) -> str:
     """Keras' `model.summary()` as a string, for `model` applied to inputs shaped like `x`."""
-    rows, total = summary_rows(model, x)
-    types = _child_types(model)
+    rows, total = _rows(model, x)
     lines = []
     title = f'Model: "{type(model).__name__.lower()}"'
     header = ("Layer (type)", "Output Shape", "Param #")
-    table = [
-        (f"{name} ({types.get(name, type(model).__name__)})" if name else type(model).__name__,
-         shape, f"{count:,}")
-        for name, shape, count in rows
-    ]
+    table = [(f"{name} ({cls})" if name else cls, shape, f"{count:,}")
+             for name, cls, shape, count in rows]
     widths = [max(len(header[i]), *(len(r[i]) for r in table)) + 2 for i in range(3)]
     rule = "─" * sum(widths)
 
@@ -73,16 +80,3 @@ def summary(model: nn.Module, x) -> str:
     lines += [rule, f"Total params: {total:,}", f"Trainable params: {total:,}",
               "Non-trainable params: 0", rule]
     return "\n".join(lines)
-
-
-def _child_types(model: nn.Module) -> dict[str, str]:
-    """Names the model gives its direct children -> their class names (Keras' "(type)")."""
-    layers = getattr(model, "layers", None)
-    if layers is None:
-        return {}
-    from jaxseq.models import Sequential, sequential_names
-
-    if not isinstance(model, Sequential):
-        return {f"layers_{i}": type(m).__name__ for i, m in enumerate(layers)}
-    return {name: type(layer).__name__
-            for layer, name in zip(layers, sequential_names(layers), strict=True) if name}

@@ -33,6 +33,15 @@ def sigmoid(v: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-v))
 
 
+# Keras activation names -> NumPy functions (the layers' `activation` / `recurrent_activation`).
+ACTIVATIONS = {
+    "tanh": np.tanh,
+    "sigmoid": sigmoid,
+    "relu": lambda v: np.maximum(v, 0.0),
+    "linear": lambda v: v,
+}
+
+
 def _f64(params: dict) -> dict:
     return {k: np.asarray(v, np.float64) for k, v in params.items()}
 
@@ -57,21 +66,25 @@ def random_params(
 # ---------------------------------------------------------------------------- single steps
 
 
-def lstm_step(p: dict, x_t: np.ndarray, h: np.ndarray, c: np.ndarray):
+def lstm_step(p: dict, x_t: np.ndarray, h: np.ndarray, c: np.ndarray, *,
+              activation: str = "tanh", recurrent_activation: str = "sigmoid"):
     """One LSTM step. x_t (b, f), h and c (b, u) -> (h, c)."""
+    act, ract = ACTIVATIONS[activation], ACTIVATIONS[recurrent_activation]
     u = h.shape[-1]
     k, rk, b = p["kernel"], p["recurrent_kernel"], p["bias"]
-    i = sigmoid(x_t @ k[:, :u] + h @ rk[:, :u] + b[:u])
-    f = sigmoid(x_t @ k[:, u : 2 * u] + h @ rk[:, u : 2 * u] + b[u : 2 * u])
-    g = np.tanh(x_t @ k[:, 2 * u : 3 * u] + h @ rk[:, 2 * u : 3 * u] + b[2 * u : 3 * u])
-    o = sigmoid(x_t @ k[:, 3 * u :] + h @ rk[:, 3 * u :] + b[3 * u :])
+    i = ract(x_t @ k[:, :u] + h @ rk[:, :u] + b[:u])
+    f = ract(x_t @ k[:, u : 2 * u] + h @ rk[:, u : 2 * u] + b[u : 2 * u])
+    g = act(x_t @ k[:, 2 * u : 3 * u] + h @ rk[:, 2 * u : 3 * u] + b[2 * u : 3 * u])
+    o = ract(x_t @ k[:, 3 * u :] + h @ rk[:, 3 * u :] + b[3 * u :])
     c_new = f * c + i * g
-    h_new = o * np.tanh(c_new)
+    h_new = o * act(c_new)
     return h_new, c_new
 
 
-def gru_step(p: dict, x_t: np.ndarray, h: np.ndarray, *, reset_after: bool = True):
+def gru_step(p: dict, x_t: np.ndarray, h: np.ndarray, *, reset_after: bool = True,
+             activation: str = "tanh", recurrent_activation: str = "sigmoid"):
     """One GRU step (Keras 3). x_t (b, f), h (b, u) -> h."""
+    act, ract = ACTIVATIONS[activation], ACTIVATIONS[recurrent_activation]
     u = h.shape[-1]
     k, rk, b = p["kernel"], p["recurrent_kernel"], p["bias"]
     if reset_after:
@@ -81,28 +94,32 @@ def gru_step(p: dict, x_t: np.ndarray, h: np.ndarray, *, reset_after: bool = Tru
     x_z = x_t @ k[:, :u] + b_in[:u]
     x_r = x_t @ k[:, u : 2 * u] + b_in[u : 2 * u]
     x_h = x_t @ k[:, 2 * u :] + b_in[2 * u :]
-    z = sigmoid(x_z + h @ rk[:, :u] + b_rec[:u])
-    r = sigmoid(x_r + h @ rk[:, u : 2 * u] + b_rec[u : 2 * u])
+    z = ract(x_z + h @ rk[:, :u] + b_rec[:u])
+    r = ract(x_r + h @ rk[:, u : 2 * u] + b_rec[u : 2 * u])
     if reset_after:
-        hh = np.tanh(x_h + r * (h @ rk[:, 2 * u :] + b_rec[2 * u :]))
+        hh = act(x_h + r * (h @ rk[:, 2 * u :] + b_rec[2 * u :]))
     else:
-        hh = np.tanh(x_h + (r * h) @ rk[:, 2 * u :])
+        hh = act(x_h + (r * h) @ rk[:, 2 * u :])
     return z * h + (1.0 - z) * hh
 
 
-def simple_rnn_step(p: dict, x_t: np.ndarray, h: np.ndarray):
-    """One SimpleRNN step (tanh). x_t (b, f), h (b, u) -> h."""
-    return np.tanh(x_t @ p["kernel"] + p["bias"] + h @ p["recurrent_kernel"])
+def simple_rnn_step(p: dict, x_t: np.ndarray, h: np.ndarray, *, activation: str = "tanh"):
+    """One SimpleRNN step. x_t (b, f), h (b, u) -> h."""
+    act = ACTIVATIONS[activation]
+    return act(x_t @ p["kernel"] + p["bias"] + h @ p["recurrent_kernel"])
 
 
-def step(kind: str, p: dict, x_t: np.ndarray, states: tuple, *, reset_after: bool = True):
-    """One step of `kind`; returns the new states tuple (h first)."""
+def step(kind: str, p: dict, x_t: np.ndarray, states: tuple, *, reset_after: bool = True,
+         activation: str = "tanh", recurrent_activation: str = "sigmoid"):
+    """One step of `kind`; returns the new states tuple (h first). `recurrent_activation` is
+    ignored by SimpleRNN (it has none)."""
+    acts = dict(activation=activation, recurrent_activation=recurrent_activation)
     if kind == "lstm":
-        return lstm_step(p, x_t, *states)
+        return lstm_step(p, x_t, *states, **acts)
     if kind == "gru":
-        return (gru_step(p, x_t, states[0], reset_after=reset_after),)
+        return (gru_step(p, x_t, states[0], reset_after=reset_after, **acts),)
     if kind == "simple_rnn":
-        return (simple_rnn_step(p, x_t, states[0]),)
+        return (simple_rnn_step(p, x_t, states[0], activation=activation),)
     raise ValueError(kind)
 
 
@@ -121,8 +138,11 @@ def rnn(
     return_state: bool = False,
     zero_output_for_mask: bool = False,
     reset_after: bool = True,
+    activation: str = "tanh",
+    recurrent_activation: str = "sigmoid",
 ):
-    """A Keras 3 recurrent layer of `kind` on x (b, t, f); float64 results.
+    """A Keras 3 recurrent layer of `kind` on x (b, t, f); float64 results. `activation` /
+    `recurrent_activation`: names in `ACTIVATIONS`.
 
     Returns (b, t, u) with `return_sequences`, else (b, u); with `return_state`, the tuple
     `(output, *states)`.
@@ -145,7 +165,8 @@ def rnn(
     outputs = []
     for t in order:
         keep = m[:, t][:, None]  # (b, 1)
-        new = step(kind, p, x[:, t, :], states, reset_after=reset_after)
+        new = step(kind, p, x[:, t, :], states, reset_after=reset_after,
+                   activation=activation, recurrent_activation=recurrent_activation)
         prev_h = states[0]
         states = tuple(np.where(keep, n, s) for n, s in zip(new, states, strict=True))
         if zero_output_for_mask:

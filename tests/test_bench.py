@@ -1,12 +1,15 @@
-"""experiments/bench.py runs end to end with tiny sizes and writes valid JSON (no timing checks).
+"""experiments/bench.py runs with tiny sizes on a few cases and records consistent numbers.
 
 The script runs as users run it, in a subprocess, with LLVM at -O0 (XLA_FLAGS): compilation is
-this test's cost, and the tiny sizes time nothing worth optimizing.
+this test's cost, and the tiny sizes time nothing worth optimizing. The cases that train
+(tutorial, replicas) are left out: they time jaxseq.fit, whose own tests are elsewhere.
 """
 
 import importlib.util
 import json
 import os
+import re
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -23,45 +26,98 @@ def _bench(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=400)
 
 
-def test_bench_quick_end_to_end(tmp_path):
-    proc = _bench("--quick", "--cpu-devices", "2", "--out", str(tmp_path / "res"), cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    assert "LSTM fwd+bwd" in proc.stdout and "Targets (this run):" in proc.stdout
+def _median(xs):
+    return statistics.median(xs)
 
+
+def _table_rows(stdout: str, title: str) -> dict[str, tuple[float, float]]:
+    """{contender: (median ms, ratio)} from the printed table whose first line starts with
+    `title`."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(title))
+    rows = {}
+    for line in lines[start + 2:]:
+        if not line.strip():
+            break
+        m = re.match(r"\s+(\S+(?: \[\w+\])?)\s+([\d.]+)\s+([\d.]+)\s", line)
+        rows[m.group(1)] = (float(m.group(2)), float(m.group(3)))
+    return rows
+
+
+def test_bench_layer_and_compile_cases(tmp_path):
+    """Two layer cases and the compile case (no training API), tiny sizes: the recorded
+    numbers are consistent with each other: positive times, every ratio and target value the
+    quotient of the medians it comes from, `met` the comparison with its limit, the printed
+    table the JSON's numbers."""
+    proc = _bench("--quick", "--cases", "lstm,gru_fwd,compile", "--repeats", "3",
+                  "--out", str(tmp_path / "res"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     data = json.loads((tmp_path / "res" / "bench.json").read_text())
     assert data["device"]["backend"] in ("cpu", "gpu", "tpu")
     assert {"jax", "flax", "jaxseq", "torch", "keras"} <= set(data["versions"])
     assert data["xla_flags"] == FAST_COMPILE
-    assert data["matmul_peak"]["gflops"] > 0
-    cases = [r["case"] for r in data["results"]]
-    assert cases == ["lstm", "gru", "lstm_fwd", "gru_fwd", "tutorial", "replicas", "compile"]
+    assert data["repeats"] == 3
+    assert [r["case"] for r in data["results"]] == ["lstm", "gru_fwd", "compile"]
+    assert set(data["case_wall_s"]) == {"lstm", "gru_fwd", "compile"}
+    assert 0 < sum(data["case_wall_s"].values()) <= data["total_wall_s"]
+
+    peak = data["matmul_peak"]
+    for shape, samples in peak["samples_s"].items():
+        m, k, n = map(int, shape.split("x"))
+        assert all(s > 0 for s in samples)
+        assert peak["gflops_by_shape"][shape] == pytest.approx(
+            2 * m * k * n / _median(samples) / 1e9, rel=1e-12)
+    assert peak["gflops"] == max(peak["gflops_by_shape"].values())
 
     have_torch = not data["versions"]["torch"].startswith(("ImportError", "ModuleNotFound"))
-    for r in data["results"][:4]:
-        assert r["size"] == [4, 6, 3, 5] and r["flops"] > 0
-        assert {"flax", "jaxseq"} <= set(r["samples_s"])
-        assert ("torch" in r["samples_s"]) == have_torch
+    peers = ["torch"] * have_torch + ["flax", "jaxseq"]  # --quick: no "jaxseq [scan]"
+    lstm, gru_fwd, compile_case = data["results"]
+    medians = {}
+    for r, gates, passes, title in [(lstm, 4, 3, "LSTM fwd+bwd"), (gru_fwd, 3, 1, "GRU forward")]:
+        b, t, i, h = r["size"]
+        assert r["size"] == [4, 6, 3, 5]
+        # The documented count: 2*gates*B*T*H*(I+H) forward, the backward twice that.
+        assert r["flops"] == 2 * gates * b * t * h * (i + h) * passes
+        assert list(r["samples_s"]) == peers
         for samples in r["samples_s"].values():
-            assert len(samples) == data["repeats"] and all(s > 0 for s in samples)
-        assert r["jax_stats"]["jaxseq"]["temp_bytes"] >= 0
+            assert len(samples) == 3 and all(0 < s < data["total_wall_s"] for s in samples)
+        assert set(r["jax_stats"]) == {"flax", "jaxseq"}
+        for stats in r["jax_stats"].values():
+            assert stats["compile_s"] > 0 and stats["temp_bytes"] >= 0
+        med = {k: _median(v) for k, v in r["samples_s"].items()}
+        medians[r["case"]] = med
+        printed = _table_rows(proc.stdout, title)
+        assert list(printed) == peers
+        for name, (ms, ratio) in printed.items():
+            assert ms == pytest.approx(med[name] * 1e3, abs=0.051)
+            assert ratio == pytest.approx(med[name] / med[peers[0]], abs=0.0051)
 
-    tutorial = data["results"][4]["rows"]
-    assert {row["framework"] for row in tutorial} <= {"jaxseq", "keras"}
-    assert all(row["per_epoch_s"] > 0 and row["cold_s"] > 0 for row in tutorial)
-    replicas = data["results"][5]
-    n = replicas["replicas"]
-    plain = ["fit_replicas (1 seeds)", f"fit_replicas ({n} seeds)",
-             f"fit_replicas ({n} seeds, 2 devices)"]
-    assert [row["name"] for row in replicas["rows"]] == [
-        "fit (1 seed)", *plain, *(name + " [scan, unrolled]" for name in plain)]
-    assert all(row["cold_s"] > 0 and len(row["warm_s"]) == 2 for row in replicas["rows"])
-    compile_case = data["results"][6]
-    assert [row["time"] for row in compile_case["rows"]] == compile_case["lengths"]
+    assert [(row["name"], row["time"]) for row in compile_case["rows"]] == [
+        ("jaxseq", 3), ("jaxseq", 30)]
+    assert compile_case["lengths"] == [3, 30]
+    assert all(s > 0 for row in compile_case["rows"] for s in row["samples_s"])
+    short, long_ = (_median(row["samples_s"]) for row in compile_case["rows"])
 
-    names = [t["target"] for t in data["targets"]]
-    assert any("jaxseq / flax" in name for name in names)
-    assert f"replicas ({n} seeds, 2 devices) / fit (1 seed) <= 3" in names
-    assert all(t["met"] in (True, False, None) for t in data["targets"])
+    want = {"compile: T=30 / T=3 <= 1.5": (long_ / short, 1.5),
+            "lstm 4x6x3x5: jaxseq / flax <= 0.7": (
+                medians["lstm"]["jaxseq"] / medians["lstm"]["flax"], 0.7)}
+    if have_torch:
+        want["lstm 4x6x3x5: jaxseq / torch <= 1.0"] = (
+            medians["lstm"]["jaxseq"] / medians["lstm"]["torch"], 1.0)
+    assert sorted(t["target"] for t in data["targets"]) == sorted(want)
+    for t in data["targets"]:
+        value, limit = want[t["target"]]
+        assert t["value"] == pytest.approx(value, rel=1e-12) and t["limit"] == limit
+        assert t["met"] is (value <= limit)
+        assert re.search(re.escape(t["target"]) + rf"\s+{value:.2f}\s+"
+                         + ("met" if t["met"] else "NOT met"), proc.stdout)
+
+
+def test_bench_rejects_unknown_cases(tmp_path):
+    proc = _bench("--cases", "lstm,nope", "--out", str(tmp_path / "res"), cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "unknown case(s) ['nope']" in proc.stderr
+    assert not (tmp_path / "res").exists()
 
 
 def test_parse_sizes():

@@ -7,7 +7,6 @@ compiles a recurrence: every error must come from the static checks, before any 
 
 from __future__ import annotations
 
-import dataclasses
 import re
 
 import flax
@@ -26,7 +25,6 @@ LAYERS = {
     "GRU": (js.GRU, {}, 3, ("h",)),
     "SimpleRNN": (js.SimpleRNN, {}, 1, ("h",)),
 }
-HAS_IMPLEMENTATION = "implementation" in {f.name for f in dataclasses.fields(js.LSTM)}
 
 
 def _params(name: str, features: int = F) -> dict:
@@ -174,7 +172,6 @@ def test_dropout_without_rng_raises():
         js.LSTM(U, dropout=0.5).apply(_params("LSTM"), jnp.zeros((B, T, F)), deterministic=False)
 
 
-@pytest.mark.skipif(not HAS_IMPLEMENTATION, reason="no `implementation` field in this jaxseq")
 def test_bad_implementation():
     with _raises(ValueError, "LSTM", "implementation", "'auto'", "'nope'"):
         js.LSTM(U, implementation="nope").apply(_params("LSTM"), jnp.zeros((B, T, F)))

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import reference as R
 from jax.test_util import check_grads
 
 import jaxseq as js
@@ -226,8 +227,10 @@ def test_recurrence_vjp_equals_autodiff_of_forward(kind, monkeypatch):
 
 
 def test_recurrence_other_activations_float64():
-    """The derivative table (written in terms of each activation's output) for the
-    non-default activations, and the generic gate path (not the one-tanh fast path)."""
+    """The custom backward against autodiff of the same forward for the non-default
+    activations (the derivative table, written in terms of each activation's output); the
+    forward itself is checked against NumPy in
+    test_layer_other_activations_match_float64_reference."""
     cases = [("lstm", "relu", "tanh"), ("gru", "linear", "relu"), ("simple_rnn", "sigmoid", "")]
     with jax.enable_x64(True):
 
@@ -249,6 +252,91 @@ def test_recurrence_other_activations_float64():
 
         for got, want in _run(run):
             _assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+# (kind, layer, activations, flags): the generic gate path (no one-tanh fast path) through the
+# layers, both implementations, against the float64 NumPy reference (tests/reference.py).
+ACTIVATION_CASES = [
+    ("lstm", js.LSTM, dict(activation="relu"), dict(go_backwards=True)),
+    ("gru", js.GRU, dict(activation="linear", recurrent_activation="relu"), {}),
+    ("simple_rnn", js.SimpleRNN, dict(activation="sigmoid"), {}),
+]
+
+
+def _numeric_grads(f, arrays, eps=1e-6):
+    """Central finite differences of the scalar f(arrays) w.r.t. every element of every
+    float64 array."""
+    arrays = [np.array(a, np.float64) for a in arrays]
+    grads = []
+    for a in arrays:
+        g = np.zeros_like(a)
+        for idx in np.ndindex(a.shape):
+            old = a[idx]
+            a[idx] = old + eps
+            up = f(arrays)
+            a[idx] = old - eps
+            down = f(arrays)
+            a[idx] = old
+            g[idx] = (up - down) / (2 * eps)
+        grads.append(g)
+    return grads
+
+
+@pytest.mark.parametrize("kind, cls, acts, flags", ACTIVATION_CASES,
+                         ids=[c[0] for c in ACTIVATION_CASES])
+def test_layer_other_activations_match_float64_reference(kind, cls, acts, flags):
+    """Outputs, final states and the gradients w.r.t. params, x and initial states, of
+    implementation="fused" and "scan", against NumPy: the forward of tests/reference.py and
+    central finite differences of it (float64, masked, random initial states)."""
+    rng = np.random.default_rng(5)
+    p = R.random_params(rng, kind, F, U)
+    x = rng.normal(size=(B, T, F))
+    init = tuple(rng.normal(scale=0.5, size=(B, U)) for _ in range(R.STATE_COUNT[kind]))
+    weights = [rng.normal(size=(B, T, U))] + [rng.normal(size=(B, U)) for _ in init]
+
+    def reference_loss(arrays):
+        k, rk, bias, x_, *states = arrays
+        outs = R.rnn(kind, {"kernel": k, "recurrent_kernel": rk, "bias": bias}, x_,
+                     mask=MASK, initial_state=tuple(states), return_sequences=True,
+                     return_state=True, **acts, **flags)
+        return sum(float(np.sum(o * w)) for o, w in zip(outs, weights, strict=True))
+
+    names = ("kernel", "recurrent_kernel", "bias")
+    want_out = R.rnn(kind, p, x, mask=MASK, initial_state=init, return_sequences=True,
+                     return_state=True, **acts, **flags)
+    want_grads = _numeric_grads(reference_loss, [p[n] for n in names] + [x, *init])
+    assert max(float(np.max(np.abs(g))) for g in want_grads) > 0.1  # gradients that matter
+
+    with jax.enable_x64(True):
+
+        def run(params, x, init):
+            out = {}
+            for impl in ("fused", "scan"):
+                layer = cls(U, return_sequences=True, return_state=True, implementation=impl,
+                            dtype=jnp.float64, param_dtype=jnp.float64, **acts, **flags)
+
+                def loss(params, x, init, layer=layer):
+                    y = layer.apply({"params": params}, x, mask=MASK, initial_state=init)
+                    total = sum(jnp.sum(o * w) for o, w in zip(y, weights, strict=True))
+                    return total, y
+
+                (_, y), g = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(
+                    params, x, init)
+                out[impl] = (y, g)
+            return out
+
+        params = {n: jnp.asarray(p[n]) for n in names}
+        got = _run(run, params, jnp.asarray(x), tuple(jnp.asarray(s) for s in init))
+        assert _uses_custom_vjp(cls(U, implementation="fused", **acts, **flags),
+                                jnp.ones((B, T, F)))
+    for impl, (y, (g_params, g_x, g_init)) in got.items():
+        chex.assert_type(jax.tree.leaves(y), jnp.float64)
+        _assert_close(list(y), list(want_out), rtol=1e-10, atol=1e-12)
+        g_list = [g_params[n] for n in names] + [g_x, *g_init]
+        labels = [*names, "x", *(f"initial_state[{i}]" for i in range(len(init)))]
+        for g, w, name in zip(g_list, want_grads, labels, strict=True):
+            np.testing.assert_allclose(np.asarray(g), w, rtol=1e-6, atol=1e-8,
+                                       err_msg=f"{impl} d{name}")
 
 
 def test_recurrence_check_grads_float64():
@@ -346,6 +434,23 @@ def test_cudnn_off_gpu_raises():
         jax.eval_shape(layer.init, jax.random.key(0), jnp.ones((B, T, F)))
 
 
-def test_residual_bytes():
-    spec = fused.Spec("lstm")
-    assert fused.residual_bytes(spec, t=10, b=2, u=3) == 10 * 2 * 7 * 3 * 4
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "simple_rnn"])
+def test_residual_bytes_equal_what_the_forward_saves(kind, dtype):
+    """`residual_bytes` against a measurement: the arrays that `jax.vjp` of the fused forward
+    keeps for its pullback, less the inputs it keeps (the same objects as the arguments)."""
+    t, b, u, f = 7, 3, 5, 2
+    n = {"lstm": 4, "gru": 3, "simple_rnn": 1}[kind]
+    rng = np.random.default_rng(0)
+    arr = lambda *shape: jnp.asarray(rng.normal(size=shape), dtype)
+    args = (arr(b, t, f), arr(f, n * u), arr(n * u), arr(u, n * u),
+            arr(n * u) if kind == "gru" else None,
+            tuple(arr(b, u) for _ in range(2 if kind == "lstm" else 1)))
+    spec = fused.Spec(kind)
+    _, pullback = jax.vjp(functools.partial(fused.recurrence, spec), *args)
+    inputs = jax.tree.leaves(args)
+    saved = [a for a in jax.tree.leaves(pullback) if not any(a is i for i in inputs)]
+    assert saved and all(a.shape[:2] == (b, t) and a.dtype == dtype for a in saved)
+    measured = sum(a.size * a.dtype.itemsize for a in saved)
+    assert fused.residual_bytes(spec, t=t, b=b, u=u, itemsize=jnp.dtype(dtype).itemsize) \
+        == measured

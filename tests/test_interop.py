@@ -5,8 +5,9 @@ jaxseq params -> `to_keras` -> `from_keras` is bitwise, and Keras then computes 
 computes. Torch: the same both ways, for nn.LSTM / nn.GRU / nn.RNN over layers, directions
 and batch_first, and nn.Linear.
 
-Keras (and, for now, jaxseq's bias adds) broadcast by rank promotion, so every test here runs
-under `jax.numpy_rank_promotion("allow")` (see tests/test_keras_parity.py).
+Keras itself broadcasts by rank promotion, so the Keras calls (building, initializing and
+running Keras layers) run under `_keras()` = `jax.numpy_rank_promotion("allow")`; jaxseq's own
+calls run under the suite's strict "raise" (as in tests/test_keras_parity.py).
 """
 
 from __future__ import annotations
@@ -43,10 +44,10 @@ B, T, F = 3, 5, 2
 X = np.random.default_rng(0).normal(size=(B, T, F)).astype(np.float32)
 
 
-@pytest.fixture(autouse=True)
-def _allow_rank_promotion():
-    with jax.numpy_rank_promotion("allow"):
-        yield
+
+def _keras():
+    """Context for Keras' own computations (they broadcast by rank promotion)."""
+    return jax.numpy_rank_promotion("allow")
 
 
 def _randomize(obj, seed: int) -> None:
@@ -96,9 +97,10 @@ KERAS_LAYERS = {
 
 
 def _built_keras(kind: str, seed: int = 1):
-    layer = KERAS_LAYERS[kind]()
-    layer.build((None, T, F))
-    _randomize(layer, seed)
+    with _keras():
+        layer = KERAS_LAYERS[kind]()
+        layer.build((None, T, F))
+        _randomize(layer, seed)
     return layer
 
 
@@ -106,7 +108,9 @@ def _built_keras(kind: str, seed: int = 1):
 def test_keras_layer_round_trip_and_outputs(kind):
     layer = _built_keras(kind)
     model, params = jaxseq_model_from_keras(layer)
-    _close(_apply(model, params, X), layer(X))
+    with _keras():
+        want = layer(X)
+    _close(_apply(model, params, X), want)
     # jaxseq -> Keras -> jaxseq is bitwise, so Keras now holds exactly `fresh` (and computes
     # what jaxseq computes, by the agreement above).
     fresh = _random_like(params, 7)
@@ -117,7 +121,7 @@ def test_keras_layer_round_trip_and_outputs(kind):
 @pytest.fixture(scope="module")
 def keras_stack(tmp_path_factory):
     """A built Keras Sequential of every supported kind, its weights file and its output."""
-    with jax.numpy_rank_promotion("allow"):
+    with _keras():
         for _ in range(2):  # take Keras' global name counters off zero: names get suffixes
             L.Dense(1)
             L.LSTM(1)
@@ -162,7 +166,9 @@ def test_keras_unsupported_layer_is_a_type_error_naming_it():
     conv = L.Conv1D(2, 3)
     with pytest.raises(TypeError, match=r"Conv1D.*supported: .*LSTM"):
         from_keras(conv)
-    km = keras.Sequential([keras.Input((T, F)), L.LSTM(2, return_sequences=True), L.Conv1D(2, 3)])
+    with _keras():
+        km = keras.Sequential([keras.Input((T, F)), L.LSTM(2, return_sequences=True),
+                               L.Conv1D(2, 3)])
     with pytest.raises(TypeError, match="Conv1D"):
         jaxseq_model_from_keras(km)
 
@@ -186,6 +192,42 @@ def test_keras_weights_file_into_mismatched_model_names_layer(keras_stack):
     msg = r"layer 'lstm' weight 'kernel' has shape \(2, 20\) in the model.*\(2, 16\)"
     with pytest.raises(ValueError, match=msg):
         load_keras_weights(path, wider, X)
+
+
+@pytest.mark.parametrize("timedistributed", [False, True], ids=["dense", "time_distributed"])
+def test_keras_dense_softmax_outputs_equal_keras(timedistributed):
+    with _keras():
+        dense = L.Dense(4, activation="softmax")
+        layer = L.TimeDistributed(dense) if timedistributed else dense
+        x = X if timedistributed else X[:, 0]
+        layer.build((None, *x.shape[1:]))
+        _randomize(layer, 4)
+        want = np.asarray(layer(x))
+    model, params = jaxseq_model_from_keras(layer)
+    got = np.asarray(_apply(model, params, x))
+    _close(got, want)
+    np.testing.assert_allclose(got.sum(-1), 1.0, rtol=1e-6)  # a softmax, not the logits
+
+
+def test_keras_stateful_layers_are_rejected_by_name():
+    with _keras():
+        lstm = L.LSTM(3, stateful=True)
+        lstm.build((B, T, F))
+        bidir = L.Bidirectional(L.GRU(3, stateful=True))
+        bidir.build((B, T, F))
+        km = keras.Sequential([keras.Input((T, F), batch_size=B), L.Dense(2),
+                               L.SimpleRNN(3, stateful=True, name="the_rnn")])
+    msg = "stateful Keras layer {!r} is not supported"
+    with pytest.raises(ValueError, match=msg.format(lstm.name)):
+        jaxseq_model_from_keras(lstm)
+    with pytest.raises(ValueError, match=msg.format(bidir.forward_layer.name)):
+        jaxseq_model_from_keras(bidir)
+    with pytest.raises(ValueError, match="jaxseq_model_from_keras/the_rnn: "
+                                         + msg.format("the_rnn")):
+        jaxseq_model_from_keras(km)
+    # The same layers without `stateful` import.
+    model, _ = jaxseq_model_from_keras(_built_keras("lstm"))
+    assert type(model).__name__ == "LSTM"
 
 
 def test_unbuilt_keras_layer_is_a_clear_error():

@@ -8,7 +8,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import pytest
 from flax import nnx
 
 from jaxseq.models import Sequential
@@ -18,12 +17,6 @@ from jaxseq.wrappers import TimeDistributed
 
 X = np.random.default_rng(0).normal(size=(4, 5, 2)).astype(np.float32)
 Y = np.random.default_rng(1).normal(size=(4, 5, 1)).astype(np.float32)
-
-
-@pytest.fixture(autouse=True)
-def _allow_rank_promotion():  # as tests/test_interop.py
-    with jax.numpy_rank_promotion("allow"):
-        yield
 
 
 def _model():

@@ -18,10 +18,17 @@ from jaxseq import parallel, replicas
 HERE = Path(__file__).parent
 
 
+def _cpu_mesh():
+    """A mesh over conftest's 8 CPU devices (explicitly: on a GPU host the default devices are
+    the GPUs)."""
+    devices = jax.devices("cpu")
+    assert len(devices) == 8
+    return parallel.make_mesh(devices)
+
+
 def test_data_parallel_fit_equals_single_device():
-    assert len(jax.devices()) == 8
     model, x, y, fit_kw, _ = dist_case()
-    mesh = parallel.make_mesh()
+    mesh = _cpu_mesh()
     state, history = js.fit(model, x, y, mesh=mesh, verbose=0, **fit_kw)
     single, h1 = js.fit(model, x, y, verbose=0, **fit_kw)
     kernel = state.params["lstm"]["kernel"]
@@ -34,7 +41,7 @@ def test_data_parallel_fit_equals_single_device():
 
 def test_data_parallel_program_reduces_gradients_across_devices(monkeypatch):
     model, x, y, fit_kw, _ = dist_case()
-    mesh = parallel.make_mesh()
+    mesh = _cpu_mesh()
     texts = []
     original = js.training.compiled_chunk
 
@@ -55,7 +62,7 @@ def test_data_parallel_program_reduces_gradients_across_devices(monkeypatch):
 def test_data_parallel_needs_divisible_batches():
     model, x, y, _, _ = dist_case()
     with pytest.raises(ValueError, match="batch_size divisible by the mesh size 8; got 6"):
-        js.fit(model, x, y, epochs=1, batch_size=6, mesh=parallel.make_mesh(), verbose=0)
+        js.fit(model, x, y, epochs=1, batch_size=6, mesh=_cpu_mesh(), verbose=0)
 
 
 def _free_port() -> int:
@@ -66,7 +73,9 @@ def _free_port() -> int:
 
 def test_two_processes_form_one_mesh(tmp_path):
     port = _free_port()
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(HERE)}
+    # The workers import the same jaxseq as this process: the checkout above tests/.
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent)])}
     env.pop("XLA_FLAGS", None)
     procs = [
         subprocess.Popen(
@@ -111,3 +120,22 @@ def test_use_cpu_devices_checks_its_count():
     for bad in (0, -2, True, 2.0):
         with pytest.raises(ValueError, match="expects a positive integer"):
             parallel.use_cpu_devices(bad)
+
+
+def test_make_mesh_and_check_mesh_errors():
+    devices = jax.devices("cpu")
+    mesh = parallel.make_mesh(devices[:4], axis_name="replicas")
+    assert mesh.devices.shape == (4,) and mesh.axis_names == ("replicas",)
+    assert list(mesh.devices) == devices[:4]
+    assert parallel.check_mesh(mesh, "here") == "replicas"
+    with pytest.raises(ValueError, match="make_mesh expects at least one device; got none"):
+        parallel.make_mesh([])
+    two_d = jax.sharding.Mesh(np.asarray(devices).reshape(2, 4), ("a", "b"))
+    for bad in (two_d, "devices", None):
+        with pytest.raises(ValueError, match=r"^fit_here expects a 1-D jax\.sharding\.Mesh"):
+            parallel.check_mesh(bad, "fit_here")
+    with pytest.raises(ValueError, match="batch_sharding expects a 1-D"):
+        parallel.batch_sharding(two_d)
+    with pytest.raises(ValueError, match="shard_replicas expects a replica count divisible by "
+                                         "the mesh size 4; got 6 replicas"):
+        parallel.shard_replicas({"w": np.zeros((6, 2))}, mesh)

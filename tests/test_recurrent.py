@@ -14,7 +14,6 @@ Everything runs under the suite's strict `jax_numpy_rank_promotion="raise"` (tes
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import itertools
 import zlib
@@ -108,8 +107,6 @@ def _inputs(name: str, time: int, case: str):
 
 FLAGS = tuple(itertools.product((False, True), repeat=3))  # return_sequences, state, backwards
 
-# `implementation` ("auto" | "scan" | "fused") is new in jaxseq.recurrent; None = the default.
-HAS_IMPLEMENTATION = "implementation" in {f.name for f in dataclasses.fields(js.LSTM)}
 
 
 @functools.cache
@@ -181,8 +178,7 @@ CASES = (
     + _product(["gru", "gru_reset_before", "simple_rnn"], [4], [False], ["plain", *MASKED])
     + _product(["gru", "gru_reset_before", "simple_rnn"], [1], [False], MASKED)
 )
-if HAS_IMPLEMENTATION:
-    CASES += _product(["lstm", "gru", "simple_rnn"], [4], [False], MASKED, impls=("scan",))
+CASES += _product(["lstm", "gru", "simple_rnn"], [4], [False], MASKED, impls=("scan",))
 
 
 @pytest.mark.parametrize("name, time, unroll, case, impl, flags", CASES)

@@ -21,12 +21,6 @@ from jaxseq.training import evaluate, fit, predict  # noqa: E402
 from jaxseq.wrappers import TimeDistributed  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _allow_rank_promotion():  # jaxseq's bias adds still broadcast (tests/test_keras_parity.py)
-    with jax.numpy_rank_promotion("allow"):
-        yield
-
-
 def _n_params(model, x) -> int:
     shapes = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), x)["params"]
     return sum(int(np.prod(s.shape)) for s in jax.tree.leaves(shapes))

@@ -193,7 +193,8 @@ def _module(layer, where: str):
     if kind == "Dropout":
         return nn.Dropout(cfg["rate"])
     if kind == "Sequential":
-        mods = [_module(lay, lay.name) for lay in layer.layers if _kind(lay, where) != "InputLayer"]
+        mods = [_module(lay, f"{where}/{lay.name}") for lay in layer.layers
+                if _kind(lay, where) != "InputLayer"]
         return Sequential(tuple(mods))
     raise TypeError(f"{where}: Keras {kind} has no jaxseq module of its own.")
 
