@@ -94,13 +94,15 @@ def test_evaluate_masked_and_per_step_weights_against_numpy():
     err = (pred - y[..., 0]) ** 2
     assert js.evaluate(model, params, x, y, mask=mask) == pytest.approx(err[mask].mean(),
                                                                          rel=1e-5)
+    # Keras' "sum_over_batch_size": weights scale entries; the divisor counts entries
+    # (unmasked ones with a mask), never sum(w)
     w = np.random.default_rng(0).uniform(size=mask.shape).astype(np.float32)
-    want = np.sum(err * w * mask) / np.sum(w * mask)
+    want = np.sum(err * w * mask) / np.sum(mask)
     got = js.evaluate(model, params, x, y, mask=mask, sample_weight=w)
     assert got == pytest.approx(want, rel=1e-5)
     unmasked = js.evaluate(model, params, x, y, sample_weight=w)  # per-step weights alone
     pred_all = np.asarray(js.predict(model, params, x), np.float64)[..., 0]
-    want = np.sum((pred_all - y[..., 0]) ** 2 * w) / np.sum(w)
+    want = np.sum((pred_all - y[..., 0]) ** 2 * w) / w.size
     assert unmasked == pytest.approx(want, rel=1e-5)
 
 

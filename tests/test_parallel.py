@@ -43,18 +43,19 @@ def test_data_parallel_program_reduces_gradients_across_devices(monkeypatch):
     model, x, y, fit_kw, _ = dist_case()
     mesh = _cpu_mesh()
     texts = []
-    original = js.training.compiled_chunk
+    original = js.training.drivers._loop_program
 
-    def capturing(args):  # record the compiled program's HLO, after SPMD partitioning
-        program, run = original(args)
+    def capturing(*args, **kwargs):  # record the compiled program's HLO, after partitioning
+        run = original(*args, **kwargs)
+        jitted = run.top or run.nested
 
         def wrapped(*a):
-            texts.append(run.lower(*a).compile().as_text())
+            texts.append(jitted.lower(*a).compile().as_text())
             return run(*a)
 
-        return program, wrapped
+        return wrapped
 
-    monkeypatch.setattr(js.training, "compiled_chunk", capturing)
+    monkeypatch.setattr(js.training.drivers, "_loop_program", capturing)
     js.fit(model, x, y, mesh=mesh, verbose=0, **fit_kw)
     assert texts and "all-reduce" in texts[0]
 

@@ -115,7 +115,7 @@ def test_rollout_compiles_once_per_model_and_steps():
     model = _stack()
     params = _init(model)
     rollout(model, params, X, 3)
-    fn = training.cached("rollout", model, 3, build=lambda: pytest.fail("not cached"))
+    fn = training.compile.cached("rollout", model, 3, build=lambda: pytest.fail("not cached"))
     rollout(model, params, X + 1.0, 3)
     assert fn._cache_size() == 1
 
