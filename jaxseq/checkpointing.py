@@ -7,8 +7,8 @@ stopped by a non-finite epoch: then the last finite state), keeping the newest k
 empty directory, so one command serves the first launch and every relaunch). The resumed run is
 bitwise equal, on the same machine, to the run that was never interrupted: same parameters,
 optimizer state, step and per-epoch history, because every epoch is the same compiled function
-of (state, key) wherever the chunks are cut. A run that already stopped (early
-stopping) resumes as stopped. Host-side callbacks keep no state in checkpoints.
+of (state, key) wherever the chunks are cut. A run that already stopped (early stopping) resumes
+as stopped. Host-side callbacks keep no state in checkpoints.
 `restore(d, like)` reads a checkpoint without training; `latest_epoch(d)` names the newest.
 
 A checkpoint is one orbax step directory named by the number of epochs completed, `d/<epoch>/`:
@@ -255,20 +255,18 @@ def training_tree(state: TrainState, key, stop_state=()) -> dict[str, Any]:
 
 
 def history_from(record: dict) -> History:
-    return History({k: np.asarray([np.nan if v is None else v for v in np.ravel(
-        np.asarray(vals, object))], np.float32).reshape(np.shape(vals))
-        for k, vals in record["history"].items()})
+    return History({k: np.asarray(v, np.float64).astype(np.float32)  # null -> NaN
+                    for k, v in record["history"].items()})
 
 
 def history_record(history: History) -> dict[str, list]:
     """JSON-able history: NaN (a stopped replica's epochs) as null."""
-    def plain(a):
-        a = np.asarray(a, np.float64)
-        if a.ndim == 0:
-            return None if np.isnan(a) else float(a)
-        return [plain(v) for v in a]
-
-    return {k: plain(v) for k, v in history.history.items()}
+    out = {}
+    for k, v in history.history.items():
+        a = np.asarray(v, np.float64).astype(object)
+        a[np.isnan(np.asarray(v, np.float64))] = None
+        out[k] = a.tolist()
+    return out
 
 
 def latest_epoch(directory) -> int | None:

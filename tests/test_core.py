@@ -90,10 +90,10 @@ def test_the_core_composes_with_vmap_scan_and_eval_shape():
     vmapped, terms = jax.jit(jax.vmap(lambda s: step(s, batch)))(states)
     assert terms["loss"].shape == (3,)
     for i in range(3):
-        one = jax.tree.map(lambda a: a[i], states)
+        one = jax.tree.map(lambda a, i=i: a[i], states)
         single, t = step(one, batch)
-        chex.assert_trees_all_close(jax.tree.map(lambda a: a[i], vmapped.params), single.params,
-                                    rtol=1e-6, atol=1e-7)
+        chex.assert_trees_all_close(jax.tree.map(lambda a, i=i: a[i], vmapped.params),
+                                    single.params, rtol=1e-6, atol=1e-7)
         np.testing.assert_allclose(terms["loss"][i], t["loss"], rtol=1e-6)
     # a scan of steps is a scan; eval_shape of the state builder traces without running
     one = jax.tree.map(lambda a: a[0], states)

@@ -33,24 +33,17 @@ from jaxseq.training import data as data_mod
 from jaxseq.training import hooks, loop, losses
 from jaxseq.training.compile import cached, jit
 from jaxseq.training.state import (
+    DEFAULT_OPTIMIZER,
     History,
     NonFiniteLossError,
     TrainState,
+    check_seeds,
     create_train_state,
+    get_optimizer,
     split_seed,
 )
 
-DEFAULT_OPTIMIZER = optax.adam(1e-3)  # Keras' Adam default; shared so compilation is reused.
-
-
-def get_optimizer(optimizer, where: str) -> optax.GradientTransformation:
-    if optimizer is None:
-        return DEFAULT_OPTIMIZER
-    if not isinstance(optimizer, optax.GradientTransformation):
-        raise TypeError(f"{where} expects optimizer to be an optax GradientTransformation (e.g. "
-                        f"optax.adam(1e-3)) or None (Adam 1e-3); got {type(optimizer).__name__}.")
-    return optimizer
-
+__all__ = ["DEFAULT_OPTIMIZER", "fit", "fit_replicas", "init_state"]
 
 def _init_program(model, tx, replicated: bool):
     def build():
@@ -86,24 +79,6 @@ def _stack_seeds(seeds: Sequence[int]) -> tuple[jax.Array, jax.Array]:
     return split(jnp.asarray(np.asarray(seeds)))
 
 
-def check_seeds(seeds, where: str = "fit_replicas") -> list[int]:
-    if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
-        contracts.check_positive_int(seeds, "seeds (an int: the number of replicas)", where)
-        seeds = range(int(seeds))
-    seeds = list(seeds)
-    if not seeds:
-        raise ValueError(f"{where} expects at least one seed; got an empty seeds.")
-    for s in seeds:
-        if isinstance(s, bool) or not isinstance(s, (int, np.integer)):
-            raise TypeError(f"{where} expects integer seeds; got {s!r}.")
-        if not np.iinfo(np.int32).min <= s <= np.iinfo(np.int32).max:
-            raise ValueError(f"{where} expects seeds that fit in int32; got {s}.")
-    if len(set(seeds)) != len(seeds):
-        raise ValueError(f"{where} expects distinct seeds; got {seeds} (repeated seeds train "
-                         "identical replicas and shrink the spread).")
-    return [int(s) for s in seeds]
-
-
 def _broadcast_stop(stop: cbs.StopState, r: int) -> cbs.StopState:
     """A StopState built from stacked params: give its scalar settings the replica axis."""
     fields = {k: jnp.broadcast_to(v, (r,) + jnp.shape(v))
@@ -111,9 +86,9 @@ def _broadcast_stop(stop: cbs.StopState, r: int) -> cbs.StopState:
     return stop._replace(**fields)
 
 
-def _train(model, x, y, *, where, seed=0, seeds, state, epochs, batch_size, optimizer, loss, metrics,
-           shuffle, validation_data, validation_split, validation_batch_size, sample_weight,
-           mask, callbacks, verbose, epochs_per_chunk, on_nan, checkpoint_dir,
+def _train(model, x, y, *, where, seed=0, seeds, state, epochs, batch_size, optimizer, loss,
+           metrics, shuffle, validation_data, validation_split, validation_batch_size,
+           sample_weight, mask, callbacks, verbose, epochs_per_chunk, on_nan, checkpoint_dir,
            checkpoint_every, keep, resume, mesh):
     replicated = seeds is not None
     contracts.check_positive_int(epochs, "epochs", where)
@@ -370,16 +345,9 @@ def fit(
       ValueError / TypeError naming the argument, before anything is compiled;
       NonFiniteLossError (on_nan="raise").
     """
-    seed = check_seeds([seed], "fit")[0]
-    return _train(model, x, y, where="fit", seed=seed, seeds=None, state=state, epochs=epochs,
-                  batch_size=batch_size, optimizer=optimizer, loss=loss, metrics=metrics,
-                  shuffle=shuffle, validation_data=validation_data,
-                  validation_split=validation_split,
-                  validation_batch_size=validation_batch_size, sample_weight=sample_weight,
-                  mask=mask, callbacks=callbacks, verbose=verbose,
-                  epochs_per_chunk=epochs_per_chunk, on_nan=on_nan,
-                  checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, keep=keep,
-                  resume=resume, mesh=mesh)
+    options = {k: v for k, v in locals().items() if k not in ("model", "x", "y", "seed")}
+    return _train(model, x, y, where="fit", seed=check_seeds([seed], "fit")[0], seeds=None,
+                  **options)
 
 
 def fit_replicas(
@@ -427,13 +395,6 @@ def fit_replicas(
       (`states.params["lstm"]["kernel"][i]` is replica i's; `states.step` (replicas,)), and a
       `History` whose entries have shape (replicas, epochs), NaN after a replica stopped.
     """
-    seeds = check_seeds(seeds)
-    return _train(model, x, y, where="fit_replicas", seeds=seeds, state=None, epochs=epochs,
-                  batch_size=batch_size, optimizer=optimizer, loss=loss, metrics=metrics,
-                  shuffle=shuffle, validation_data=validation_data,
-                  validation_split=validation_split,
-                  validation_batch_size=validation_batch_size, sample_weight=sample_weight,
-                  mask=mask, callbacks=callbacks, verbose=verbose,
-                  epochs_per_chunk=epochs_per_chunk, on_nan=on_nan,
-                  checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, keep=keep,
-                  resume=resume, mesh=mesh)
+    options = {k: v for k, v in locals().items() if k not in ("model", "x", "y", "seeds")}
+    return _train(model, x, y, where="fit_replicas", seeds=check_seeds(seeds), state=None,
+                  **options)

@@ -19,14 +19,17 @@ the real samples of a padded last batch):
 
 so without a mask and weights it is the mean over entries; with weights it divides by the number
 of entries, not by sum(w) (Keras' "sum_over_batch_size"); with a mask by the unmasked entries
-(Keras adds 1e-7 to that count; jaxseq divides by the count itself, 0 when nothing is real: a
-difference below float32 rounding for any count >= 1). Masked entries are selected away, never
+(0 when nothing is real, as Keras' `divide_no_nan`). Masked entries are selected away, never
 multiplied by zero, so NaN or Inf in y at masked steps cannot reach the loss or its gradient.
+Checked against Keras 3 itself in tests/test_keras_reduction.py.
 
 Metrics ("mse", "mae", "rmse", "mape" or a callable) are masked but NOT weighted (Keras'
 `metrics=`); their epoch value is the sum over every real entry seen divided by the entries'
 count; "rmse" is the square root of the epoch's mean squared error (Keras'
-`RootMeanSquaredError`).
+`RootMeanSquaredError`). Two deliberate differences from Keras 3 (JAX backend), both only with a
+mask: jaxseq masks "rmse" (Keras' RootMeanSquaredError ignores the mask and averages padded
+steps in), and masks training-time metrics (Keras' JAX trainer drops the mask from metrics
+during `fit` but applies it in `evaluate`); jaxseq's metrics mean the same in fit and evaluate.
 """
 
 from __future__ import annotations

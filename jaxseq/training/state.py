@@ -73,6 +73,36 @@ class TrainState(train_state.TrainState):
         return {"params": self.params, **self.model_state}
 
 
+DEFAULT_OPTIMIZER = optax.adam(1e-3)  # Keras' Adam default; shared so compilation is reused.
+
+
+def get_optimizer(optimizer, where: str) -> optax.GradientTransformation:
+    if optimizer is None:
+        return DEFAULT_OPTIMIZER
+    if not isinstance(optimizer, optax.GradientTransformation):
+        raise TypeError(f"{where} expects optimizer to be an optax GradientTransformation (e.g. "
+                        f"optax.adam(1e-3)) or None (Adam 1e-3); got {type(optimizer).__name__}.")
+    return optimizer
+
+
+def check_seeds(seeds, where: str = "fit_replicas") -> list[int]:
+    if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
+        contracts.check_positive_int(seeds, "seeds (an int: the number of replicas)", where)
+        seeds = range(int(seeds))
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError(f"{where} expects at least one seed; got an empty seeds.")
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, (int, np.integer)):
+            raise TypeError(f"{where} expects integer seeds; got {s!r}.")
+        if not np.iinfo(np.int32).min <= s <= np.iinfo(np.int32).max:
+            raise ValueError(f"{where} expects seeds that fit in int32; got {s}.")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"{where} expects distinct seeds; got {seeds} (repeated seeds train "
+                         "identical replicas and shrink the spread).")
+    return [int(s) for s in seeds]
+
+
 def split_seed(seed) -> tuple[Array, Array]:
     """seed (int) -> (init key, training key)."""
     init, key = jax.random.split(jax.random.PRNGKey(seed))
