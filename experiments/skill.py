@@ -64,7 +64,7 @@ def run_framing(framing: str, *, n_replicas: int, length: int, epochs: int | Non
     jax.block_until_ready(states2.params)
     warm = time.perf_counter() - t0
 
-    sk = replicas.skill(model, params, x, y)
+    sk = replicas.skill(model, params, x, y, history=history)
     rmse, summary = sk["rmse"]
     preds = np.stack([np.asarray(js.predict(model, jax.tree.map(lambda a, i=i: a[i], params), x))
                       for i in range(len(seeds))])
@@ -83,6 +83,7 @@ def run_framing(framing: str, *, n_replicas: int, length: int, epochs: int | Non
     return {
         "framing": framing, "replicas": len(seeds), "epochs": epochs, "batch_size": batch_size,
         "rmse": rmse.tolist(), "max_abs_error": max_err.tolist(),
+        "nonfinite": history.nonfinite.tolist(),
         "summary": {k: v for k, v in summary.__dict__.items()},
         "learned_fraction": float(learned.mean()), "tolerance": tol,
         "final_loss": history.loss[:, -1].tolist(),

@@ -6,6 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -53,7 +56,11 @@ def test_skill_experiment(tmp_path):
     (r,) = data["results"]
     assert r["framing"] == "many_to_many" and r["epochs"] == 2
     assert r["replicas"] == 4 and len(r["rmse"]) == 4 and len(r["final_loss"]) == 4
-    assert r["summary"]["n"] + r["summary"]["n_nonfinite"] == 4
-    assert 0.0 <= r["learned_fraction"] <= 1.0
+    rmse, failed = np.asarray(r["rmse"]), np.asarray(r["nonfinite"], bool)
+    kept = np.isfinite(rmse) & ~failed  # the replicas the summary may use
+    assert r["summary"]["n"] == kept.sum() and r["summary"]["n_nonfinite"] == 4 - kept.sum()
+    assert r["summary"]["mean"] == pytest.approx(rmse[kept].mean(), rel=1e-12)
+    errors = np.asarray(r["max_abs_error"])
+    assert r["learned_fraction"] == np.mean(np.isfinite(errors) & (errors <= r["tolerance"]))
     assert r["speedup"] > 0 and r["wall_s_sequential"] > 0
     assert (out / "skill.png").read_bytes().startswith(PNG)

@@ -25,3 +25,19 @@ def test_import_needs_no_optional_dependency():
     code = ("import sys, jaxseq; bad = [m for m in ('keras', 'torch', 'orbax', 'matplotlib', "
             "'tqdm', 'h5py') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_every_module_imports_first_in_a_fresh_interpreter():
+    # Each module imported before anything else of jaxseq: an import cycle that only works in
+    # one order (a partially initialised module) fails here. One interpreter per module, run
+    # side by side.
+    import pkgutil
+
+    names = sorted(m.name for m in pkgutil.walk_packages(js.__path__, "jaxseq."))
+    assert {"jaxseq.training.loop", "jaxseq.training.drivers", "jaxseq.checkpointing"} <= set(
+        names)
+    procs = {name: subprocess.Popen([sys.executable, "-c", f"import {name}"],
+                                    stderr=subprocess.PIPE, text=True) for name in names}
+    failed = {name: p.communicate(timeout=300)[1][-500:] for name, p in procs.items()}
+    failed = {name: err for name, err in failed.items() if procs[name].returncode}
+    assert not failed, failed

@@ -221,3 +221,87 @@ def test_predict_and_evaluate_contracts():
         js.predict(model, params, x, batch_size=0)
     with pytest.raises(ValueError, match=r"evaluate: .*y must have shape \(n, 1\)"):
         js.evaluate(model, params, x, y[:, :, None])
+
+
+# --- options with their values checked -----------------------------------------------------
+
+
+def test_verbose_levels_print_what_they_say(capsys):
+    x, y = problems.frame(SEQ, "one_to_one")
+    model = models.one_to_one()
+    kw = dict(epochs=3, batch_size=5, metrics=["mae"])
+    js.fit(model, x, y, verbose=0, **kw)
+    assert capsys.readouterr().out == ""
+    _, h = js.fit(model, x, y, verbose=2, **kw)
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split(" - ")[0] for ln in lines] == ["Epoch 1/3", "Epoch 2/3", "Epoch 3/3"]
+    assert lines[-1] == f"Epoch 3/3 - loss: {h.loss[-1]:.4g} - mae: {h.mae[-1]:.4g}"
+    js.fit(model, x, y, verbose=1, **kw)  # not a terminal: plain lines, one per chunk
+    assert capsys.readouterr().out.splitlines() == [lines[-1]]
+    with pytest.raises(ValueError, match=r"verbose in \(0, 1, 2\); got 3"):
+        js.fit(model, x, y, verbose=3, **kw)
+
+
+def test_fit_with_per_sample_weights_equals_a_weighted_python_loop():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(6, 3, 2)).astype(np.float32)
+    y = rng.normal(size=(6, 2)).astype(np.float32)
+    w = rng.uniform(0.0, 2.0, size=(6,)).astype(np.float32)
+    model = js.Sequential((js.SimpleRNN(3), nn.Dense(2)))
+    tx = optax.sgd(0.1)
+    state, history = js.fit(model, x, y, epochs=2, batch_size=4, optimizer=tx, shuffle=False,
+                            sample_weight=w, verbose=0)
+    params = model.init(training.split_seed(0)[0], x[:1])["params"]
+
+    def loss_fn(p, xb, yb, wb):  # Keras: sum(w * per-sample mse) / samples in the batch
+        per_sample = jnp.mean(jnp.square(model.apply({"params": p}, xb) - yb), axis=1)
+        return jnp.sum(wb * per_sample) / xb.shape[0]
+
+    losses = []
+    for _ in range(2):
+        total = 0.0
+        for i in (0, 4):
+            xb, yb, wb = x[i:i + 4], y[i:i + 4], w[i:i + 4]
+            loss, g = jax.value_and_grad(loss_fn)(params, xb, yb, wb)
+            params = jax.tree.map(lambda p, d: p - 0.1 * d, params, g)
+            total += float(loss) * len(xb)
+        losses.append(total / 6)
+    chex.assert_trees_all_close(state.params, params, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(history.loss, losses, rtol=1e-5)
+
+
+def test_evaluate_mae_with_per_sample_weights_and_predict_with_mask_in_batches():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(7, 4, 1)).astype(np.float32)
+    y = rng.normal(size=(7, 4, 1)).astype(np.float32)
+    w = rng.uniform(size=(7,)).astype(np.float32)
+    model = models.many_to_many()
+    params = model.init(jax.random.PRNGKey(0), x)["params"]
+    pred = np.asarray(js.predict(model, params, x), np.float64)
+    per_step = np.abs(pred - y)[..., 0]  # (7, 4) entries; weights broadcast over time
+    want = np.sum(w[:, None] * per_step) / per_step.size
+    got = js.evaluate(model, params, x, y, loss="mae", sample_weight=w)
+    assert got == pytest.approx(want, rel=1e-5)
+    mask = np.ones((7, 4), bool)
+    mask[2, 1:] = mask[6, 3:] = False
+    whole = js.predict(model, params, x, mask=mask)
+    np.testing.assert_allclose(js.predict(model, params, x, mask=mask, batch_size=3), whole,
+                               rtol=1e-6)
+    assert not np.allclose(whole, js.predict(model, params, x))  # the mask mattered
+
+
+def test_validation_options_contracts():
+    x, y = problems.frame(SEQ, "one_to_one")
+    model = models.one_to_one()
+    with pytest.raises(ValueError, match="both validation_data and validation_split"):
+        js.fit(model, x, y, epochs=1, validation_data=(x, y), validation_split=0.2, verbose=0)
+    with pytest.raises(ValueError, match=r"validation_split in \(0, 1\); got 1.5"):
+        js.fit(model, x, y, epochs=1, validation_split=1.5, verbose=0)
+    with pytest.raises(ValueError, match=r"validation_data=\(x_val, y_val\[, sample_weight"):
+        js.fit(model, x, y, epochs=1, validation_data=(x,), verbose=0)
+    with pytest.raises(TypeError, match="shuffle to be True or False"):
+        js.fit(model, x, y, epochs=1, shuffle="batch", verbose=0)
+    with pytest.raises(TypeError, match=r"callbacks that subclass jaxseq.Callback"):
+        js.fit(model, x, y, epochs=1, callbacks=[object()], verbose=0)
+    _, h = js.fit(model, x, y, epochs=2, batch_size=5, validation_split=0.4, verbose=0)
+    assert h.val_loss.shape == (2,)  # trained on 3 samples, validated on the last 2
