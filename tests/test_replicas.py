@@ -104,13 +104,13 @@ def test_seeds_int_and_stacked_seeds_equal_split_seed():
 
 def test_replicas_are_one_program_not_a_python_loop(monkeypatch):
     calls = []
-    original = training.loop.train_epoch
+    original = training.loop._epoch
 
     def counted(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(training.loop, "train_epoch", counted)
+    monkeypatch.setattr(training.loop, "_epoch", counted)
     x, y = problems.frame(SEQ, "many_to_one")
     model = models.many_to_one(5)  # a fresh model object: nothing cached for it yet
     replicas.fit_replicas(model, x, y, seeds=range(4), epochs=3, batch_size=1)

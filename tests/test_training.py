@@ -237,6 +237,8 @@ def test_verbose_levels_print_what_they_say(capsys):
     assert [ln.split(" - ")[0] for ln in lines] == ["Epoch 1/3", "Epoch 2/3", "Epoch 3/3"]
     assert lines[-1] == f"Epoch 3/3 - loss: {h.loss[-1]:.4g} - mae: {h.mae[-1]:.4g}"
     js.fit(model, x, y, verbose=1, **kw)  # not a terminal: plain lines, one per chunk
+    assert capsys.readouterr().out.splitlines() == lines  # 3 epochs: 3 chunks of 1
+    js.fit(model, x, y, verbose=1, epochs_per_chunk=3, **kw)
     assert capsys.readouterr().out.splitlines() == [lines[-1]]
     with pytest.raises(ValueError, match=r"verbose in \(0, 1, 2\); got 3"):
         js.fit(model, x, y, verbose=3, **kw)

@@ -8,10 +8,12 @@ computation of `fit(..., seed=seeds[i])`, to float32 rounding (XLA may order bat
 differently; the tests check 1e-6 relative).
 
 What is compiled depends only on: the model, the optimizer object, loss and metrics, the
-(capped) batch size, shuffle, the validation batch size, the chunk length (32 epochs unless
-`epochs_per_chunk` is given), the mesh, and array shapes. The number of epochs, the seed,
-`verbose`, callbacks, `EarlyStopping`'s settings and the checkpoint cadence are runtime values
-or host logic: a second `fit` that changes only those compiles nothing.
+(capped) batch size, shuffle, the validation batch size, the mesh, and array shapes. The number
+of epochs, the seed, `verbose`, callbacks, `EarlyStopping`'s settings, `epochs_per_chunk` and
+the checkpoint cadence are runtime values or host logic: a second `fit` that changes only those
+compiles nothing. The compiled loop is a `lax.while_loop` over epochs; the host wakes once per
+chunk of epochs (all of them, up to 1024, when nobody watches; about 20 chunks per run with
+`verbose` or host callbacks).
 """
 
 from __future__ import annotations
@@ -151,11 +153,11 @@ def _train(model, x, y, *, where, seed=0, seeds, state, epochs, batch_size, opti
     if replicated:
         stop = _broadcast_stop(stop, len(seeds))
 
-    chunk = hooks.auto_chunk(epochs_per_chunk)
+    chunk = hooks.chunk_length(epochs, verbose, host, epochs_per_chunk, loop.EPOCH_BUFFER)
     every = None
     if checkpoint_dir is not None:
         every = hooks.checkpoint_every(epochs, checkpoint_every)
-    static = dict(epochs_per_chunk=chunk, batch_size=bs, shuffle=bool(shuffle), loss=loss_fn,
+    static = dict(batch_size=bs, shuffle=bool(shuffle), loss=loss_fn,
                   metrics=metric_list, val_batch_size=validation_batch_size, sharding=sharding)
     run = _loop_program(model, tx, static, replicated)
     batches = -(-n // bs)
@@ -200,7 +202,9 @@ def _train(model, x, y, *, where, seed=0, seeds, state, epochs, batch_size, opti
         failure = None
         finished = not np.asarray(parallel.to_host(carry.alive)).any()
         while first < epochs and not finished:
-            last = epochs if every is None else min(epochs, (first // every + 1) * every)
+            last = min(epochs, first + chunk)
+            if every is not None:  # chunks end at checkpoint epochs
+                last = min(last, (first // every + 1) * every)
             carry, out = run(carry, key, jnp.asarray(first, jnp.int32),
                              jnp.asarray(last, jnp.int32), train_d, val_d)
             out = parallel.to_host(out)
@@ -324,7 +328,9 @@ def fit(
       callbacks: `jaxseq.Callback`s (host side) and at most one `EarlyStopping` (compiled).
       verbose: 0 silent; 1 a progress bar (plain lines when stdout is not a terminal); 2 one
         line per epoch. Output appears when a chunk of epochs finishes.
-      epochs_per_chunk: epochs per compiled call (default 32; static).
+      epochs_per_chunk: epochs per call of the compiled loop (a runtime value, at most 1024):
+        how often the host wakes for progress and callbacks. Default: every epoch at once with
+        verbose=0 and no host callbacks, else about 20 calls per run.
       state: continue from this TrainState (from `fit` or `create_train_state`) instead of
         initializing from `seed`; its optimizer (`state.tx`) is used.
       on_nan: "raise" (default) raises `NonFiniteLossError` at the first epoch whose loss or

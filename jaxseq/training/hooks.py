@@ -76,10 +76,14 @@ class Progress:
             self.bar.close()
 
 
-def auto_chunk(epochs_per_chunk: int | None) -> int:
-    """Epochs per compiled chunk. A constant (32) unless given: the epoch count, verbosity and
-    callbacks never change the compiled program; the host wakes every 32 epochs at most."""
-    return 32 if epochs_per_chunk is None else epochs_per_chunk
+def chunk_length(epochs: int, verbose: int, host: Sequence, epochs_per_chunk: int | None,
+                 buffer: int) -> int:
+    """Epochs per call of the compiled loop, a runtime value (nothing recompiles): as given, or
+    all of them (up to the loop's buffer) when nobody watches, else about 20 calls per run so
+    progress and host callbacks are seen as training goes."""
+    if epochs_per_chunk is None:
+        epochs_per_chunk = epochs if verbose == 0 and not host else math.ceil(epochs / 20)
+    return max(1, min(epochs_per_chunk, buffer))
 
 
 def epoch_callbacks(host: Sequence[Callback], first: int, logs: dict[str, np.ndarray]) -> bool:

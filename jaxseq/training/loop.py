@@ -5,7 +5,7 @@ states and keys), `scan` it, shard its batch. `fit` and `fit_replicas` do nothin
 `train_loop` (jitted, and for replicas `vmap`-ed) between host-side hooks.
 
 Shapes (named axes): b = batch, t = time, f = features, n = samples of a data set,
-nb = batches per epoch, E = epochs per chunk.
+nb = batches per epoch.
 
 - `train_step(state, batch, key, valid=None, *, loss, metrics)` -> (state, terms): one
   optimizer step on one `Batch`; dropout uses `fold_in(key, state.step)`. `terms` (see
@@ -18,8 +18,9 @@ nb = batches per epoch, E = epochs per chunk.
   has the same shape). logs: {"loss", metrics, "bad_batch", "bad_loss"}.
 - `evaluate_batches(state, data, *, batch_size, loss, metrics)` -> {"loss", metrics}: Keras'
   `evaluate` over in-order mini-batches.
-- `train_loop(carry, key, first, last, data, val, *, ...)` -> (carry, logs (E,)): epochs
-  [first, first + E) below `last`, with early stopping and the non-finite check compiled in.
+- `train_loop(carry, key, first, last, data, val, *, ...)` -> (carry, logs (buffer,)): the
+  epochs from `first` below `last` (runtime values; a `lax.while_loop`), with early stopping
+  and the non-finite check compiled in.
 """
 
 from __future__ import annotations
@@ -127,9 +128,15 @@ def train_epoch(state: TrainState, data: Batch, key, *, batch_size: int, shuffle
     losses, Keras' loss tracker), each metric, "bad_batch" (index of the first batch whose loss
     or updated parameters are not finite; -1 if none) and "bad_loss" (that batch's loss).
     """
+    shuffle_key, dropout_key = jax.random.split(key)
+    return _epoch(state, data, shuffle_key, dropout_key, batch_size=batch_size, shuffle=shuffle,
+                  loss=loss, metrics=metrics, sharding=sharding)
+
+
+def _epoch(state, data, shuffle_key, dropout_key, *, batch_size, shuffle, loss, metrics,
+           sharding):
     loss_fn, metrics = _resolve(loss, metrics)
     n = data.x.shape[0]
-    shuffle_key, dropout_key = jax.random.split(key)
     nb = math.ceil(n / batch_size)
     order = None
     if shuffle and nb > 1:  # a single full batch is the same batch in any order
@@ -181,55 +188,67 @@ def log_names(metrics: Sequence, validation: bool) -> tuple[str, ...]:
     return names + tuple(f"val_{k}" for k in names) if validation else names
 
 
-def train_loop(carry: LoopState, key, first, last, data: Batch, val: Batch | None, *,
-               epochs_per_chunk: int, batch_size: int, shuffle: bool = True, loss="mse",
-               metrics: Sequence = (), val_batch_size: int | None = None, sharding=None
-               ) -> tuple[LoopState, dict[str, Array]]:
-    """Epochs [first, first + epochs_per_chunk) that are below `last`, while alive.
+EPOCH_BUFFER = 1024  # the most epochs one call of `train_loop` runs (its log buffers' length)
 
-    first, last: int32 scalars (runtime values: the epoch count never recompiles). An epoch
-    that runs calls `train_epoch`, then (with `val`) `evaluate_batches`; if its loss or
-    parameters went non-finite it is not committed (the carry keeps the previous state) and
-    `alive` turns off, as it does when early stopping fires. Returns (carry, logs), each log of
-    shape (epochs_per_chunk,): the names of `log_names` (NaN for epochs that did not run),
-    "ran", "finite", "bad_batch", "bad_loss".
+
+def train_loop(carry: LoopState, key, first, last, data: Batch, val: Batch | None, *,
+               batch_size: int, shuffle: bool = True, loss="mse", metrics: Sequence = (),
+               val_batch_size: int | None = None, sharding=None,
+               buffer: int = EPOCH_BUFFER) -> tuple[LoopState, dict[str, Array]]:
+    """Epochs first, first + 1, ... while below `last`, below `first + buffer`, and alive.
+
+    first, last: int32 scalars, runtime values: the epoch count and the chunking never
+    recompile (a `lax.while_loop`). An epoch calls `train_epoch`, then (with `val`)
+    `evaluate_batches`; if its loss or parameters went non-finite it is not committed (the carry
+    keeps the previous state) and `alive` turns off, as it does when early stopping fires.
+    Returns (carry, logs), each log of shape (buffer,), entry i for epoch first + i: the names
+    of `log_names` (NaN where no epoch ran), "ran", "finite", "bad_batch", "bad_loss".
     """
     loss_fn, metrics = _resolve(loss, metrics)
     names = log_names(metrics, val is not None)
-    val_bs = val_batch_size or batch_size
+    val_bs = min(val_batch_size or batch_size, val.x.shape[0]) if val is not None else None
+
+    shuffle_key, dropout_key = jax.random.split(key)  # as train_epoch splits it, once
 
     def run(carry: LoopState, epoch):
-        state, logs = train_epoch(carry.state, data, key, batch_size=batch_size,
-                                  shuffle=shuffle, loss=loss_fn, metrics=metrics,
-                                  sharding=sharding)
+        state, logs = _epoch(carry.state, data, shuffle_key, dropout_key, batch_size=batch_size,
+                             shuffle=shuffle, loss=loss_fn, metrics=metrics, sharding=sharding)
         finite = (logs["bad_batch"] < 0) & jnp.isfinite(logs["loss"])
         state = select(finite, state, carry.state)
         values = {k: logs[k] for k in names if not k.startswith("val_")}
         if val is not None:
-            val_bs_ = min(val_bs, val.x.shape[0])
-            scores = evaluate_batches(state, val, batch_size=val_bs_, loss=loss_fn,
+            scores = evaluate_batches(state, val, batch_size=val_bs, loss=loss_fn,
                                       metrics=metrics)
             values.update({f"val_{k}": v for k, v in scores.items()})
         values = {k: jnp.asarray(values[k], jnp.float32) for k in names}
         monitored = jnp.stack([values[k] for k in names])[carry.stop.monitor]
-        stop = select(finite, callbacks.update(carry.stop, monitored, epoch, state.params),
-                      carry.stop)
+        stop = jax.lax.cond(  # skipped without EarlyStopping
+            finite & carry.stop.enabled,
+            lambda s: callbacks.update(s, monitored, epoch, state.params), lambda s: s,
+            carry.stop)
         out = {**values, "ran": jnp.ones((), bool), "finite": finite,
                "bad_batch": logs["bad_batch"], "bad_loss": logs["bad_loss"]}
         return LoopState(state, finite & ~stop.stopped, stop), out
 
-    def skip(carry: LoopState, epoch):
-        nan = jnp.full((), jnp.nan, jnp.float32)
-        out = {**{k: nan for k in names}, "ran": jnp.zeros((), bool),
-               "finite": jnp.ones((), bool), "bad_batch": jnp.full((), -1, jnp.int32),
-               "bad_loss": nan}
-        return carry, out
+    nan = jnp.full((buffer,), jnp.nan, jnp.float32)
+    logs = {**{k: nan for k in names}, "ran": jnp.zeros((buffer,), bool),
+            "finite": jnp.ones((buffer,), bool), "bad_batch": jnp.full((buffer,), -1, jnp.int32),
+            "bad_loss": nan}
 
-    def body(carry: LoopState, epoch):
-        return jax.lax.cond((epoch < last) & carry.alive, run, skip, carry, epoch)
+    def cond(c):
+        carry, epoch, _ = c
+        return (epoch < last) & (epoch < first + buffer) & carry.alive
 
-    epochs = first + jnp.arange(epochs_per_chunk, dtype=jnp.int32)
-    return jax.lax.scan(body, carry, epochs)
+    def body(c):
+        carry, epoch, logs = c
+        carry, out = run(carry, epoch)
+        i = epoch - first
+        logs = {k: v.at[i].set(out[k].astype(v.dtype)) for k, v in logs.items()}
+        return carry, epoch + 1, logs
+
+    first = jnp.asarray(first, jnp.int32)
+    carry, _, logs = jax.lax.while_loop(cond, body, (carry, first, logs))
+    return carry, logs
 
 
 Static = dict[str, Any]  # the keyword arguments of `train_loop` that shape the program
