@@ -133,6 +133,13 @@ def stop_state(stopper: EarlyStopping | None, params, names) -> StopState:
     return stopper.init_state(params, names)
 
 
+def with_replica_axis(stop: StopState, r: int) -> StopState:
+    """A StopState built from stacked params: its scalar settings get the replica axis too."""
+    fields = {k: jnp.broadcast_to(v, (r,) + jnp.shape(v))
+              for k, v in stop._asdict().items() if k != "best_params"}
+    return stop._replace(**fields)
+
+
 class EarlyStopping(Callback):
     """Stop training when the monitored value stops improving (Keras 3 semantics, compiled).
 

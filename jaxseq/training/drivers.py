@@ -81,13 +81,6 @@ def _stack_seeds(seeds: Sequence[int]) -> tuple[jax.Array, jax.Array]:
     return split(jnp.asarray(np.asarray(seeds)))
 
 
-def _broadcast_stop(stop: cbs.StopState, r: int) -> cbs.StopState:
-    """A StopState built from stacked params: give its scalar settings the replica axis."""
-    fields = {k: jnp.broadcast_to(v, (r,) + jnp.shape(v))
-              for k, v in stop._asdict().items() if k != "best_params"}
-    return stop._replace(**fields)
-
-
 def _train(model, x, y, *, where, seed=0, seeds, state, epochs, batch_size, optimizer, loss,
            metrics, shuffle, validation_data, validation_split, validation_batch_size,
            sample_weight, mask, callbacks, verbose, epochs_per_chunk, on_nan, checkpoint_dir,
@@ -151,7 +144,7 @@ def _train(model, x, y, *, where, seed=0, seeds, state, epochs, batch_size, opti
                             f"js.training.create_train_state); got {type(state).__name__}.")
     stop = cbs.stop_state(stopper, state.params, names)
     if replicated:
-        stop = _broadcast_stop(stop, len(seeds))
+        stop = cbs.with_replica_axis(stop, len(seeds))
 
     chunk = hooks.chunk_length(epochs, verbose, host, epochs_per_chunk, loop.EPOCH_BUFFER)
     every = None
@@ -217,13 +210,7 @@ def _train(model, x, y, *, where, seed=0, seeds, state, epochs, batch_size, opti
             history.extend(logs)
             progress.report(first, logs)
             stop_requested = hooks.epoch_callbacks(host, first, logs)
-            bad = out["ran"] & ~out["finite"]
-            for r in np.flatnonzero(bad.any(axis=1)):
-                e = int(np.argmax(bad[r]))
-                failure = failure or {}
-                failure.setdefault(int(r), dict(
-                    epoch=first + e, batch=int(out["bad_batch"][r, e]),
-                    batch_loss=float(out["bad_loss"][r, e]), epoch_loss=float(out["loss"][r, e])))
+            failure = hooks.record_failures(failure, out, first)
             first += cols
             alive = np.asarray(parallel.to_host(carry.alive))
             finished = stop_requested or not alive.any() or (

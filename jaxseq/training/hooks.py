@@ -98,6 +98,19 @@ def epoch_callbacks(host: Sequence[Callback], first: int, logs: dict[str, np.nda
     return stop
 
 
+def record_failures(failure: dict | None, out: dict, first: int) -> dict | None:
+    """Add each replica's first non-finite epoch of this chunk (`out` rows: replicas) to
+    `failure` ({replica: {epoch, batch, batch_loss, epoch_loss}}); None while none failed."""
+    bad = out["ran"] & ~out["finite"]
+    for r in np.flatnonzero(bad.any(axis=1)):
+        e = int(np.argmax(bad[r]))
+        failure = failure or {}
+        failure.setdefault(int(r), dict(
+            epoch=first + e, batch=int(out["bad_batch"][r, e]),
+            batch_loss=float(out["bad_loss"][r, e]), epoch_loss=float(out["loss"][r, e])))
+    return failure
+
+
 def check_checkpoint_args(checkpoint_dir, checkpoint_every, keep, resume, where: str) -> None:
     from jaxseq import contracts
 
