@@ -215,3 +215,16 @@ def test_state_and_optimizer_arguments():
         js.fit(model, x, y, epochs=1, state=state, optimizer=optax.sgd(0.1), verbose=0)
     with pytest.raises(TypeError, match="optax GradientTransformation"):
         js.fit(model, x, y, epochs=1, optimizer="adam", verbose=0)
+
+
+def test_restore_best_weights_restores_every_collection():
+    x, y = _data(n=8)
+    model = Normed()
+    kw = dict(batch_size=4, optimizer=optax.adam(0.2), seed=1, verbose=0)
+    es = js.EarlyStopping(monitor="loss", patience=100, restore_best_weights=True)
+    restored, history = js.fit(model, x, y, epochs=12, callbacks=[es], **kw)
+    best = int(np.argmin(history.loss))
+    assert es.best_epoch == best and best < 11  # the best epoch is not the last one
+    at_best, _ = js.fit(model, x, y, epochs=best + 1, **kw)  # the same program, fewer epochs
+    chex.assert_trees_all_equal(restored.params, at_best.params)
+    chex.assert_trees_all_equal(restored.model_state, at_best.model_state)  # BatchNorm stats too

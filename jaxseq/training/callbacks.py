@@ -85,7 +85,7 @@ class StopState(NamedTuple):
     stopped_epoch: Any  # int32, 0 until training is stopped (Keras' convention)
     stopped: Any  # bool
     has_weights: Any  # bool, Keras' `best_weights is not None`
-    best_params: Any  # the params at the best epoch (a copy of the initial params until then)
+    best_params: Any  # the weights at the best epoch: (params, model_state) in fit's loop
 
 
 def _pick(flag, new, old):
@@ -153,7 +153,9 @@ class EarlyStopping(Callback):
     Pass it in `fit(..., callbacks=[EarlyStopping(...)])`; at most one per `fit`. The decision
     is compiled into the epoch loop. After training the instance holds Keras' attributes:
     `stopped_epoch` (0 if it never stopped), `best`, `best_epoch`, `wait`, and `best_weights`
-    (the restored params or None); arrays (replicas,) after `fit_replicas`.
+    (the restored params or None); arrays (replicas,) after `fit_replicas`. Restoring restores
+    every variable collection (params and e.g. BatchNorm statistics), as Keras restores all
+    weights.
     """
 
     def __init__(
@@ -236,12 +238,13 @@ class EarlyStopping(Callback):
         self.stopped_epoch, self.wait = value(s.stopped_epoch, int), value(s.wait, int)
         self.best_epoch = value(s.best_epoch, int)
         has_best, has_weights = np.asarray(s.has_best), np.asarray(s.has_weights)
+        best = s.best_params[0] if isinstance(s.best_params, tuple) else s.best_params  # params
         if has_best.ndim == 0:
             self.best = float(s.best) if bool(has_best) else None
-            self.best_weights = s.best_params if bool(has_weights) else None
+            self.best_weights = best if bool(has_weights) else None
         else:
             self.best = np.where(has_best, np.asarray(s.best, np.float32), np.nan)
-            self.best_weights = s.best_params if has_weights.all() else None
+            self.best_weights = best if has_weights.all() else None
         if self.verbose > 0 and np.ndim(self.stopped_epoch) == 0:
             if self.stopped_epoch > 0:
                 print(f"Epoch {self.stopped_epoch + 1}: early stopping")

@@ -142,7 +142,7 @@ def _train(model, x, y, *, where, seed=0, seeds, state, epochs, batch_size, opti
         elif not isinstance(state, TrainState):
             raise TypeError(f"{where} expects state= to be a jaxseq TrainState (from fit or "
                             f"js.training.create_train_state); got {type(state).__name__}.")
-    stop = cbs.stop_state(stopper, state.params, names)
+    stop = cbs.stop_state(stopper, (state.params, state.model_state), names)
     if replicated:
         stop = cbs.with_replica_axis(stop, len(seeds))
 
@@ -229,13 +229,13 @@ def _train(model, x, y, *, where, seed=0, seeds, state, epochs, batch_size, opti
     finally:
         if saver is not None:
             saver.close()
-    final = carry
-    s = final.stop
-    restore = s.restore & s.has_weights
-    params = jax.tree.map(
+    s = carry.stop
+    restore = s.restore & s.has_weights  # Keras 3: also when training ran all its epochs
+    params, model_state = jax.tree.map(
         lambda best, p: jnp.where(restore.reshape(restore.shape + (1,) * (p.ndim - restore.ndim)),
-                                  best, p), s.best_params, final.state.params)
-    state = final.state.replace(params=params)
+                                  best, p),
+        s.best_params, (carry.state.params, carry.state.model_state))
+    state = carry.state.replace(params=params, model_state=model_state)
     if replicated:
         history.nonfinite = np.isin(np.arange(len(seeds)), list(failure or ()))
     if stopper is not None:

@@ -224,7 +224,8 @@ def train_loop(carry: LoopState, key, first, last, data: Batch, val: Batch | Non
         monitored = jnp.stack([values[k] for k in names])[carry.stop.monitor]
         stop = jax.lax.cond(  # skipped without EarlyStopping
             finite & carry.stop.enabled,
-            lambda s: callbacks.update(s, monitored, epoch, state.params), lambda s: s,
+            lambda s: callbacks.update(s, monitored, epoch, (state.params, state.model_state)),
+            lambda s: s,
             carry.stop)
         out = {**values, "ran": jnp.ones((), bool), "finite": finite,
                "bad_batch": logs["bad_batch"], "bad_loss": logs["bad_loss"]}
