@@ -276,6 +276,12 @@ def _keras_model(keras, framing: str):
     return model
 
 
+def _cold_start() -> None:
+    """Forget every compiled program (jaxseq's cache and JAX's), so "cold" means compiling."""
+    js.training.clear_caches()
+    jax.clear_caches()
+
+
 def tutorial_case(*, quick: bool, keras_epochs: int | None, notes: list) -> dict:
     keras = _optional("keras")
     if isinstance(keras, str) or (not isinstance(keras, str)
@@ -290,6 +296,7 @@ def tutorial_case(*, quick: bool, keras_epochs: int | None, notes: list) -> dict
             epochs = 2
         x, y = _tutorial_data(framing)
         model = _jaxseq_model(framing)
+        _cold_start()
         t0 = time.perf_counter()
         state, _ = js.fit(model, x, y, epochs=epochs, batch_size=batch, verbose=0)
         jax.block_until_ready(state.params)
@@ -352,6 +359,7 @@ def replicas_case(*, quick: bool, notes: list, cpu_devices: bool = False) -> dic
             )
     cold, warm = {}, {name: [] for name in runs}
     for name, run in runs.items():
+        _cold_start()
         t0 = time.perf_counter()
         jax.block_until_ready(run())
         cold[name] = time.perf_counter() - t0
