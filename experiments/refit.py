@@ -43,7 +43,7 @@ def main() -> None:
                                   verbose=verbose, seed=seed)
             jax.block_until_ready(state.params)
             warm.append(time.perf_counter() - t)
-        what = " / ".join(f"{n}{' (verbose %d)' % v if v else ''}" for n, v in runs)
+        what = " / ".join(f"{n} (verbose {v})" if v else str(n) for n, v in runs)
         print(f"{framing}: cold fit {cold:.2f} s; then epochs {what}: "
               f"{' / '.join(f'{1e3 * w:.1f}' for w in warm)} ms; "
               f"compiles after the first: {len(compiles) - before}")
