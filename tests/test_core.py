@@ -84,9 +84,9 @@ def test_the_core_composes_with_vmap_scan_and_eval_shape():
     x, y = _data()
     model = js.Sequential((js.LSTM(3), nn.Dense(1)))
     keys = jax.random.split(jax.random.PRNGKey(0), 3)
-    states = jax.vmap(lambda k: training.create_train_state(model, TX, x, k))(keys)
+    states = jax.jit(jax.vmap(lambda k: training.create_train_state(model, TX, x, k)))(keys)
     batch = Batch(x[:4], y[:4], np.ones((4,), np.float32))
-    step = partial(training.train_step, key=keys[0])
+    step = jax.jit(partial(training.train_step, key=keys[0]))
     vmapped, terms = jax.jit(jax.vmap(lambda s: step(s, batch)))(states)
     assert terms["loss"].shape == (3,)
     for i in range(3):
@@ -97,12 +97,12 @@ def test_the_core_composes_with_vmap_scan_and_eval_shape():
         np.testing.assert_allclose(terms["loss"][i], t["loss"], rtol=1e-6)
     # a scan of steps is a scan; eval_shape of the state builder traces without running
     one = jax.tree.map(lambda a: a[0], states)
-    scanned, losses = jax.lax.scan(lambda s, _: (lambda r: (r[0], r[1]["loss"]))(step(s, batch)),
-                                   one, None, length=3)
+    scanned, losses = jax.jit(lambda s: jax.lax.scan(
+        lambda s, _: (lambda r: (r[0], r[1]["loss"]))(step(s, batch)), s, None, length=3))(one)
     assert losses.shape == (3,) and int(scanned.step) == 3
     shapes = jax.eval_shape(lambda: training.create_train_state(model, TX, x, keys[0]))
     assert shapes.params["lstm"]["kernel"].shape == (2, 12)
-    ev = training.eval_step(scanned, batch)
+    ev = jax.jit(training.eval_step)(scanned, batch)
     assert float(ev["loss"]) < float(losses[0])  # three steps on one batch lowered its loss
 
 

@@ -26,8 +26,9 @@ class Recorder(nn.Module):
 
 
 def _masks_seen(model, x, mask):
-    _, state = model.init_with_output(jax.random.key(0), x, mask=mask,
-                                      mutable=["params", "intermediates"])
+    # jitted: an eager init runs (and compiles) every LSTM operation one by one (~10 s)
+    _, state = jax.jit(lambda x, mask: model.init_with_output(
+        jax.random.key(0), x, mask=mask, mutable=["params", "intermediates"]))(x, mask)
     return {name: np.asarray(v["mask"][0]) for name, v in state["intermediates"].items()}
 
 
