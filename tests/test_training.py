@@ -244,7 +244,8 @@ def test_verbose_levels_print_what_they_say(capsys):
         js.fit(model, x, y, verbose=3, **kw)
 
 
-def test_fit_with_per_sample_weights_equals_a_weighted_python_loop():
+@pytest.mark.parametrize("loss", ["mse", "mae"])
+def test_fit_with_per_sample_weights_equals_a_weighted_python_loop(loss):
     rng = np.random.default_rng(2)
     x = rng.normal(size=(6, 3, 2)).astype(np.float32)
     y = rng.normal(size=(6, 2)).astype(np.float32)
@@ -252,11 +253,12 @@ def test_fit_with_per_sample_weights_equals_a_weighted_python_loop():
     model = js.Sequential((js.SimpleRNN(3), nn.Dense(2)))
     tx = optax.sgd(0.1)
     state, history = js.fit(model, x, y, epochs=2, batch_size=4, optimizer=tx, shuffle=False,
-                            sample_weight=w, verbose=0)
+                            sample_weight=w, loss=loss, verbose=0)
+    error = jnp.square if loss == "mse" else jnp.abs
     params = model.init(training.split_seed(0)[0], x[:1])["params"]
 
-    def loss_fn(p, xb, yb, wb):  # Keras: sum(w * per-sample mse) / samples in the batch
-        per_sample = jnp.mean(jnp.square(model.apply({"params": p}, xb) - yb), axis=1)
+    def loss_fn(p, xb, yb, wb):  # Keras: sum(w * per-sample loss) / samples in the batch
+        per_sample = jnp.mean(error(model.apply({"params": p}, xb) - yb), axis=1)
         return jnp.sum(wb * per_sample) / xb.shape[0]
 
     losses = []
