@@ -79,6 +79,18 @@ def _forget_bias_init(bias_init: Initializer, units: int) -> Initializer:
     return init
 
 
+def _in_float32(init: Initializer) -> Initializer:
+    """`init` drawn in float32 and cast, for half-precision parameters: LAPACK's QR (the
+    orthogonal initializer) has no bfloat16/float16 kernel on CPU."""
+
+    def draw(key, shape, dtype=jnp.float32):
+        if jnp.dtype(dtype).itemsize >= 4:
+            return init(key, shape, dtype)
+        return init(key, shape, jnp.float32).astype(dtype)
+
+    return draw
+
+
 class CellBase(nn.RNNCellBase):
     """Shared fields and plumbing of the three cells. Not used directly."""
 
@@ -134,7 +146,7 @@ class CellBase(nn.RNNCellBase):
     def create_params(self, module: nn.Module, features: int) -> dict[str, Array]:
         """Declare this cell's parameters on `module` (the cell itself or a layer)."""
         return {
-            name: module.param(name, init, shape, self.param_dtype)
+            name: module.param(name, _in_float32(init), shape, self.param_dtype)
             for name, (init, shape) in self.param_specs(features).items()
         }
 

@@ -47,7 +47,7 @@ from jaxseq import contracts
 from jaxseq.cells import _ACTIVATIONS, CellBase, GRUCell, LSTMCell, SimpleRNNCell
 from jaxseq.typing import Array
 
-IMPLEMENTATIONS = ("auto", "scan", "fused", "cudnn")
+IMPLEMENTATIONS = ("auto", "scan", "fused")
 
 # name -> (activation, its derivative written in terms of the activation's OUTPUT y)
 _ACT: dict[str, tuple[Callable[[Array], Array], Callable[[Array], Array]]] = {
@@ -116,13 +116,6 @@ def select(implementation: str, cell: CellBase, where: str) -> str:
     contracts.check_choice(implementation, IMPLEMENTATIONS, "implementation", where)
     if implementation == "scan":
         return "scan"
-    if implementation == "cudnn":
-        backend = jax.default_backend()
-        raise ValueError(
-            f"{where}(implementation='cudnn') needs the cuDNN kernel of a CUDA GPU, which this "
-            f"jaxseq build does not call (default backend here: {backend!r}). Use "
-            "implementation='auto' (the fused path), 'fused' or 'scan'."
-        )
     reason = unsupported(cell)
     if reason is None:
         return "fused"

@@ -88,7 +88,7 @@ class RNN(nn.Module):
     zero_output_for_mask: bool = False
     dtype: Any = None
     param_dtype: Any = jnp.float32
-    # "auto" | "scan" | "fused" | "cudnn". "fused" (jaxseq.fused): time-major scan with a custom
+    # "auto" | "scan" | "fused". "fused" (jaxseq.fused): time-major scan with a custom
     # backward pass; "auto" takes it wherever it supports the layer, else the nn.scan reference.
     implementation: str = "auto"
 
@@ -152,6 +152,8 @@ class RNN(nn.Module):
             rmask = _dropout_mask(self, self.recurrent_dropout, (batch, self.units), dtype)
 
         m = None if mask is None else jnp.asarray(mask).astype(bool)
+        if m is not None:  # padding may hold anything (NaN, Inf): select it away before any
+            x = jnp.where(m[:, :, None], x, jnp.zeros_like(x))  # arithmetic, values and grads
         if fused.select(self.implementation, cell, where) == "fused":
             final, ys = fused.layer_recurrence(self, cell, params, x, states, m, rmask)
             return self._finish(final, ys, m, batch, time)

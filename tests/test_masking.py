@@ -121,3 +121,83 @@ def test_mask_contracts():
     with pytest.raises(ValueError, match=r"sample_weight of shape \(batch,\) = \(4,\) or "
                                          r"\(batch, time\) = \(4, 5\); got \(5, 4\)"):
         js.fit(model, x, y, sample_weight=np.ones((5, 4)), epochs=1, verbose=0)
+
+
+def _padded(value):
+    """(x, y, mask) for LENGTHS, the padding filled with `value` in x and y."""
+    xs, ys = _sequences(1)
+    x, mask = problems.pad_sequences(xs)
+    y, _ = problems.pad_sequences(ys)
+    x, y = x.copy(), y.copy()
+    x[~mask] = value
+    y[~mask] = value
+    return x, y, mask
+
+
+LAYERS = {
+    "lstm": lambda **kw: js.LSTM(3, return_sequences=True, **kw),
+    "gru": lambda **kw: js.GRU(3, return_sequences=True, **kw),
+    "simple_rnn": lambda **kw: js.SimpleRNN(3, return_sequences=True, **kw),
+    "lstm_backwards": lambda **kw: js.LSTM(3, return_sequences=True, go_backwards=True, **kw),
+    "bidirectional_gru": lambda **kw: js.Bidirectional(js.GRU(3, return_sequences=True, **kw)),
+}
+
+
+@pytest.mark.parametrize("implementation", ["scan", "fused"])
+@pytest.mark.parametrize("kind", list(LAYERS))
+def test_nan_padding_gives_the_gradients_of_zero_padding(kind, implementation):
+    # Keras 3 gives NaN gradients here (0 * NaN in the backward pass of a discarded step);
+    # jaxseq selects the padding away before any arithmetic.
+    layer = LAYERS[kind](implementation=implementation)
+    x0, _, mask = _padded(0.0)
+    params = layer.init(jax.random.PRNGKey(0), x0)["params"]
+
+    @jax.jit
+    def loss_and_grads(params, x):
+        def loss(p, x):
+            out = layer.apply({"params": p}, x, mask=mask)
+            return jnp.sum(jnp.where(mask[..., None], out, 0.0) ** 2)
+
+        return jax.value_and_grad(loss, argnums=(0, 1))(params, x)
+
+    want_loss, (want_p, want_x) = loss_and_grads(params, x0)
+    for value in (np.nan, np.inf, -1e30):
+        x, _, _ = _padded(value)
+        got_loss, (got_p, got_x) = loss_and_grads(params, x)
+        assert np.isfinite(float(got_loss))
+        chex.assert_trees_all_equal(got_p, want_p)  # bitwise: the padding never enters
+        np.testing.assert_array_equal(got_x, want_x)
+        assert not np.any(np.asarray(got_x)[~mask])  # no gradient flows into the padding
+
+
+def test_fit_accepts_nan_padding_and_trains_as_with_zero_padding():
+    model = _model()
+    kw = dict(epochs=3, batch_size=2, verbose=0, metrics=["mae"])
+    x0, y0, mask = _padded(0.0)
+    a, ha = js.fit(model, x0, y0, mask=mask, **kw)
+    xn, yn, _ = _padded(np.nan)
+    b, hb = js.fit(model, xn, yn, mask=mask, **kw)
+    chex.assert_trees_all_equal(a.params, b.params)
+    np.testing.assert_array_equal(ha.loss, hb.loss)
+    np.testing.assert_array_equal(ha.mae, hb.mae)
+    assert js.evaluate(model, b, xn, yn, mask=mask) == js.evaluate(model, a, x0, y0, mask=mask)
+    xn[0, 0, 0] = np.nan  # a real step: refused up front
+    with pytest.raises(ValueError, match="finite x; x has 1 NaN/Inf value\\(s\\) at unmasked"):
+        js.fit(model, xn, yn, mask=mask, **kw)
+    with pytest.raises(ValueError, match="finite x"):  # no mask: every NaN counts
+        js.fit(model, _padded(np.nan)[0], y0, **kw)
+
+
+def test_bfloat16_layers_initialise_and_fit_takes_bfloat16_data():
+    x, y = problems.frame(problems.echo_sequence(5), "many_to_many")
+    for layer in (js.LSTM(4, param_dtype=jnp.bfloat16), js.GRU(4, param_dtype=jnp.bfloat16),
+                  js.SimpleRNN(4, param_dtype=jnp.bfloat16)):
+        params = layer.init(jax.random.PRNGKey(0), jnp.asarray(x, jnp.bfloat16))["params"]
+        assert {a.dtype for a in jax.tree.leaves(params)} == {jnp.dtype(jnp.bfloat16)}
+        rk = np.asarray(params["recurrent_kernel"], np.float32)  # (units, gates * units)
+        # orthonormal rows, to bfloat16 rounding (drawn in float32, then cast)
+        np.testing.assert_allclose(rk @ rk.T, np.eye(4), atol=2e-2)
+    model = js.models.many_to_many()
+    state, history = js.fit(model, jnp.asarray(x, jnp.bfloat16), jnp.asarray(y, jnp.bfloat16),
+                            epochs=5, batch_size=1, verbose=0)
+    assert np.all(np.isfinite(history.loss)) and history.loss[-1] < history.loss[0]
