@@ -71,6 +71,11 @@ def check_mask(mask, batch: int, time: int, where: str) -> None:
         raise ValueError(
             f"{where} expects mask of shape (batch, time) = ({batch}, {time}); got {shape}."
         )
+    check_mask_dtype(mask, where)
+
+
+def check_mask_dtype(mask, where: str) -> None:
+    """A mask is bool or integer (True / nonzero = real step), never float."""
     dtype = getattr(mask, "dtype", None)
     if dtype is None:
         dtype = np.asarray(mask).dtype
@@ -128,6 +133,15 @@ def _call_params(cls: type) -> frozenset[str]:
         return frozenset()
 
 
+def call_arguments(module) -> frozenset[str]:
+    """The keyword arguments `module(x, ...)` takes: a wrapper's `call_arguments()` when it
+    defines one (it forwards to the wrapped layer), else its `__call__` signature."""
+    hook = getattr(module, "call_arguments", None)
+    if callable(hook):
+        return hook()
+    return _call_params(type(module))
+
+
 def accepts(module, argument: str) -> bool:
     """Whether `module(x, ...)` takes the keyword `argument` (e.g. "deterministic", "mask")."""
-    return argument in _call_params(type(module))
+    return argument in call_arguments(module)

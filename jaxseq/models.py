@@ -52,9 +52,22 @@ class Sequential(nn.Module):
                 x = layer(x, **kwargs)
             else:
                 x = layer(x)
-            if getattr(x, "ndim", 0) < 3:
-                mask = None
+            mask = _propagate(mask, x)
         return x
+
+
+def _propagate(mask, out):
+    """The mask that follows a layer's output: kept while the output has the mask's leading
+    axes and a time axis; a per-slice mask (batch, time, inner) after a TimeDistributed layer
+    whose output lost the inner axis becomes (batch, time): an outer step is real if any of its
+    inner steps is; otherwise dropped."""
+    if mask is None or getattr(out, "ndim", 0) < 3:
+        return None
+    if tuple(out.shape[:mask.ndim]) == tuple(mask.shape) and out.ndim > mask.ndim:
+        return mask
+    if mask.ndim == 3 and tuple(out.shape[:2]) == tuple(mask.shape[:2]):
+        return jnp.any(jnp.asarray(mask).astype(bool), axis=-1)
+    return None
 
 
 def one_to_one(units: int = 5, out_features: int = 1, **lstm) -> Sequential:

@@ -11,10 +11,21 @@ from __future__ import annotations
 
 import chex
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from jaxseq import contracts
 from jaxseq.typing import Array
+
+
+def _collections(layer: nn.Module, x_slice, kwargs: dict) -> tuple[str, ...]:
+    """The variable collections `layer` creates on a slice like `x_slice` (traced abstractly;
+    nothing runs)."""
+    detached = layer.clone(parent=None)
+    key = jax.random.PRNGKey(0)
+    shapes = jax.eval_shape(
+        lambda s: detached.init({"params": key, "dropout": key}, s, **kwargs), x_slice)
+    return tuple(shapes)
 
 
 class TimeDistributed(nn.Module):
@@ -22,13 +33,34 @@ class TimeDistributed(nn.Module):
 
     The wrapped layer sees (batch, *rest) slices and keeps one set of parameters (its own
     subtree, `layer`): `TimeDistributed(nn.Dense(1))` after an LSTM(5) has 5 + 1 parameters.
-    Keyword arguments of the call (e.g. `deterministic`) are passed to the layer unchanged.
+    Keyword arguments (e.g. `deterministic`) go to the layer; `accepts` tells a `Sequential`
+    which ones the wrapped layer takes (TimeDistributed itself always takes `mask`).
+
+    Masks (Keras 3, `keras/src/layers/rnn/time_distributed.py`, which passes `mask[:, i]` to the
+    layer for slice i):
+      - (batch, time, inner_time) for x (batch, time, inner_time, ...): a per-slice mask; slice
+        i's layer gets `mask[:, i]` (the layer must take a `mask`);
+      - (batch, time): one flag per outer step (as a Sequential propagates it from an earlier
+        layer). It is not the inner layer's mask and is not passed in; it stays the mask of the
+        output, so a following recurrent layer skips those steps;
+      - any other shape: ValueError.
+
+    Layers without mutable state run under `nn.vmap` over time (dropout split per step, as
+    Keras draws per step). Layers with other collections (BatchNorm's `batch_stats`) run under
+    `nn.scan` over time with those collections carried: slice after slice, each normalized with
+    its own batch moments and the running statistics updated once per step, in order, as Keras
+    3 applies the layer to one slice after another.
     """
 
     layer: nn.Module
 
+    @nn.nowrap
+    def call_arguments(self) -> frozenset[str]:
+        """The keyword arguments this wrapper takes: `mask`, and the wrapped layer's."""
+        return frozenset({"mask"}) | contracts.call_arguments(self.layer)
+
     @nn.compact
-    def __call__(self, x: Array, **kwargs):
+    def __call__(self, x: Array, *, mask=None, **kwargs):
         if not isinstance(self.layer, nn.Module):
             raise TypeError(
                 f"TimeDistributed expects a flax.linen Module; got {type(self.layer).__name__}."
@@ -41,17 +73,60 @@ class TimeDistributed(nn.Module):
                 f"TimeDistributed expects x of shape (batch, time, ...) with time >= 1; got "
                 f"{shape}."
             )
-        mapped = nn.vmap(
-            lambda module, xt: module(xt, **kwargs),
-            variable_axes={"params": None},
-            split_rngs={"params": False, "dropout": True},
-            in_axes=1,
-            out_axes=1,
-        )
-        y = mapped(self.layer, x)
+        name = type(self.layer).__name__
+        for key in kwargs:
+            if not contracts.accepts(self.layer, key):
+                raise TypeError(f"TimeDistributed({name}) got {key}=, which {name} does not "
+                                "take.")
+        inner_mask = self._inner_mask(mask, shape, name)
+        args = (x,) if inner_mask is None else (x, inner_mask)
+
+        def call(module, xt, mt=None):
+            return module(xt, **kwargs) if mt is None else module(xt, mask=mt, **kwargs)
+
+        others = [c for c in self._layer_collections(x, kwargs) if c != "params"]
+        carried = [c for c in others if self.is_mutable_collection(c)]
+        if carried:  # slice after slice, the mutated collections carried (Keras' Python loop)
+            if self.is_initializing():  # create the variables (init updates no statistics)
+                call(self.layer, *(a[:, 0] for a in args))
+            scanned = nn.scan(
+                lambda module, carry, *a: (carry, call(module, *a)),
+                variable_broadcast=["params", *(c for c in others if c not in carried)],
+                variable_carry=carried, split_rngs={"params": False, "dropout": True},
+                in_axes=1, out_axes=1)
+            _, y = scanned(self.layer, None, *args)
+        else:  # read-only state (inference) or none: every slice at once
+            mapped = nn.vmap(
+                call, variable_axes={"params": None, **{c: None for c in others}},
+                split_rngs={"params": False, "dropout": True}, in_axes=1, out_axes=1)
+            y = mapped(self.layer, *args)
         chex.assert_axis_dimension(y, 0, shape[0])
         chex.assert_axis_dimension(y, 1, shape[1])
         return y
+
+    @nn.nowrap
+    def _inner_mask(self, mask, shape, name):
+        if mask is None:
+            return None
+        got = contracts.shape_of(mask)
+        if got == tuple(shape[:2]):
+            return None  # an outer mask: the output's, not the layer's
+        if len(shape) >= 4 and got == tuple(shape[:3]):
+            if not contracts.accepts(self.layer, "mask"):
+                raise TypeError(f"TimeDistributed({name}) got a per-slice mask {got}, but "
+                                f"{name} takes no mask.")
+            contracts.check_mask_dtype(mask, "TimeDistributed")
+            return jnp.asarray(mask).astype(bool)
+        inner = f" or (batch, time, inner_time) = {tuple(shape[:3])}" if len(shape) >= 4 else ""
+        raise ValueError(f"TimeDistributed expects mask of shape (batch, time) = "
+                         f"{tuple(shape[:2])}{inner}; got {got}.")
+
+    @nn.nowrap
+    def _layer_collections(self, x, kwargs) -> tuple[str, ...]:
+        if not self.is_initializing():
+            return tuple(c for c in self.variables if "layer" in self.variables[c])
+        xs = jax.ShapeDtypeStruct((x.shape[0], *x.shape[2:]), x.dtype)
+        return _collections(self.layer, xs, kwargs)
 
 
 class RepeatVector(nn.Module):

@@ -169,3 +169,101 @@ def test_repeat_vector_then_lstm_then_time_distributed():
     out = jax.eval_shape(Decoder().apply, variables, jnp.zeros((2, 3)))
     assert out.shape == (2, 6, 1) and out.dtype == jnp.float32
     assert _count(variables["params"]) == 4 * 4 * (3 + 4 + 1) + 4 + 1
+
+
+# --- masks, flags and state through TimeDistributed -------------------------------------------
+
+
+def test_per_slice_masks_reach_each_slice():
+    x = np.random.default_rng(0).normal(size=(2, 3, 4, 1)).astype(np.float32)
+    mask = np.ones((2, 3, 4), bool)
+    mask[0, 1, 2:] = False
+    td = js.TimeDistributed(js.GRU(4))
+    params = td.init(jax.random.PRNGKey(0), x)["params"]
+    out = jax.jit(lambda p, x, m: td.apply({"params": p}, x, mask=m))(params, x, mask)
+    gru = js.GRU(4)
+    alone = gru.apply({"params": params["layer"]}, x[0, 1, :2][None])  # the real steps only
+    np.testing.assert_allclose(out[0, 1], alone[0], rtol=1e-6, atol=1e-7)
+    other = gru.apply({"params": params["layer"]}, x[1, 1][None])  # an unmasked slice
+    np.testing.assert_allclose(out[1, 1], other[0], rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match=r"mask of shape \(batch, time\) = \(2, 3\) or "
+                                         r"\(batch, time, inner_time\) = \(2, 3, 4\); got \(2, 4\)"):
+        td.apply({"params": params}, x, mask=mask[:, 0])
+    with pytest.raises(TypeError, match=r"TimeDistributed\(Dense\) got a per-slice mask"):
+        dense = js.TimeDistributed(nn.Dense(2))
+        dense.init(jax.random.PRNGKey(0), x, mask=mask)
+
+
+def test_an_outer_mask_is_the_outputs_mask_for_the_next_recurrent_layer():
+    x = np.random.default_rng(1).normal(size=(2, 5, 3)).astype(np.float32)
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
+    model = js.Sequential((js.TimeDistributed(nn.Dense(4)), js.GRU(2)))
+    params = model.init(jax.random.PRNGKey(0), x)["params"]
+    got = model.apply({"params": params}, x, mask=mask)
+    h = js.TimeDistributed(nn.Dense(4)).apply({"params": params["time_distributed"]}, x)
+    want = js.GRU(2).apply({"params": params["gru"]}, h, mask=mask)
+    np.testing.assert_array_equal(got, want)
+    assert not np.allclose(got, model.apply({"params": params}, x))  # the mask mattered
+
+
+def test_flags_pass_through_to_the_wrapped_layer():
+    x, y = js.problems.frame(js.problems.echo_sequence(5), "many_to_many")
+    model = js.Sequential((js.LSTM(4, return_sequences=True), js.TimeDistributed(nn.Dropout(0.5)),
+                           js.TimeDistributed(nn.Dense(1))))
+    assert js.contracts.accepts(model.layers[1], "deterministic")
+    assert not js.contracts.accepts(model.layers[2], "deterministic")
+    params = model.init(jax.random.PRNGKey(0), x)["params"]  # init, fit and predict work
+    state, history = js.fit(model, x, y, epochs=3, batch_size=1, verbose=0)
+    pred = js.predict(model, state, x)  # inference: no dropout, deterministic
+    np.testing.assert_allclose(pred, model.apply({"params": state.params}, x), rtol=1e-6)
+    train = model.apply({"params": params}, x, deterministic=False,
+                        rngs={"dropout": jax.random.PRNGKey(1)})
+    assert not np.allclose(train, model.apply({"params": params}, x))  # dropout is live
+    assert np.all(np.isfinite(history.loss))
+
+
+class NormedSlices(nn.Module):
+    """BatchNorm that follows `deterministic` (Keras' `training`), Keras' epsilon."""
+
+    @nn.compact
+    def __call__(self, x, *, deterministic: bool = True):
+        return nn.BatchNorm(use_running_average=deterministic, epsilon=1e-3, momentum=0.99)(x)
+
+
+def test_time_distributed_batchnorm_equals_keras():
+    keras = pytest.importorskip("keras")
+    x = np.random.default_rng(2).normal(2.0, 3.0, size=(6, 4, 3)).astype(np.float32)
+    td = js.TimeDistributed(NormedSlices())
+    variables = td.init(jax.random.PRNGKey(0), x)
+    assert set(variables) == {"params", "batch_stats"}
+    out, updates = td.apply(variables, x, deterministic=False, mutable=["batch_stats"])
+    k_td = keras.layers.TimeDistributed(keras.layers.BatchNormalization())
+    with jax.numpy_rank_promotion("allow"):
+        k_out = np.asarray(k_td(x, training=True))
+        stats = updates["batch_stats"]["layer"]["BatchNorm_0"]
+        bn = k_td.layer
+        np.testing.assert_allclose(out, k_out, rtol=1e-4, atol=1e-5)
+        # the running statistics moved once per time step, in order (4 updates)
+        np.testing.assert_allclose(stats["mean"], np.asarray(bn.moving_mean), rtol=1e-5)
+        np.testing.assert_allclose(stats["var"], np.asarray(bn.moving_variance), rtol=1e-5)
+        moved = {**variables, **updates}
+        np.testing.assert_allclose(td.apply(moved, x), np.asarray(k_td(x, training=False)),
+                                   rtol=1e-4, atol=1e-5)
+    # an independent reference of "once per step, in order": 4 momentum updates in NumPy
+    mean = np.zeros(3)
+    for t in range(4):
+        mean = 0.99 * mean + 0.01 * x[:, t].astype(np.float64).mean(axis=0)
+    np.testing.assert_allclose(stats["mean"], mean, rtol=1e-5)
+
+
+def test_time_distributed_batchnorm_trains_in_fit_with_its_statistics_in_the_state():
+    x = np.random.default_rng(3).normal(1.0, 2.0, size=(8, 5, 2)).astype(np.float32)
+    y = x[..., :1].cumsum(axis=1).astype(np.float32)
+    model = js.Sequential((js.TimeDistributed(NormedSlices()), js.LSTM(3, return_sequences=True),
+                           js.TimeDistributed(nn.Dense(1))))
+    state, history = js.fit(model, x, y, epochs=2, batch_size=4, verbose=0)
+    stats = state.model_state["batch_stats"]["time_distributed"]["layer"]["BatchNorm_0"]
+    assert not np.allclose(stats["mean"], 0.0)  # 2 epochs x 2 batches x 5 steps of updates
+    assert np.all(np.isfinite(history.loss))
+    np.testing.assert_allclose(js.predict(model, state, x),
+                               model.apply(state.variables, x), rtol=1e-5, atol=1e-6)
