@@ -189,6 +189,22 @@ def _time_index(spec: Spec, steps: int, t):
 
 
 def _forward(spec: Spec, x, kernel, xb, rk, rb, states, mask, rmask, *, save: bool):
+    """`_forward_variant`, with the input projection inside the step where that pays: only when
+    training, on CPU (chosen by the platform the program is lowered for, not the default
+    backend) and at small sizes (`project_in_loop`)."""
+    b, _, _ = x.shape
+    u = rk.shape[0]
+    n = rk.shape[1] // u
+    args = (spec, x, kernel, xb, rk, rb, states, mask, rmask)
+    if not (save and spec.kind != "gru" and project_in_loop(b, u, n)):
+        return _forward_variant(*args, save=save, in_loop=False)
+    return jax.lax.platform_dependent(
+        cpu=lambda: _forward_variant(*args, save=save, in_loop=True),
+        default=lambda: _forward_variant(*args, save=save, in_loop=False))
+
+
+def _forward_variant(spec: Spec, x, kernel, xb, rk, rb, states, mask, rmask, *, save: bool,
+                     in_loop: bool):
     """x (b, t, f) -> ((ys, final_states), residuals); residuals is None unless `save`.
 
     ys (b, t, u) is in processing order; the residuals are in time order (aligned with x):
@@ -205,9 +221,7 @@ def _forward(spec: Spec, x, kernel, xb, rk, rb, states, mask, rmask, *, save: bo
     n = rk.shape[1] // u
     dtype = rk.dtype
     # The input projection: hoisted out of the loop as ONE product (b*t, f) @ (f, g), or, when
-    # training at small sizes, inside the step as [x_t, h] @ [kernel; recurrent_kernel] (see
-    # `project_in_loop`).
-    in_loop = save and spec.kind != "gru" and project_in_loop(b, u, n)
+    # `in_loop`, inside the step as [x_t, h] @ [kernel; recurrent_kernel] (`project_in_loop`).
     if in_loop:
         xp, w_cat = x, jnp.concatenate([kernel, rk], axis=0)
     else:
@@ -300,8 +314,10 @@ def _forward(spec: Spec, x, kernel, xb, rk, rb, states, mask, rmask, *, save: bo
 
 def _small_step(batch: int, units: int, gates: int) -> bool:
     """Whether a step's product h @ recurrent_kernel is small enough that XLA:CPU runs it on
-    one thread (measured: (64, 128) @ (128, 512) does, (64, 256) @ (256, 1024) does not)."""
-    return jax.default_backend() == "cpu" and 2 * batch * gates * units * units < 16e6
+    one thread (measured: (64, 128) @ (128, 512) does, (64, 256) @ (256, 1024) does not). The
+    CPU variants this enables are chosen with `jax.lax.platform_dependent`: by the platform the
+    program is lowered for (a CPU mesh on a GPU host, an export for another platform)."""
+    return 2 * batch * gates * units * units < 16e6
 
 
 def split_products(batch: int, units: int, gates: int) -> bool:
@@ -326,12 +342,24 @@ def project_in_loop(batch: int, units: int, gates: int) -> bool:
 
 
 def _backward(spec: Spec, x, kernel, rk, rb, states, mask, rmask, res, dys, dfinal):
-    """-> (dx, dkernel, dxb, drk, drb, dstates, drmask)."""
+    """-> (dx, dkernel, dxb, drk, drb, dstates, drmask); per-gate products on CPU at small sizes
+    (`split_products`, chosen by the lowering platform)."""
+    b, _, _ = x.shape
+    u = rk.shape[0]
+    n = rk.shape[1] // u
+    args = (spec, x, kernel, rk, rb, states, mask, rmask, res, dys, dfinal)
+    if not split_products(b, u, n):
+        return _backward_variant(*args, split=False)
+    return jax.lax.platform_dependent(cpu=lambda: _backward_variant(*args, split=True),
+                                      default=lambda: _backward_variant(*args, split=False))
+
+
+def _backward_variant(spec: Spec, x, kernel, rk, rb, states, mask, rmask, res, dys, dfinal, *,
+                      split: bool):
     b, steps, f = x.shape
     u = rk.shape[0]
     n = rk.shape[1] // u
     dtype = rk.dtype
-    split = split_products(b, u, n)
     if split:
         rk_t = rk.reshape(u, n, u).transpose(1, 2, 0)  # [j] = rk[:, j*u:(j+1)*u].T
     else:
