@@ -27,6 +27,7 @@ from jaxseq.training import (
     fit_replicas,
     predict,
 )
+from jaxseq.training.state import reset_states
 from jaxseq.wrappers import RepeatVector, TimeDistributed
 
 __version__ = "0.1.0"
@@ -60,6 +61,7 @@ __all__ = [
     "predict",
     "problems",
     "replicas",
+    "reset_states",
     "rollout",
     "save_params",
     "seq2seq",

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 
 from jaxseq import contracts, fused
 from jaxseq.cells import CellBase, GRUCell, LSTMCell, SimpleRNNCell
-from jaxseq.typing import Array
+from jaxseq.typing import STATE_COLLECTION, Array
 
 Initializer = Callable[..., Array]
 
@@ -69,6 +69,11 @@ class RNN(nn.Module):
       mask: (batch, time), bool (True = real step), optional.
       initial_state: LSTM `(h, c)`; GRU / SimpleRNN `h` or `(h,)`; each (batch, units).
       deterministic: False enables dropout; then an rng named "dropout" must be given.
+    stateful: Keras' `stateful=True`: the final states of each call are kept in the flax
+      collection `"rnn_state"` (one row per sample: the batch size is fixed by `init`) and are
+      the next call's initial states; apply with `mutable=["rnn_state"]` to carry them
+      (`fit` does), and `jaxseq.reset_states(variables)` to zero them. An explicit
+      `initial_state` takes precedence. Row j of the next batch continues row j of this one.
     Returns: (batch, time, units) with `return_sequences`, else (batch, units); with
       `return_state`, the tuple `(output, *states)` (LSTM states in Keras order h, c).
     """
@@ -85,6 +90,7 @@ class RNN(nn.Module):
     unroll: bool | int = False
     dropout: float = 0.0
     recurrent_dropout: float = 0.0
+    stateful: bool = False
     zero_output_for_mask: bool = False
     dtype: Any = None
     param_dtype: Any = jnp.float32
@@ -143,7 +149,20 @@ class RNN(nn.Module):
         dtype = self.dtype or jnp.result_type(x, *jax.tree.leaves(params))
         params = jax.tree.map(lambda p: jnp.asarray(p, dtype), params)
         x = jnp.asarray(x, dtype)
-        states = self._initial_states(cell, initial_state, batch, dtype)
+        carried = None
+        if self.stateful and initial_state is None:
+            carried = self.variable(STATE_COLLECTION, "states",
+                                    lambda: cell.zero_states(batch, dtype))
+            kept = contracts.shape_of(carried.value[0])[0]
+            if kept != batch:
+                raise ValueError(
+                    f"{where}(stateful=True) keeps one state per sample for batches of {kept} "
+                    f"(the batch size at init); got a batch of {batch}. Feed batches of {kept} "
+                    "(fit: batch_size, with the sample count a multiple of it), or init with a "
+                    f"batch of {batch}.")
+            states = tuple(jnp.asarray(v, dtype) for v in carried.value)
+        else:
+            states = self._initial_states(cell, initial_state, batch, dtype)
 
         if not deterministic and self.dropout > 0:
             x = x * _dropout_mask(self, self.dropout, (batch, 1, features), dtype)
@@ -156,6 +175,7 @@ class RNN(nn.Module):
             x = jnp.where(m[:, :, None], x, jnp.zeros_like(x))  # arithmetic, values and grads
         if fused.select(self.implementation, cell, where) == "fused":
             final, ys = fused.layer_recurrence(self, cell, params, x, states, m, rmask)
+            self._keep(carried, final)
             return self._finish(final, ys, m, batch, time)
 
         xp = cell.project(params, x)  # (b, t, g): the input part of every step at once
@@ -179,9 +199,17 @@ class RNN(nn.Module):
         )
         rparams = {k: v for k, v in params.items() if k != "kernel"}
         final, ys = body(states, (xp, m), rparams, rmask)
+        self._keep(carried, final)
         if self.return_sequences and self.go_backwards:
             ys = jnp.flip(ys, axis=1)  # processing order, as Keras returns it
         return self._finish(final, ys, m, batch, time)
+
+    def _keep(self, carried, final) -> None:
+        """Stateful: the final states become the next call's (when the collection is mutable;
+        init keeps zeros, as Keras builds them)."""
+        if carried is not None and self.is_mutable_collection(STATE_COLLECTION) and (
+                not self.is_initializing()):
+            carried.value = tuple(jax.lax.stop_gradient(f) for f in final)
 
     @nn.nowrap
     def _finish(self, final, ys, m, batch: int, time: int):

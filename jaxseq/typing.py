@@ -23,3 +23,5 @@ BTF = "(batch, time, features)"
 BT = "(batch, time)"
 BU = "(batch, units)"
 BF = "(batch, features)"
+
+STATE_COLLECTION = "rnn_state"  # the flax collection where stateful recurrent layers keep states

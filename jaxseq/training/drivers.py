@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxseq import contracts, parallel
+from jaxseq import parallel
 from jaxseq.training import callbacks as cbs
 from jaxseq.training import data as data_mod
 from jaxseq.training import hooks, loop, losses
@@ -47,21 +47,22 @@ from jaxseq.training.state import (
 
 __all__ = ["DEFAULT_OPTIMIZER", "fit", "fit_replicas", "init_state"]
 
-def _init_program(model, tx, replicated: bool):
+
+def _init_program(model, tx, replicated: bool, batch_size: int):
     def build():
-        fn = partial(create_train_state, model, tx)
+        fn = partial(create_train_state, model, tx, batch_size=batch_size)
         if replicated:
             fn = jax.vmap(fn, in_axes=(None, 0))
         return jit(fn, once=True)
 
-    return cached("init", model, tx, replicated, build=build)
+    return cached("init", model, tx, replicated, batch_size, build=build)
 
 
-def init_state(model, tx, x, key) -> TrainState:
-    """`create_train_state(model, tx, x, key)`, compiled once per (model, optimizer): a sweep
-    that builds many states (learning rates with `optax.inject_hyperparams`, seeds) compiles
-    initialization once."""
-    return _init_program(model, tx, False)(jnp.asarray(x[:1]), key)
+def init_state(model, tx, x, key, *, batch_size: int = 1) -> TrainState:
+    """`create_train_state(model, tx, x, key, batch_size=...)`, compiled once per (model,
+    optimizer): a sweep that builds many states (learning rates with
+    `optax.inject_hyperparams`, seeds) compiles initialization once."""
+    return _init_program(model, tx, False, batch_size)(jnp.asarray(x[:batch_size]), key)
 
 
 def _loop_program(model, tx, static: dict, replicated: bool):
@@ -83,21 +84,13 @@ def _stack_seeds(seeds: Sequence[int]) -> tuple[jax.Array, jax.Array]:
 
 def _train(model, x, y, *, where, seed=0, seeds, state, epochs, batch_size, optimizer, loss,
            metrics, shuffle, validation_data, validation_split, validation_batch_size,
-           sample_weight, mask, callbacks, verbose, epochs_per_chunk, on_nan, checkpoint_dir,
-           checkpoint_every, keep, resume, mesh):
+           sample_weight, mask, callbacks, verbose, epochs_per_chunk, on_nan, reset_states,
+           checkpoint_dir, checkpoint_every, keep, resume, mesh):
     replicated = seeds is not None
-    contracts.check_positive_int(epochs, "epochs", where)
-    contracts.check_positive_int(batch_size, "batch_size", where)
-    if validation_batch_size is not None:
-        contracts.check_positive_int(validation_batch_size, "validation_batch_size", where)
-    if epochs_per_chunk is not None:
-        contracts.check_positive_int(epochs_per_chunk, "epochs_per_chunk", where)
-    if not isinstance(shuffle, (bool, np.bool_)):
-        raise TypeError(f"{where} expects shuffle to be True or False; got {shuffle!r} (Keras' "
-                        "'batch' shuffling is not supported).")
-    if verbose not in hooks.VERBOSE:
-        raise ValueError(f"{where} expects verbose in {hooks.VERBOSE}; got {verbose!r}.")
-    contracts.check_choice(on_nan, ("raise", "stop"), "on_nan", where)
+    hooks.check_run_options(where, epochs=epochs, batch_size=batch_size,
+                            validation_batch_size=validation_batch_size,
+                            epochs_per_chunk=epochs_per_chunk, shuffle=shuffle, verbose=verbose,
+                            on_nan=on_nan)
     hooks.check_checkpoint_args(checkpoint_dir, checkpoint_every, keep, resume, where)
     loss_fn = losses.get_loss(loss, where)
     metric_list = losses.get_metrics(metrics, where)
@@ -134,14 +127,15 @@ def _train(model, x, y, *, where, seed=0, seeds, state, epochs, batch_size, opti
     if replicated:
         init_keys, key = _stack_seeds(seeds)
         if state is None:
-            state = _init_program(model, tx, True)(jnp.asarray(train.x[:1]), init_keys)
+            state = _init_program(model, tx, True, bs)(jnp.asarray(train.x[:bs]), init_keys)
     else:
         init_key, key = split_seed(seed)
         if state is None:
-            state = init_state(model, tx, train.x, init_key)
+            state = init_state(model, tx, train.x, init_key, batch_size=bs)
         elif not isinstance(state, TrainState):
             raise TypeError(f"{where} expects state= to be a jaxseq TrainState (from fit or "
                             f"js.training.create_train_state); got {type(state).__name__}.")
+    hooks.check_stateful(state, shuffle, n, bs, reset_states, where)
     stop = cbs.stop_state(stopper, (state.params, state.model_state), names)
     if replicated:
         stop = cbs.with_replica_axis(stop, len(seeds))
@@ -151,6 +145,7 @@ def _train(model, x, y, *, where, seed=0, seeds, state, epochs, batch_size, opti
     if checkpoint_dir is not None:
         every = hooks.checkpoint_every(epochs, checkpoint_every)
     static = dict(batch_size=bs, shuffle=bool(shuffle), loss=loss_fn,
+                  reset_states=reset_states == "epoch",
                   metrics=metric_list, val_batch_size=validation_batch_size, sharding=sharding)
     run = _loop_program(model, tx, static, replicated)
     batches = -(-n // bs)
@@ -279,6 +274,7 @@ def fit(
     epochs_per_chunk: int | None = None,
     state: TrainState | None = None,
     on_nan: str = "raise",
+    reset_states: str | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     checkpoint_every: int | None = None,
     keep: int | None = 3,
@@ -323,6 +319,10 @@ def fit(
       on_nan: "raise" (default) raises `NonFiniteLossError` at the first epoch whose loss or
         parameters go non-finite, naming epoch and batch, carrying the last finite state and
         history; "stop" warns and returns them.
+      reset_states: for models with stateful layers (truncated BPTT, Keras' layout: shuffle=False,
+        the samples a multiple of batch_size, row j of each batch continuing row j of the
+        previous one, no gradient across batches): None (Keras: the states carry on across
+        epochs until you reset them) or "epoch" (zeroed before every epoch).
       checkpoint_dir, checkpoint_every, keep, resume: save the whole training state with orbax
         every `checkpoint_every` epochs (default about 20 saves per run) and at the end, keeping
         the newest `keep`; `resume=True` continues from the latest complete checkpoint, bitwise
@@ -364,6 +364,7 @@ def fit_replicas(
     verbose: int = 0,
     epochs_per_chunk: int | None = None,
     on_nan: str = "stop",
+    reset_states: str | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     checkpoint_every: int | None = None,
     keep: int | None = 3,

@@ -12,7 +12,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from jaxseq import contracts
 from jaxseq.training.callbacks import Callback, EarlyStopping
+from jaxseq.typing import STATE_COLLECTION
 
 VERBOSE = (0, 1, 2)
 
@@ -111,9 +113,41 @@ def record_failures(failure: dict | None, out: dict, first: int) -> dict | None:
     return failure
 
 
-def check_checkpoint_args(checkpoint_dir, checkpoint_every, keep, resume, where: str) -> None:
-    from jaxseq import contracts
+def check_run_options(where: str, *, epochs, batch_size, validation_batch_size,
+                      epochs_per_chunk, shuffle, verbose, on_nan) -> None:
+    """The scalar options of `fit` / `fit_replicas`, checked before anything else."""
+    contracts.check_positive_int(epochs, "epochs", where)
+    contracts.check_positive_int(batch_size, "batch_size", where)
+    for name, value in (("validation_batch_size", validation_batch_size),
+                        ("epochs_per_chunk", epochs_per_chunk)):
+        if value is not None:
+            contracts.check_positive_int(value, name, where)
+    if not isinstance(shuffle, (bool, np.bool_)):
+        raise TypeError(f"{where} expects shuffle to be True or False; got {shuffle!r} (Keras' "
+                        "'batch' shuffling is not supported).")
+    if verbose not in VERBOSE:
+        raise ValueError(f"{where} expects verbose in {VERBOSE}; got {verbose!r}.")
+    contracts.check_choice(on_nan, ("raise", "stop"), "on_nan", where)
 
+
+def check_stateful(state, shuffle, n: int, bs: int, reset_states, where: str) -> None:
+    """Truncated BPTT in Keras' layout: row j of batch k + 1 continues row j of batch k."""
+    contracts.check_choice(reset_states, (None, "epoch"), "reset_states", where)
+    if STATE_COLLECTION not in state.model_state:
+        if reset_states is not None:
+            raise ValueError(f"{where}: reset_states={reset_states!r} needs a stateful layer "
+                             "(stateful=True); this model keeps no states.")
+        return
+    if shuffle:
+        raise ValueError(f"{where}: the model has stateful layers, whose states carry from row "
+                         "j of one batch to row j of the next; pass shuffle=False.")
+    if n % bs:
+        raise ValueError(f"{where}: the model has stateful layers, so the {n} samples must be a "
+                         f"multiple of batch_size={bs} (every batch has the same rows). Trim "
+                         f"or pad the data to {n - n % bs} or {n + bs - n % bs} samples.")
+
+
+def check_checkpoint_args(checkpoint_dir, checkpoint_every, keep, resume, where: str) -> None:
     if checkpoint_dir is None:
         if checkpoint_every is not None or resume:
             name = "resume=True" if resume else "checkpoint_every"

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 from jaxseq.training import callbacks, losses
 from jaxseq.training.data import Batch
 from jaxseq.training.state import TrainState
+from jaxseq.training.state import reset_states as zero_states
 from jaxseq.typing import Array
 
 
@@ -117,25 +118,30 @@ def take(data: Batch, idx) -> Batch:
 
 
 def train_epoch(state: TrainState, data: Batch, key, *, batch_size: int, shuffle: bool = True,
-                loss="mse", metrics: Sequence = (), sharding=None) -> tuple[TrainState, dict]:
+                loss="mse", metrics: Sequence = (), sharding=None, reset_states: bool = False
+                ) -> tuple[TrainState, dict]:
     """One epoch: `train_step` scanned over the mini-batches of `data` (n samples).
 
     key: the run's training key; `shuffle_key, dropout_key = split(key)`, the epoch's order is
     `permutation(fold_in(shuffle_key, state.step), n)` (unshuffled when `shuffle` is False or
     there is one batch), and each step gets `dropout_key`. batch_size: static, capped at n
     by the caller. sharding: optional `NamedSharding` each mini-batch is constrained to
-    (data-parallel). Returns (state, logs): "loss" (the batch-size-weighted mean of the batch
-    losses, Keras' loss tracker), each metric, "bad_batch" (index of the first batch whose loss
+    (data-parallel). reset_states: zero the states stateful layers keep, before the first batch
+    (truncated BPTT with a reset per epoch; without it they carry on, as Keras' fit).
+    Returns (state, logs): "loss" (the batch-size-weighted mean of the batch losses, Keras' loss
+    tracker), each metric, "bad_batch" (index of the first batch whose loss
     or updated parameters are not finite; -1 if none) and "bad_loss" (that batch's loss).
     """
     shuffle_key, dropout_key = jax.random.split(key)
     return _epoch(state, data, shuffle_key, dropout_key, batch_size=batch_size, shuffle=shuffle,
-                  loss=loss, metrics=metrics, sharding=sharding)
+                  loss=loss, metrics=metrics, sharding=sharding, reset_states=reset_states)
 
 
 def _epoch(state, data, shuffle_key, dropout_key, *, batch_size, shuffle, loss, metrics,
-           sharding):
+           sharding, reset_states=False):
     loss_fn, metrics = _resolve(loss, metrics)
+    if reset_states:
+        state = zero_states(state)
     n = data.x.shape[0]
     nb = math.ceil(n / batch_size)
     order = None
@@ -193,7 +199,7 @@ EPOCH_BUFFER = 1024  # the most epochs one call of `train_loop` runs (its log bu
 
 def train_loop(carry: LoopState, key, first, last, data: Batch, val: Batch | None, *,
                batch_size: int, shuffle: bool = True, loss="mse", metrics: Sequence = (),
-               val_batch_size: int | None = None, sharding=None,
+               val_batch_size: int | None = None, sharding=None, reset_states: bool = False,
                buffer: int = EPOCH_BUFFER) -> tuple[LoopState, dict[str, Array]]:
     """Epochs first, first + 1, ... while below `last`, below `first + buffer`, and alive.
 
@@ -212,7 +218,8 @@ def train_loop(carry: LoopState, key, first, last, data: Batch, val: Batch | Non
 
     def run(carry: LoopState, epoch):
         state, logs = _epoch(carry.state, data, shuffle_key, dropout_key, batch_size=batch_size,
-                             shuffle=shuffle, loss=loss_fn, metrics=metrics, sharding=sharding)
+                             shuffle=shuffle, loss=loss_fn, metrics=metrics, sharding=sharding,
+                             reset_states=reset_states)
         finite = (logs["bad_batch"] < 0) & jnp.isfinite(logs["loss"])
         state = select(finite, state, carry.state)
         values = {k: logs[k] for k in names if not k.startswith("val_")}

@@ -15,18 +15,21 @@ from jaxseq.training import data as data_mod
 from jaxseq.training import loop, losses
 from jaxseq.training.compile import cached, jit
 from jaxseq.training.state import ModelFn, TrainState, as_variables
-from jaxseq.typing import Array
 
 
-def _forward(model):
+def _forward(model, carry_state: bool = False):
     def build():
         fn = ModelFn(model)
+        if carry_state:
+            return jit(lambda variables, x, m: fn.forward(variables, x, mask=m,
+                                                          carry_state=True))
         return jit(lambda variables, x, m: fn.forward(variables, x, mask=m, train=False)[0])
 
-    return cached("predict", model, build=build)
+    return cached("predict", model, carry_state, build=build)
 
 
-def predict(model: nn.Module, params, x, *, batch_size: int | None = None, mask=None) -> Array:
+def predict(model: nn.Module, params, x, *, batch_size: int | None = None, mask=None,
+            return_variables: bool = False):
     """Model outputs for x in inference mode (no dropout), compiled.
 
     Args:
@@ -37,8 +40,11 @@ def predict(model: nn.Module, params, x, *, batch_size: int | None = None, mask=
       batch_size: run x in batches of this size (the last one padded on the host, the outputs
         trimmed): one compiled program per (model, batch shape) serves any number of samples.
       mask: (batch, time) bool, passed to the model.
+      return_variables: also return the variables with the states that stateful layers keep
+        advanced past x (Keras' stateful `predict`): `(outputs, variables)`, to pass to the next
+        call (continuing each row); `jaxseq.reset_states(variables)` zeroes them.
 
-    Returns: (batch, ...) the model's outputs (a jax Array).
+    Returns: (batch, ...) the model's outputs (a jax Array), or `(outputs, variables)`.
     Raises: ValueError / TypeError naming the argument.
     """
     xs = contracts.shape_of(x)
@@ -46,6 +52,12 @@ def predict(model: nn.Module, params, x, *, batch_size: int | None = None, mask=
         raise ValueError(f"predict expects x with a non-empty batch axis; got {xs}.")
     variables = as_variables(params, "predict")
     m = data_mod.check_mask(model, x, mask, "predict")
+    if return_variables:
+        if batch_size is not None:
+            raise ValueError("predict(return_variables=True) runs x as one batch (stateful "
+                             "layers keep one state per row); drop batch_size.")
+        y, model_state = _forward(model, True)(variables, jax.device_put(x), m)
+        return y, {"params": variables["params"], **model_state}
     fn = _forward(model)
     if batch_size is None:
         return fn(variables, jnp.asarray(x), m)

@@ -27,7 +27,7 @@ from flax import struct
 from flax.training import train_state
 
 from jaxseq import contracts
-from jaxseq.typing import Array
+from jaxseq.typing import STATE_COLLECTION, Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,12 +40,14 @@ class ModelFn:
     def __call__(self, variables, *args, **kwargs):
         return self.model.apply(variables, *args, **kwargs)
 
-    def forward(self, variables: dict, x, *, mask=None, train: bool = False, key=None):
+    def forward(self, variables: dict, x, *, mask=None, train: bool = False, key=None,
+                carry_state: bool = False):
         """-> (outputs, updated non-params collections).
 
         x: (batch, ...) inputs; mask: (batch, time) bool or None (passed only when given).
         `train`: dropout on (with `key` as the "dropout" rng, for models whose `__call__` takes
-        `deterministic`) and every non-params collection mutable; else nothing is mutated.
+        `deterministic`) and every non-params collection mutable; else nothing is mutated but,
+        with `carry_state`, the states that stateful layers keep ("rnn_state").
         """
         kwargs: dict[str, Any] = {}
         if mask is not None:
@@ -55,8 +57,10 @@ class ModelFn:
             if train and key is not None:
                 kwargs["rngs"] = {"dropout": key}
         model_state = {k: v for k, v in variables.items() if k != "params"}
-        if train and model_state:
-            out, updates = self.model.apply(variables, x, mutable=list(model_state), **kwargs)
+        mutable = list(model_state) if train else [
+            c for c in model_state if carry_state and c == STATE_COLLECTION]
+        if mutable:
+            out, updates = self.model.apply(variables, x, mutable=mutable, **kwargs)
             return out, {**model_state, **updates}
         return self.model.apply(variables, x, **kwargs), model_state
 
@@ -109,6 +113,18 @@ def split_seed(seed) -> tuple[Array, Array]:
     return init, key
 
 
+def reset_states(variables):
+    """Zero every stateful layer's kept states (Keras' `reset_states()`): a variables dict or a
+    `TrainState` in, the same kind out (nothing else changes)."""
+    model_state = getattr(variables, "model_state", None)
+    if model_state is not None:
+        return variables.replace(model_state=reset_states(model_state))
+    if STATE_COLLECTION not in variables:
+        return variables
+    zeroed = jax.tree.map(jnp.zeros_like, variables[STATE_COLLECTION])
+    return {**variables, STATE_COLLECTION: zeroed}
+
+
 def init_variables(model: nn.Module, tx: optax.GradientTransformation, key, x1):
     """The pure `(model, tx, key, x1) -> (variables, opt_state)` behind `create_train_state`:
     x1 is one sample batch (1, ...); `opt_state = tx.init(variables["params"])`."""
@@ -116,11 +132,13 @@ def init_variables(model: nn.Module, tx: optax.GradientTransformation, key, x1):
     return variables, tx.init(variables["params"])
 
 
-def create_train_state(model: nn.Module, tx: optax.GradientTransformation, x, key) -> TrainState:
-    """A fresh `TrainState` for `model` on inputs shaped like x (batch, ...): only `x[:1]` is used
-    (shapes and dtype). Every variable collection of `model.init` is kept. Pure and traceable
-    (works under `jit`, `vmap` over keys, `eval_shape`)."""
-    variables, opt_state = init_variables(model, tx, key, jnp.asarray(x[:1]))
+def create_train_state(model: nn.Module, tx: optax.GradientTransformation, x, key, *,
+                       batch_size: int = 1) -> TrainState:
+    """A fresh `TrainState` for `model` on inputs shaped like x (batch, ...): only
+    `x[:batch_size]` is used (shapes and dtype; the parameters do not depend on it, the states
+    of stateful layers get `batch_size` rows). Every variable collection of `model.init` is
+    kept. Pure and traceable (works under `jit`, `vmap` over keys, `eval_shape`)."""
+    variables, opt_state = init_variables(model, tx, key, jnp.asarray(x[:batch_size]))
     params = variables.pop("params")
     return TrainState(step=jnp.zeros((), jnp.int32), apply_fn=ModelFn(model), params=params,
                       tx=tx, opt_state=opt_state, model_state=variables)
