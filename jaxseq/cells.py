@@ -139,8 +139,17 @@ class CellBase(nn.RNNCellBase):
         where h enters a recurrent matrix product, as in Keras; the carried h is not dropped."""
         raise NotImplementedError
 
+    def state_sizes(self) -> tuple[int, ...]:
+        """The width of each state (h first): units, except an LSTM's h with a projection."""
+        return (self.units,) * len(self.state_names)
+
+    @property
+    def output_size(self) -> int:
+        """The width of h, the layer's output."""
+        return self.state_sizes()[0]
+
     def zero_states(self, batch: int, dtype) -> tuple[Array, ...]:
-        return tuple(jnp.zeros((batch, self.units), dtype) for _ in self.state_names)
+        return tuple(jnp.zeros((batch, n), dtype) for n in self.state_sizes())
 
     # -- linen Module interface -----------------------------------------------------------
     def create_params(self, module: nn.Module, features: int) -> dict[str, Array]:
@@ -182,13 +191,29 @@ class CellBase(nn.RNNCellBase):
 
 
 class LSTMCell(CellBase):
-    """Keras 3 LSTM cell. Gates i, f, c, o; states (h, c)."""
+    """Keras 3 LSTM cell. Gates i, f, c, o; states (h, c).
+
+    `proj_size` > 0: PyTorch's LSTM with projections (LSTMP; Sak et al., 2014): h = (o ⊙
+    act(c)) @ projection_kernel, projection_kernel (units, proj_size), recurrent_kernel
+    (proj_size, 4 units); h is (batch, proj_size), c (batch, units)."""
 
     recurrent_activation: str | Callable = "sigmoid"
     unit_forget_bias: bool = True
+    proj_size: int = 0
 
     gates: ClassVar[int] = 4
     state_names: ClassVar[tuple[str, ...]] = ("h", "c")
+
+    def state_sizes(self) -> tuple[int, ...]:
+        return (self.proj_size or self.units, self.units)
+
+    def param_specs(self, features: int):
+        specs = super().param_specs(features)
+        if self.proj_size:
+            g = self.gates * self.units
+            specs["recurrent_kernel"] = (self.recurrent_kernel_init, (self.proj_size, g))
+            specs["projection_kernel"] = (self.kernel_init, (self.units, self.proj_size))
+        return specs
 
     def bias_spec(self):
         init = self.bias_init
@@ -205,6 +230,8 @@ class LSTMCell(CellBase):
         zi, zf, zc, zo = jnp.split(z, 4, axis=-1)
         c = ract(zf) * c + ract(zi) * act(zc)
         h = ract(zo) * act(c)
+        if self.proj_size:
+            h = h @ params["projection_kernel"]
         return h, c
 
 

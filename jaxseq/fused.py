@@ -101,6 +101,8 @@ def unsupported(cell: CellBase) -> str | None:
         return f"cell class {type(cell).__name__} (only LSTMCell, GRUCell, SimpleRNNCell)"
     if kind == "gru" and not cell.reset_after:
         return "GRU reset_after=False"
+    if kind == "lstm" and cell.proj_size:
+        return f"LSTM proj_size={cell.proj_size} (a projection)"
     names = [("activation", cell.activation)]
     if kind != "simple_rnn":
         names.append(("recurrent_activation", cell.recurrent_activation))

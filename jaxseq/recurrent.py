@@ -128,7 +128,7 @@ class RNN(nn.Module):
         if not isinstance(initial_state, (tuple, list)):
             initial_state = (initial_state,)
         contracts.check_state_shapes(
-            initial_state, [(batch, self.units)] * n, cell.state_names, where
+            initial_state, [(batch, k) for k in cell.state_sizes()], cell.state_names, where
         )
         return tuple(jnp.asarray(s).astype(dtype) for s in initial_state)
 
@@ -168,7 +168,7 @@ class RNN(nn.Module):
             x = x * _dropout_mask(self, self.dropout, (batch, 1, features), dtype)
         rmask = None
         if not deterministic and self.recurrent_dropout > 0:
-            rmask = _dropout_mask(self, self.recurrent_dropout, (batch, self.units), dtype)
+            rmask = _dropout_mask(self, self.recurrent_dropout, (batch, cell.output_size), dtype)
 
         m = None if mask is None else jnp.asarray(mask).astype(bool)
         if m is not None:  # padding may hold anything (NaN, Inf): select it away before any
@@ -217,13 +217,13 @@ class RNN(nn.Module):
         processing order (None without return_sequences)."""
         if self.return_sequences:
             output = ys
-            chex.assert_shape(output, (batch, time, self.units))
+            chex.assert_shape(output, (batch, time, self.make_cell().output_size))
         else:
             output = final[0]
             if self.zero_output_for_mask and m is not None:
                 last = m[:, 0] if self.go_backwards else m[:, -1]
                 output = jnp.where(last[:, None], output, jnp.zeros_like(output))
-            chex.assert_shape(output, (batch, self.units))
+            chex.assert_shape(output, (batch, self.make_cell().output_size))
         if self.return_state:
             return (output, *final)
         return output
@@ -233,13 +233,18 @@ class LSTM(RNN):
     """Keras 3 `LSTM`: kernel (f, 4u), recurrent_kernel (u, 4u), bias (4u,); gates i, f, c, o.
 
     `unit_forget_bias=True` initializes the forget-gate bias to one. States are `(h, c)`.
+    `proj_size=p` > 0: PyTorch's LSTM with projections (`nn.LSTM(proj_size=p)`), h = (o ⊙
+    tanh(c)) @ projection_kernel (u, p); recurrent_kernel (p, 4u); the output and h are
+    (..., p), c stays (batch, u). Runs on the scan path (the fused path has no projection).
     """
 
     recurrent_activation: str | Callable = "sigmoid"
     unit_forget_bias: bool = True
+    proj_size: int = 0
 
     cell_class: ClassVar[type[CellBase]] = LSTMCell
-    extra_cell_fields: ClassVar[tuple[str, ...]] = ("recurrent_activation", "unit_forget_bias")
+    extra_cell_fields: ClassVar[tuple[str, ...]] = ("recurrent_activation", "unit_forget_bias",
+                                                    "proj_size")
 
 
 class GRU(RNN):

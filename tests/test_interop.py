@@ -305,8 +305,9 @@ def test_torch_linear_round_trip():
 def test_torch_errors_name_the_module_and_shapes():
     with pytest.raises(TypeError, match=r"Conv1d.*nn\.LSTM"):
         from_torch(torch.nn.Conv1d(2, 2, 3))
-    with pytest.raises(ValueError, match="proj_size"):
-        from_torch(torch.nn.LSTM(F, 4, proj_size=2))
+    with pytest.raises(ValueError, match=r"'recurrent_kernel' must have shape \(3, 16\).*"
+                                         r"got \(2, 16\)"):
+        to_torch(from_torch(torch.nn.LSTM(F, 4, proj_size=2)), torch.nn.LSTM(F, 4, proj_size=3))
     params = from_torch(torch.nn.LSTM(F, 4))
     with pytest.raises(ValueError, match=r"'kernel'.*\(2, 20\).*\(2, 16\)"):
         to_torch(params, torch.nn.LSTM(F, 5))
@@ -325,3 +326,25 @@ def test_interop_namespace_is_lazy_and_complete():
     }
     with pytest.raises(AttributeError):
         _ = interop.nothing_here
+
+
+@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_lstm_with_projection_equals_torch_outputs_gradients_and_round_trip(bidirectional):
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(F, 5, proj_size=2, num_layers=2, bidirectional=bidirectional,
+                         batch_first=True)
+    model, params = jaxseq_model_from_torch(lstm)
+    x = X.astype(np.float32)
+    xt = torch.from_numpy(x).requires_grad_(True)
+    out = lstm(xt)[0]
+    (out ** 2).sum().backward()
+    _close(_apply(model, params, x), out.detach().numpy())
+    dx = jax.grad(lambda a: (model.apply({"params": params}, a) ** 2).sum())(x)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-4, atol=1e-5)
+    first = params["bidirectional" if bidirectional else "lstm"]
+    first = first["forward_layer"] if bidirectional else first
+    assert first["projection_kernel"].shape == (5, 2)
+    assert first["recurrent_kernel"].shape == (2, 20)
+    fresh = _random_like(params, 2)
+    assert _leaves_equal(from_torch(to_torch(fresh, lstm)), fresh)

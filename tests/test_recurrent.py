@@ -683,3 +683,21 @@ def test_bfloat16_forward(name):
     # tanh-bounded (|y| < 1), so 2e-2 absolute is ~5 bf16 ulps: loose enough for rounding,
     # tight enough to catch a wrong formula (which moves outputs by O(0.1)).
     np.testing.assert_allclose(np.asarray(y16, np.float32), np.asarray(y32), rtol=0, atol=2e-2)
+
+
+def test_lstm_projection_states_shapes_and_paths():
+    x = np.random.default_rng(0).normal(size=(2, 4, 3)).astype(np.float32)
+    layer = js.LSTM(5, proj_size=2, return_sequences=True, return_state=True)
+    params = layer.init(jax.random.PRNGKey(0), x)["params"]
+    out, h, c = layer.apply({"params": params}, x)
+    assert out.shape == (2, 4, 2) and h.shape == (2, 2) and c.shape == (2, 5)
+    np.testing.assert_array_equal(out[:, -1], h)
+    # an explicit initial state has the projected h width
+    again = layer.apply({"params": params}, x[:, 2:], initial_state=(
+        layer.apply({"params": params}, x[:, :2])[1:]))[0]
+    np.testing.assert_allclose(again, out[:, 2:], rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match=r"initial_state h of shape \(batch, units\) = \(2, 2\)"):
+        layer.apply({"params": params}, x, initial_state=(np.zeros((2, 5)), np.zeros((2, 5))))
+    with pytest.raises(ValueError, match=r"implementation='fused'\) does not support LSTM "
+                                         r"proj_size=2"):
+        js.LSTM(5, proj_size=2, implementation="fused").init(jax.random.PRNGKey(0), x)

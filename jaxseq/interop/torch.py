@@ -40,9 +40,6 @@ def _kind(module, where: str) -> str:
 
     for name in SUPPORTED:
         if isinstance(module, getattr(tnn, name)):
-            if name == "LSTM" and module.proj_size:
-                raise ValueError(f"{where}: nn.LSTM with proj_size={module.proj_size} has no "
-                                 "Keras/jaxseq counterpart; use proj_size=0.")
             return name
     raise TypeError(f"{where}: unsupported torch module {type(module).__name__}; supported: "
                     f"{', '.join('nn.' + s for s in SUPPORTED)}.")
@@ -57,6 +54,8 @@ def _spec(module, where: str) -> tuple[nn.Module, dict[tuple[str, ...], tuple[in
                                   return_sequences=True)
     if kind == "RNN":
         kwargs["activation"] = module.nonlinearity
+    if kind == "LSTM" and module.proj_size:
+        kwargs["proj_size"] = module.proj_size
     layer = {"LSTM": LSTM, "GRU": GRU, "RNN": SimpleRNN}[kind](**kwargs)
     unit = Bidirectional(layer, merge_mode="concat") if module.bidirectional else layer
     dirs = {("forward_layer",): "", ("backward_layer",): "_reverse"} if module.bidirectional \
@@ -95,6 +94,8 @@ def _import_cell(module, kind: str, k: int, sfx: str) -> dict[str, np.ndarray]:
     get = lambda name: _np(getattr(module, f"{name}_l{k}{sfx}"))
     p = _perm(kind, module.hidden_size)
     out = {"kernel": get("weight_ih")[p].T, "recurrent_kernel": get("weight_hh")[p].T}
+    if kind == "LSTM" and module.proj_size:  # torch: h = W_hr (o * tanh(c))
+        out["projection_kernel"] = get("weight_hr").T
     if module.bias:
         b_ih, b_hh = get("bias_ih")[p], get("bias_hh")[p]
         out["bias"] = np.stack([b_ih, b_hh]) if kind == "GRU" else b_ih + b_hh
@@ -112,6 +113,8 @@ def _export_cell(module, kind: str, k: int, sfx: str, params) -> dict[str, np.nd
     tag = f"_l{k}{sfx}"
     out = {f"weight_ih{tag}": params["kernel"].T[p],
            f"weight_hh{tag}": params["recurrent_kernel"].T[p]}
+    if kind == "LSTM" and module.proj_size:
+        out[f"weight_hr{tag}"] = params["projection_kernel"].T
     if module.bias:
         bias = params["bias"]
         if kind == "GRU":
