@@ -124,7 +124,6 @@ class RNN(nn.Module):
         where = type(self).__name__
         if initial_state is None:
             return cell.zero_states(batch, dtype)
-        n = len(cell.state_names)
         if not isinstance(initial_state, (tuple, list)):
             initial_state = (initial_state,)
         contracts.check_state_shapes(
