@@ -12,6 +12,7 @@ from jaxseq import (
 )
 from jaxseq.cells import GRUCell, LSTMCell, SimpleRNNCell
 from jaxseq.checkpointing import load_params, save_params
+from jaxseq.layers import Dense, Dropout, Masking
 from jaxseq.models import Sequential, rollout, seq2seq
 from jaxseq.recurrent import GRU, LSTM, RNN, Bidirectional, SimpleRNN
 from jaxseq.replicas import skill
@@ -38,10 +39,13 @@ __all__ = [
     "RNN",
     "Bidirectional",
     "Callback",
+    "Dense",
+    "Dropout",
     "EarlyStopping",
     "GRUCell",
     "History",
     "LSTMCell",
+    "Masking",
     "NonFiniteLossError",
     "RepeatVector",
     "Sequential",

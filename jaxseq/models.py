@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from jaxseq import contracts
 from jaxseq.contracts import accepts
+from jaxseq.layers import Dense
 from jaxseq.recurrent import LSTM, RNN, Bidirectional
 from jaxseq.typing import Array
 from jaxseq.wrappers import RepeatVector, TimeDistributed
@@ -31,14 +32,27 @@ def keras_name(cls: type) -> str:
 class Sequential(nn.Module):
     """Layers applied in order, with Keras names, `deterministic` and `mask` propagation.
 
-    Call: `model(x, *, mask=None, deterministic=True)`. Plain callables (e.g. `nn.relu`) are
-    allowed between layers.
+    Call: `model(x, *, mask=None, deterministic=True, return_mask=False)`. Plain callables
+    (e.g. `nn.relu`) are allowed between layers. A layer with `compute_mask` (`js.Masking`)
+    makes the mask the following layers get; `return_mask=True` returns `(y, mask)`, the mask
+    that reaches the output (None once the time axis is gone), which `fit` and `evaluate` use
+    for the loss as Keras does.
     """
 
     layers: Sequence
 
+    @nn.nowrap
+    def compute_mask(self, x, mask=None):
+        """The mask the leading mask-making layers (`js.Masking`) compute from the inputs x,
+        ANDed with `mask` (None when there are none and no mask is given)."""
+        for layer in self.layers:
+            if not hasattr(layer, "compute_mask"):
+                break
+            mask = layer.compute_mask(x, mask)
+        return mask
+
     @nn.compact
-    def __call__(self, x, *, mask=None, deterministic: bool = True):
+    def __call__(self, x, *, mask=None, deterministic: bool = True, return_mask: bool = False):
         if not self.layers:
             raise ValueError("Sequential expects at least one layer; got none.")
         for layer, name in zip(self.layers, sequential_names(self.layers), strict=True):
@@ -49,11 +63,15 @@ class Sequential(nn.Module):
                     kwargs["deterministic"] = deterministic
                 if mask is not None and accepts(layer, "mask"):
                     kwargs["mask"] = mask
+                new_mask = mask
+                if hasattr(layer, "compute_mask"):  # a layer that makes a mask (Masking)
+                    new_mask = layer.compute_mask(x, mask)
                 x = layer(x, **kwargs)
+                mask = new_mask
             else:
                 x = layer(x)
             mask = _propagate(mask, x)
-        return x
+        return (x, mask) if return_mask else x
 
 
 def _propagate(mask, out):
@@ -73,13 +91,13 @@ def _propagate(mask, out):
 def one_to_one(units: int = 5, out_features: int = 1, **lstm) -> Sequential:
     """LSTM(units) + Dense(1): x (n, 1, 1) -> y (n, 1). 140 + 6 parameters for units=5.
     `**lstm`: further LSTM options (e.g. `implementation="scan", unroll=True`)."""
-    return Sequential((LSTM(units, **lstm), nn.Dense(out_features)))
+    return Sequential((LSTM(units, **lstm), Dense(out_features)))
 
 
 def many_to_one(length: int, units: int = 5, **lstm) -> Sequential:
     """LSTM(units) + Dense(length): x (1, length, 1) -> y (1, length), the whole sequence as one
     vector. 140 + 30 parameters for units=5, length=5. `**lstm`: further LSTM options."""
-    return Sequential((LSTM(units, **lstm), nn.Dense(length)))
+    return Sequential((LSTM(units, **lstm), Dense(length)))
 
 
 def many_to_many(units: int = 5, out_features: int = 1, **lstm) -> Sequential:
@@ -88,7 +106,7 @@ def many_to_many(units: int = 5, out_features: int = 1, **lstm) -> Sequential:
     `**lstm`: further LSTM options (e.g. `implementation="scan", unroll=True`, which trains
     many replicas of this tiny model faster; README, Performance)."""
     return Sequential(
-        (LSTM(units, return_sequences=True, **lstm), TimeDistributed(nn.Dense(out_features)))
+        (LSTM(units, return_sequences=True, **lstm), TimeDistributed(Dense(out_features)))
     )
 
 
@@ -123,7 +141,7 @@ def seq2seq(units: int, out_length: int, out_features: int, *, in_units: int | N
         LSTM(in_units or units),
         RepeatVector(out_length),
         LSTM(units, return_sequences=True),
-        TimeDistributed(nn.Dense(out_features)),
+        TimeDistributed(Dense(out_features)),
     ))
 
 

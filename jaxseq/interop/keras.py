@@ -5,7 +5,7 @@ jaxseq keeps Keras' parameter layout, so weights move unchanged (bitwise) in bot
 
   Keras layer                  jaxseq params
   LSTM / GRU / SimpleRNN       {"kernel", "recurrent_kernel", "bias"}   (the cell's weights)
-  Dense                        {"kernel", "bias"}                      (flax `nn.Dense`)
+  Dense                        {"kernel", "bias"}                      (jaxseq `Dense`)
   TimeDistributed(Dense)       {"layer": {"kernel", "bias"}}
   Bidirectional(RNN)           {"forward_layer": {...}, "backward_layer": {...}}
   Sequential                   {"lstm": ..., "dense": ..., "lstm_1": ...}  (jaxseq's names)
@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxseq.cells import get_activation
+from jaxseq.layers import Dense
 from jaxseq.models import Sequential, keras_name, sequential_names
 from jaxseq.recurrent import GRU, LSTM, RNN, Bidirectional, SimpleRNN
 from jaxseq.wrappers import RepeatVector, TimeDistributed
@@ -42,16 +42,6 @@ _JAXSEQ: dict[str, Any] = {
     "Dense": nn.Dense, "RepeatVector": RepeatVector, "Dropout": nn.Dropout, "InputLayer": None,
 }
 SUPPORTED = (*_JAXSEQ, "Sequential")
-
-
-class Dense(nn.Dense):
-    """`flax.linen.Dense` with a Keras activation (by name), so a Keras `Dense(activation=...)`
-    has a one-module counterpart (also inside TimeDistributed). Same params as nn.Dense."""
-
-    activation: Any = None
-
-    def __call__(self, x):
-        return get_activation(self.activation)(nn.Dense.__call__(self, x))
 
 
 def _kind(layer, where: str) -> str:
@@ -180,10 +170,8 @@ def _module(layer, where: str):
         return cls(**{f: cfg[f] for f in fields if f in cfg and f in cls.__dataclass_fields__})
     if kind == "Dense":
         act = cfg["activation"]
-        if act in (None, "linear"):
-            return nn.Dense(cfg["units"], use_bias=cfg["use_bias"])
-        return Dense(cfg["units"], use_bias=cfg["use_bias"],
-                     activation=jax.nn.softmax if act == "softmax" else act)
+        act = None if act in (None, "linear") else jax.nn.softmax if act == "softmax" else act
+        return Dense(cfg["units"], use_bias=cfg["use_bias"], activation=act)
     if kind == "TimeDistributed":
         return TimeDistributed(_module(layer.layer, f"{where}/layer"))
     if kind == "Bidirectional":

@@ -6,7 +6,7 @@
     num_layers=n > 1                    Sequential of n such layers (`lstm`, `lstm_1`, ... or
                                         `bidirectional`, `bidirectional_1`, ...), with
                                         nn.Dropout(dropout) between them if dropout > 0
-  nn.Linear                             flax nn.Dense(out_features)
+  nn.Linear                             jaxseq Dense(out_features)
 
 Conversions, per layer and direction (torch `W_ih` (G*H, in), `W_hh` (G*H, H)):
   kernel = W_ih.T, recurrent_kernel = W_hh.T;
@@ -28,6 +28,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from jaxseq.layers import Dense
 from jaxseq.models import Sequential, sequential_names
 from jaxseq.recurrent import GRU, LSTM, Bidirectional, SimpleRNN
 
@@ -49,7 +50,7 @@ def _spec(module, where: str) -> tuple[nn.Module, dict[tuple[str, ...], tuple[in
     """(jaxseq module, {params path: (torch layer index, direction suffix)})."""
     kind = _kind(module, where)
     if kind == "Linear":
-        return nn.Dense(module.out_features, use_bias=module.bias is not None), {(): (0, "")}
+        return Dense(module.out_features, use_bias=module.bias is not None), {(): (0, "")}
     kwargs: dict[str, Any] = dict(units=module.hidden_size, use_bias=module.bias,
                                   return_sequences=True)
     if kind == "RNN":

@@ -134,7 +134,11 @@ def check_batch(model, x, y, sample_weight=None, mask=None, *, where: str = "fit
     if str(_dtype(x)) != "bfloat16":
         x = np.asarray(x)
     m = check_mask(model, x, mask, where)
-    check_xy(model, x, y, where=where, name_x=names[0], name_y=names[1], mask=m)
+    real = m  # where values must be finite: the given mask, and the model's own (js.Masking)
+    if hasattr(model, "compute_mask") and len(contracts.shape_of(x)) == 3:
+        computed = model.compute_mask(x, m)
+        real = None if computed is None else np.asarray(computed, bool)
+    check_xy(model, x, y, where=where, name_x=names[0], name_y=names[1], mask=real)
     w = check_sample_weight(sample_weight, y, where, names[2])
     return Batch(x, y, w, m)
 

@@ -78,11 +78,11 @@ def train_step(state: TrainState, batch: Batch, key, valid=None, *, loss="mse",
     dropout_key = jax.random.fold_in(key, state.step)
 
     def objective(params):
-        pred, model_state = state.apply_fn.forward(
+        pred, model_state, mask = state.apply_fn.forward_masked(
             {"params": params, **state.model_state}, batch.x, mask=batch.mask, train=True,
             key=dropout_key)
-        terms = losses.batch_terms(loss_fn, metrics, batch.y, pred, batch.sample_weight,
-                                   batch.mask, valid)
+        terms = losses.batch_terms(loss_fn, metrics, batch.y, pred, batch.sample_weight, mask,
+                                   valid)
         return terms["loss"], (terms, model_state)
 
     grads, (terms, model_state) = jax.grad(objective, has_aux=True)(state.params)
@@ -97,9 +97,8 @@ def eval_step(state: TrainState, batch: Batch, valid=None, *, loss="mse",
     and terms as in `train_step` (without "finite")."""
     loss_fn, metrics = _resolve(loss, metrics)
     valid = _valid(batch, valid)
-    pred, _ = state.apply_fn.forward(state.variables, batch.x, mask=batch.mask, train=False)
-    return losses.batch_terms(loss_fn, metrics, batch.y, pred, batch.sample_weight, batch.mask,
-                              valid)
+    pred, _, mask = state.apply_fn.forward_masked(state.variables, batch.x, mask=batch.mask)
+    return losses.batch_terms(loss_fn, metrics, batch.y, pred, batch.sample_weight, mask, valid)
 
 
 def batch_indices(n: int, batch_size: int, order=None) -> tuple[Array, Array]:

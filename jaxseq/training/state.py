@@ -40,8 +40,19 @@ class ModelFn:
     def __call__(self, variables, *args, **kwargs):
         return self.model.apply(variables, *args, **kwargs)
 
+    def forward_masked(self, variables: dict, x, *, mask=None, train: bool = False, key=None):
+        """`forward`, plus the mask of the outputs: the one the model reports (a model whose
+        `__call__` takes `return_mask`, e.g. `js.Sequential` with `js.Masking`), else `mask`.
+        -> (outputs, collections, output mask or None)."""
+        if not contracts.accepts(self.model, "return_mask"):
+            out, model_state = self.forward(variables, x, mask=mask, train=train, key=key)
+            return out, model_state, mask
+        (out, out_mask), model_state = self.forward(variables, x, mask=mask, train=train,
+                                                    key=key, return_mask=True)
+        return out, model_state, out_mask
+
     def forward(self, variables: dict, x, *, mask=None, train: bool = False, key=None,
-                carry_state: bool = False):
+                carry_state: bool = False, return_mask: bool = False):
         """-> (outputs, updated non-params collections).
 
         x: (batch, ...) inputs; mask: (batch, time) bool or None (passed only when given).
@@ -49,7 +60,7 @@ class ModelFn:
         `deterministic`) and every non-params collection mutable; else nothing is mutated but,
         with `carry_state`, the states that stateful layers keep ("rnn_state").
         """
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {"return_mask": True} if return_mask else {}
         if mask is not None:
             kwargs["mask"] = mask
         if contracts.accepts(self.model, "deterministic"):
