@@ -12,3 +12,14 @@ import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+# One persistent compilation cache per test run, shared by the xdist workers: programs that
+# several test files compile alike (the tutorial models, fit's loop) compile once per run.
+_run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+if _run:
+    import tempfile
+
+    jax.config.update("jax_compilation_cache_dir",
+                      os.path.join(tempfile.gettempdir(), f"jaxseq-tests-{_run}"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

@@ -106,6 +106,15 @@ def test_the_core_composes_with_vmap_scan_and_eval_shape():
     assert float(ev["loss"]) < float(losses[0])  # three steps on one batch lowered its loss
 
 
+@pytest.fixture
+def no_persistent_cache():
+    """Compile counts need real compiles: no hits from the run's shared persistent cache."""
+    old = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    yield
+    jax.config.update("jax_enable_compilation_cache", old)
+
+
 def _compiles(fn) -> int:
     events = []
 
@@ -121,10 +130,12 @@ def _compiles(fn) -> int:
     return len(events)
 
 
-def test_epochs_verbose_seed_callbacks_and_restore_compile_nothing(capsys):
+def test_epochs_verbose_seed_callbacks_and_restore_compile_nothing(capsys, no_persistent_cache):
     x, y = js.problems.frame(js.problems.echo_sequence(5), "many_to_many")
     model = js.models.many_to_many()
     stop = lambda r: js.EarlyStopping(monitor="loss", patience=2, restore_best_weights=r)
+    training.clear_caches()  # equal models share programs: another test may have compiled it
+    jax.clear_caches()
     first = _compiles(lambda: js.fit(model, x, y, epochs=30, batch_size=1, verbose=0))
     assert first > 0  # the counter works
 
@@ -142,6 +153,8 @@ def test_epochs_verbose_seed_callbacks_and_restore_compile_nothing(capsys):
     assert "Epoch 5/5 - loss:" in capsys.readouterr().out  # verbose=2 printed its lines
 
     params = model.init(jax.random.PRNGKey(0), x)["params"]
+    training.clear_caches()
+    jax.clear_caches()
     xs = [np.random.default_rng(n).normal(size=(n, 5, 1)).astype(np.float32) for n in (5, 9, 13)]
     assert _compiles(lambda: js.predict(model, params, xs[0], batch_size=4)) == 1
     assert _compiles(lambda: [js.predict(model, params, a, batch_size=4) for a in xs]) == 0
