@@ -226,8 +226,11 @@ def test_state_and_optimizer_arguments():
     chex.assert_trees_all_close(more.params, both.params, rtol=1e-6, atol=1e-7)
     with pytest.raises(ValueError, match="state= carries its own optimizer"):
         js.fit(model, x, y, epochs=1, state=state, optimizer=optax.sgd(0.1), verbose=0)
-    with pytest.raises(TypeError, match="optax GradientTransformation"):
-        js.fit(model, x, y, epochs=1, optimizer="adam", verbose=0)
+    with pytest.raises(ValueError, match=r"optimizer to be one of \('adam', 'adamw', 'sgd', "
+                                         r"'rmsprop'\) .*got 'nadam'"):
+        js.fit(model, x, y, epochs=1, optimizer="nadam", verbose=0)
+    with pytest.raises(TypeError, match="optax GradientTransformation .* got int"):
+        js.fit(model, x, y, epochs=1, optimizer=3, verbose=0)
 
 
 def test_restore_best_weights_restores_every_collection():

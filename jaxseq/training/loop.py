@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from jaxseq.training import callbacks, losses
 from jaxseq.training.data import Batch
@@ -86,7 +87,12 @@ def train_step(state: TrainState, batch: Batch, key, valid=None, *, loss="mse",
         return terms["loss"], (terms, model_state)
 
     grads, (terms, model_state) = jax.grad(objective, has_aux=True)(state.params)
-    state = state.apply_gradients(grads=grads, model_state=model_state)
+    extra = {}
+    if isinstance(state.tx, optax.GradientTransformationExtraArgs):
+        extra["value"] = terms["loss"]  # e.g. optax.contrib.reduce_on_plateau
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params, **extra)
+    state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                          opt_state=opt_state, model_state=model_state)
     terms["finite"] = jnp.isfinite(terms["loss"]) & all_finite(state.params)
     return state, terms
 

@@ -92,11 +92,23 @@ DEFAULT_OPTIMIZER = optax.adam(1e-3)  # Keras' Adam default; shared so compilati
 
 
 def get_optimizer(optimizer, where: str) -> optax.GradientTransformation:
+    """None (one shared `optax.adam(1e-3)`), a Keras name ("adam", "adamw", "sgd", "rmsprop":
+    Keras' exact update and defaults, `jaxseq.training.optimizers`) or an optax
+    GradientTransformation."""
+    from jaxseq.training import optimizers
+
     if optimizer is None:
         return DEFAULT_OPTIMIZER
+    if isinstance(optimizer, str):
+        if optimizer.lower() not in optimizers.KERAS_OPTIMIZERS:
+            raise ValueError(f"{where} expects optimizer to be one of "
+                             f"{tuple(optimizers.KERAS_OPTIMIZERS)} (Keras' names and defaults) "
+                             f"or an optax GradientTransformation; got {optimizer!r}.")
+        return optimizers.keras_optimizer(optimizer.lower())
     if not isinstance(optimizer, optax.GradientTransformation):
         raise TypeError(f"{where} expects optimizer to be an optax GradientTransformation (e.g. "
-                        f"optax.adam(1e-3)) or None (Adam 1e-3); got {type(optimizer).__name__}.")
+                        "optax.adam(1e-3)), a Keras name ('adam', 'adamw', 'sgd', 'rmsprop') or "
+                        f"None (Adam 1e-3); got {type(optimizer).__name__}.")
     return optimizer
 
 
