@@ -33,7 +33,10 @@ def check_sequence_input(x, where: str, *, name: str = "x") -> tuple[int, int, i
     """`x` must be a floating array of shape (batch, time, features) with time >= 1."""
     shape = shape_of(x)
     if len(shape) != 3:
-        hint = " For a single sequence use x[None]." if len(shape) == 2 else ""
+        hint = ""
+        if len(shape) == 2:
+            hint = (" For samples of scalar steps (samples, time), add a trailing feature axis: "
+                    "x[..., None]; for a single (time, features) sequence, x[None].")
         if len(shape) == 1:
             hint = " For one sequence of scalars use x[None, :, None]."
         raise ValueError(
@@ -44,6 +47,11 @@ def check_sequence_input(x, where: str, *, name: str = "x") -> tuple[int, int, i
             f"{where} expects {name} of shape (batch, time, features) with time >= 1; got "
             f"{shape} (an empty time axis). Drop empty sequences or pad them to length 1 and "
             "mask the padding."
+        )
+    if shape[2] < 1:
+        raise ValueError(
+            f"{where} expects {name} of shape (batch, time, features) with features >= 1; got "
+            f"{shape} (an empty feature axis)."
         )
     if not _is_floating(x):
         dtype = getattr(x, "dtype", None)

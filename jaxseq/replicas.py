@@ -87,6 +87,7 @@ def scores(model: nn.Module, params, x, y) -> dict[str, np.ndarray]:
     states of `fit_replicas`; leading replica axis) on (x, y)."""
     data_mod.check_xy(model, x, y, where="skill")
     variables = _stacked_variables(params, "skill")
+    data_mod.check_params(model, variables["params"], x, "skill", replicas=True)
     predict = cached("predict_replicas", model, build=lambda: jit(jax.vmap(
         lambda v, x: ModelFn(model).forward(v, x)[0], in_axes=(0, None))))
     pred = np.asarray(predict(variables, jnp.asarray(x)), np.float64)

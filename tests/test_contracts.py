@@ -250,3 +250,39 @@ def test_cell_on_rank_1_input():
     carry = cell.initialize_carry(jax.random.key(0), (B, F))
     with _raises(ValueError, "LSTMCell", "x", "(batch, features)", "(2,)"):
         cell.init(jax.random.key(0), carry, jnp.zeros((F,)))
+
+
+# --- errors that say what to do (the API issue) -----------------------------------------------
+
+
+def test_errors_that_say_what_to_do():
+    import warnings
+
+    import jaxseq as js
+
+    x, y = js.problems.frame(js.problems.echo_sequence(5), "many_to_many")
+    model = js.models.many_to_many()
+    with pytest.raises(ValueError, match=r"add a trailing feature axis: x\[\.\.\., None\]"):
+        js.LSTM(2).init(jax.random.PRNGKey(0), x[..., 0])
+    with pytest.raises(ValueError, match=r"features >= 1; got \(2, 3, 0\)"):
+        js.LSTM(2).init(jax.random.PRNGKey(0), np.zeros((2, 3, 0), np.float32))
+    other = js.models.many_to_many(units=7).init(jax.random.PRNGKey(0), x)["params"]
+    with pytest.raises(ValueError, match=r"predict: the params do not fit this model: "
+                                         r"'lstm/bias': params have shape \(28,\), the model "
+                                         r"needs \(20,\)"):
+        js.predict(model, other, x)
+    with pytest.raises(ValueError, match=r"evaluate: the params do not fit"):
+        js.evaluate(model, other, x, y)
+    params = model.init(jax.random.PRNGKey(0), x)["params"]
+    with pytest.raises(ValueError, match=r"skill expects the stacked params .* got one model's"):
+        js.skill(model, params, x, y)
+    bad = x.copy()
+    bad[0, 1, 0] = np.nan
+    with pytest.warns(RuntimeWarning, match=r"1 sample\(s\) of x hold NaN/Inf at unmasked"):
+        js.predict(model, params, bad)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # masked NaN is legitimate padding: no warning
+        js.predict(model, params, bad, mask=np.array([[True, False, True, True, True]]))
+    with pytest.raises(TypeError, match=r"callbacks that subclass jaxseq.Callback"):
+        keras = pytest.importorskip("keras")
+        js.fit(model, x, y, epochs=1, callbacks=[keras.callbacks.EarlyStopping()], verbose=0)

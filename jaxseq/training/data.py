@@ -184,3 +184,64 @@ def as_device(batch: Batch | None) -> Batch | None:
 
 def num_samples(a: Array) -> int:
     return contracts.shape_of(a)[0]
+
+
+def _expected_params(model, x):
+    spec = jax.ShapeDtypeStruct((1, *contracts.shape_of(x)[1:]), _dtype(x))
+    return cached("params_spec", model, (spec.shape, str(spec.dtype)), build=lambda: jax.eval_shape(
+        lambda s: model.init(jax.random.PRNGKey(0), s), spec).get("params", {}))
+
+
+def check_params(model, params, x, where: str, *, replicas: bool = False) -> None:
+    """`params` must be the parameter tree this model builds for inputs like x (with a leading
+    replica axis when `replicas`): else a ValueError naming the first mismatching path and both
+    shapes (not flax's scope error)."""
+    want = dict(jax.tree_util.tree_flatten_with_path(_expected_params(model, x))[0])
+    if replicas:
+        got = dict(jax.tree_util.tree_flatten_with_path(params)[0])
+        same = [p for p, spec in want.items()
+                if p in got and tuple(np.shape(got[p])) == tuple(spec.shape)]
+        if same and len(same) == len(want):
+            raise ValueError(f"{where} expects the stacked params or states of fit_replicas "
+                             "(a leading replica axis on every leaf); got one model's params. "
+                             "Train replicas with js.fit_replicas, or score one model with "
+                             "js.evaluate.")
+        want = {p: jax.ShapeDtypeStruct((np.shape(got[p])[0] if p in got and np.ndim(got[p])
+                                         else 0, *spec.shape), spec.dtype)
+                for p, spec in want.items()}
+    got = dict(jax.tree_util.tree_flatten_with_path(params)[0])
+    name = lambda path: "/".join(str(getattr(k, "key", k)) for k in path)
+    for path, spec in want.items():
+        if path not in got:
+            problem = f"params have no {name(path)!r} (the model needs shape {spec.shape})"
+        elif tuple(np.shape(got[path])) != tuple(spec.shape):
+            problem = (f"{name(path)!r}: params have shape {tuple(np.shape(got[path]))}, the "
+                       f"model needs {tuple(spec.shape)}")
+        else:
+            continue
+        raise ValueError(f"{where}: the params do not fit this model: {problem}. Pass the "
+                         "params (or the state) trained for this model, built with the same "
+                         "units and layers.")
+    extra = [name(p) for p in got if p not in want]
+    if extra:
+        raise ValueError(f"{where}: the params do not fit this model: {extra[0]!r} is not a "
+                         "parameter of it. Pass the params trained for this model.")
+
+
+def warn_non_finite(x, mask, where: str) -> None:
+    """Warn (not raise: padding may hold anything) when x has NaN/Inf at unmasked steps."""
+    if isinstance(x, jax.core.Tracer):
+        return
+    a = np.asarray(x, np.float32) if str(_dtype(x)) == "bfloat16" else np.asarray(x)
+    if not np.issubdtype(a.dtype, np.floating):
+        return
+    bad = ~np.isfinite(a)
+    if mask is not None and a.ndim >= 2 and a.shape[:2] == np.shape(mask):
+        bad &= np.asarray(mask, bool).reshape(np.shape(mask) + (1,) * (a.ndim - 2))
+    samples = int(np.any(bad.reshape(a.shape[0], -1), axis=1).sum()) if a.size else 0
+    if samples:
+        import warnings
+
+        warnings.warn(f"{where}: {samples} sample(s) of x hold NaN/Inf at unmasked steps; their "
+                      "outputs will not be finite. Clean the data, or mask those steps.",
+                      RuntimeWarning, stacklevel=3)

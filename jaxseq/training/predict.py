@@ -52,6 +52,10 @@ def predict(model: nn.Module, params, x, *, batch_size: int | None = None, mask=
         raise ValueError(f"predict expects x with a non-empty batch axis; got {xs}.")
     variables = as_variables(params, "predict")
     m = data_mod.check_mask(model, x, mask, "predict")
+    data_mod.check_params(model, variables["params"], x, "predict")
+    data_mod.warn_non_finite(x, m if m is not None else (
+        model.compute_mask(x) if hasattr(model, "compute_mask") and len(xs) == 3 else None),
+        "predict")
     if return_variables:
         if batch_size is not None:
             raise ValueError("predict(return_variables=True) runs x as one batch (stateful "
@@ -100,6 +104,7 @@ def evaluate(model: nn.Module, params, x, y, *, batch_size: int = 32,
     loss_fn = losses.get_loss(loss, "evaluate")
     metric_list = losses.get_metrics(metrics, "evaluate")
     variables = as_variables(params, "evaluate")
+    data_mod.check_params(model, variables["params"], x, "evaluate")
     state = TrainState(step=0, apply_fn=ModelFn(model), params=variables["params"], tx=None,
                        opt_state=None,
                        model_state={k: v for k, v in variables.items() if k != "params"})
