@@ -19,9 +19,10 @@ Expected (3 seeds, 40 epochs, 500 training samples, adam(5e-3)): every cell solv
 (skill > 0.99) at both lengths and the short copy task (> 0.95); on the adding problem LSTM
 and GRU stay near 0.95-0.99 at t=30 while SimpleRNN drops from ~0.8 (t=10) to ~0.3 with a
 large spread over seeds; the long copy task (delay 12) is only partly learned in this budget
-(~0.4-0.7); the sine forecast beats persistence by ~0.15-0.45. The table we got is in
-experiments/PROBLEMS_README.md. Writes results/problems.json and results/problems.png (`--out`
-to change the folder).
+(~0.4-0.7); the sine forecast beats persistence by ~0.15-0.45. The table we got is in README.md
+("Which cell learns what"; its picture is docs/problems.png, a copy of a run's
+results/problems.png). Writes results/problems.json and results/problems.png (`--out` to
+change the folder).
 
 `--quick` is a tiny end-to-end run for the tests: LSTM only (`--cells` to change), one length,
 48 samples, 2 epochs, 2 seeds. `--problems` and `--cells` pick a subset.

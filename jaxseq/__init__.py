@@ -1,5 +1,7 @@
 """jaxseq: Keras-style recurrent sequence models for JAX and Flax linen."""
 
+import os
+
 from jaxseq import (
     checkpointing,
     contracts,
@@ -32,6 +34,9 @@ from jaxseq.training.state import reset_states
 from jaxseq.wrappers import RepeatVector, TimeDistributed
 
 __version__ = "0.1.0"
+
+if os.environ.get("JAXSEQ_CACHE_DIR"):  # the persistent compilation cache, for any program
+    training.enable_compilation_cache()
 
 __all__ = [
     "GRU",

@@ -58,3 +58,28 @@ def test_every_module_imports_first_in_a_fresh_interpreter():
     proc = subprocess.run([sys.executable, "-c", FORK_EACH, *names], capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+CACHE_RUN = """
+import jax
+hits = []
+jax.monitoring.register_event_listener(
+    lambda name, **kw: hits.append(name) if name == '/jax/compilation_cache/cache_hits' else None)
+import jaxseq as js
+x, y = js.problems.frame(js.problems.echo_sequence(5), 'one_to_one')
+model = js.models.one_to_one()
+js.predict(model, model.init(jax.random.PRNGKey(0), x)['params'], x)
+print(len(hits))
+"""
+
+
+def test_jaxseq_cache_dir_turns_on_the_persistent_compilation_cache(tmp_path):
+    import os
+
+    env = {**os.environ, "JAXSEQ_CACHE_DIR": str(tmp_path / "cache")}
+    env.pop("PYTEST_XDIST_TESTRUNUID", None)
+    runs = [subprocess.run([sys.executable, "-c", CACHE_RUN], env=env, capture_output=True,
+                           text=True, timeout=120, check=True).stdout.split()[-1]
+            for _ in range(2)]
+    assert int(runs[0]) == 0 and int(runs[1]) > 0  # the second process loads from disk
+    assert any((tmp_path / "cache").iterdir())

@@ -8,7 +8,13 @@ Core (see `loop`): `create_train_state`, `train_step`, `eval_step`, `train_epoch
 
 from jaxseq.training import callbacks, compile, data, hooks, loop, losses, state
 from jaxseq.training.callbacks import Callback, EarlyStopping
-from jaxseq.training.compile import cache_size, clear_caches, compiler_options, set_cache_size
+from jaxseq.training.compile import (
+    cache_size,
+    clear_caches,
+    compiler_options,
+    enable_compilation_cache,
+    set_cache_size,
+)
 from jaxseq.training.data import Batch
 from jaxseq.training.drivers import DEFAULT_OPTIMIZER, fit, fit_replicas, init_state
 from jaxseq.training.loop import (
@@ -47,6 +53,7 @@ __all__ = [
     "create_train_state",
     "data",
     "drivers",
+    "enable_compilation_cache",
     "eval_step",
     "evaluate",
     "evaluate_batches",

@@ -18,6 +18,7 @@ with traced arguments (inside a user's `jit`, `vmap`, `grad`) runs as a plain ne
 from __future__ import annotations
 
 import collections
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +30,24 @@ CPU_ONCE_OPTIONS = {**CPU_OPTIONS, "xla_backend_optimization_level": 1}
 _DEFAULT_SIZE = 64
 _cache: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
 _size = _DEFAULT_SIZE
+
+
+def enable_compilation_cache(path: str | os.PathLike | None = None) -> str:
+    """Turn on JAX's persistent compilation cache at `path` (default: $JAXSEQ_CACHE_DIR), for
+    every program of this process, jaxseq's and the user's: a second process that compiles the
+    same programs loads them from disk. Sets the minimum compile time worth caching to 0 (JAX's
+    default, 1 s, skips jaxseq's sub-second programs). Importing jaxseq calls it when
+    JAXSEQ_CACHE_DIR is set. Returns the directory."""
+    path = path if path is not None else os.environ.get("JAXSEQ_CACHE_DIR")
+    if not path:
+        raise ValueError("enable_compilation_cache needs a directory: pass path=... or set "
+                         "JAXSEQ_CACHE_DIR.")
+    path = os.path.abspath(os.fspath(path))
+    os.makedirs(path, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path
 
 
 def compiler_options(*, once: bool = False) -> dict | None:
