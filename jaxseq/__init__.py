@@ -18,6 +18,7 @@ from jaxseq.layers import Dense, Dropout, Masking
 from jaxseq.models import Sequential, rollout, seq2seq
 from jaxseq.recurrent import GRU, LSTM, RNN, Bidirectional, SimpleRNN
 from jaxseq.replicas import skill
+from jaxseq.saving import load_model, save_model
 from jaxseq.summary import summary, summary_rows
 from jaxseq.training import (
     Callback,
@@ -64,6 +65,7 @@ __all__ = [
     "fit",
     "fit_replicas",
     "interop",
+    "load_model",
     "load_params",
     "models",
     "parallel",
@@ -72,6 +74,7 @@ __all__ = [
     "replicas",
     "reset_states",
     "rollout",
+    "save_model",
     "save_params",
     "seq2seq",
     "skill",

@@ -41,6 +41,7 @@ _ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "swish": jax.nn.swish,
     "silu": jax.nn.silu,
     "linear": lambda x: x,
+    "softmax": jax.nn.softmax,  # over the last axis, as Keras' default
 }
 
 
