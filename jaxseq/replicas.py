@@ -99,9 +99,23 @@ def scores(model: nn.Module, params, x, y) -> dict[str, np.ndarray]:
 
 def skill(model: nn.Module, params, x, y, *, history: History | None = None,
           n_boot: int = 10_000, seed: int = 0) -> dict:
-    """{"mse"|"rmse"|"mae": (per-replica scores, Summary)} for the stacked `params` (or states)
-    of `fit_replicas` on (x, y). `history`: that run's History; its `nonfinite` flags name the
-    replicas whose training failed, which are counted and left out."""
+    """Score every replica of `fit_replicas` on (x, y) and summarize each score over replicas.
+
+    Args:
+      model: the trained model.
+      params: the stacked params or states of `fit_replicas` (leading replica axis R).
+      x: (batch, ...) inputs; y: (batch, ...) targets shaped like the model's output.
+      history: that run's History; its `nonfinite` flags (R,) name the replicas whose training
+        failed: they are counted in `n_nonfinite` and left out of the statistics.
+      n_boot, seed: bootstrap resamples (and their seed) for the 95% interval of the mean.
+
+    Returns:
+      {"mse" | "rmse" | "mae": (per-replica scores (R,) float64, Summary)}.
+
+    Raises:
+      ValueError: params of a single model (no replica axis), params of another model, or x / y
+        that do not fit the model (named, with shapes).
+    """
     failed = None if history is None else getattr(history, "nonfinite", None)
     return {k: (v, summarize(v, n_boot=n_boot, seed=seed, failed=failed))
             for k, v in scores(model, params, x, y).items()}

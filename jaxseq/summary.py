@@ -61,7 +61,19 @@ def summary_rows(model: nn.Module, x) -> tuple[list[tuple[str, str, int]], int]:
 
 
 def summary(model: nn.Module, x) -> str:
-    """Keras' `model.summary()` as a string, for `model` applied to inputs shaped like `x`."""
+    """Keras' `model.summary()` as a string, for `model` applied to inputs shaped like `x`.
+
+    Args:
+      model: a linen Module (a `js.Sequential`, a single layer or any module).
+      x: an array or `jax.ShapeDtypeStruct` (batch, ...): only its shape and dtype are used.
+
+    Returns:
+      The table: one row per layer (name (type), output shape with the batch as None, params),
+      then the total parameter count.
+
+    Raises:
+      ValueError / TypeError from the layers' own input checks when x does not fit the model.
+    """
     rows, total = _rows(model, x)
     lines = []
     title = f'Model: "{type(model).__name__.lower()}"'

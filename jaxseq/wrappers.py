@@ -9,7 +9,6 @@ Dense, an MLP, a conv net taking (batch, h, w, c) slices of (batch, time, h, w, 
 
 from __future__ import annotations
 
-import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -100,9 +99,7 @@ class TimeDistributed(nn.Module):
                 call, variable_axes={"params": None, **{c: None for c in others}},
                 split_rngs={"params": False, "dropout": True}, in_axes=1, out_axes=1)
             y = mapped(self.layer, *args)
-        chex.assert_axis_dimension(y, 0, shape[0])
-        chex.assert_axis_dimension(y, 1, shape[1])
-        return y
+        return y  # (batch, time, ...): vmap/scan's out_axes=1 guarantee both axes
 
     @nn.nowrap
     def _inner_mask(self, mask, shape, name):
@@ -144,6 +141,4 @@ class RepeatVector(nn.Module):
                 "Put it after a layer that returns one vector per sample (e.g. an LSTM with "
                 "return_sequences=False)."
             )
-        y = jnp.broadcast_to(x[:, None, :], (shape[0], self.n, shape[1]))
-        chex.assert_shape(y, (shape[0], self.n, shape[1]))
-        return y
+        return jnp.broadcast_to(x[:, None, :], (shape[0], self.n, shape[1]))
