@@ -22,6 +22,25 @@ def shape_of(x) -> tuple[int, ...]:
     return tuple(shape)
 
 
+def as_array(x, name: str, where: str):
+    """x as an array (a jax array stays one; lists become NumPy arrays); None, strings,
+    objects and ragged lists are a TypeError naming the argument."""
+    if x is None or isinstance(x, (str, bytes)):
+        raise TypeError(f"{where} expects {name} to be an array; got {type(x).__name__}.")
+    if hasattr(x, "shape") and hasattr(x, "dtype"):
+        a = x
+    else:
+        try:
+            a = np.asarray(x)
+        except (ValueError, TypeError) as err:
+            raise TypeError(f"{where} expects {name} to be an array; got {type(x).__name__} "
+                            f"that NumPy cannot make one of ({err}).") from err
+    dtype = np.dtype(a.dtype) if str(a.dtype) != "bfloat16" else None
+    if dtype is not None and (dtype.hasobject or dtype.kind in "USV"):
+        raise TypeError(f"{where} expects {name} with a numeric dtype; got {dtype}.")
+    return a
+
+
 def _is_floating(x) -> bool:
     dtype = getattr(x, "dtype", None)
     if dtype is None:

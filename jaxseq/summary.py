@@ -28,6 +28,9 @@ def _shape(out) -> str:
 def _rows(model: nn.Module, x) -> tuple[list[tuple[str, str, str, int]], int]:
     """[(name, type name, output shape, params)] per direct child in call order (or the model
     itself as one row named "" when it has none), and the total count."""
+    if not isinstance(x, jax.ShapeDtypeStruct):
+        a = contracts.as_array(x, "x", "summary")
+        x = jax.ShapeDtypeStruct(contracts.shape_of(a), a.dtype)
     shape = contracts.shape_of(x)
     if len(shape) < 1:
         raise ValueError(f"summary expects x with a batch axis; got shape {shape}.")

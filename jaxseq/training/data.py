@@ -131,6 +131,8 @@ def check_sample_weight(sample_weight, y, where: str, name: str = "sample_weight
 def check_batch(model, x, y, sample_weight=None, mask=None, *, where: str = "fit",
                 names=("x", "y", "sample_weight")) -> Batch:
     """Every check of (x, y, sample_weight, mask) -> a `Batch` of NumPy arrays."""
+    x = contracts.as_array(x, names[0], where)
+    y = contracts.as_array(y, names[1], where)
     if str(_dtype(x)) != "bfloat16":
         x = np.asarray(x)
     m = check_mask(model, x, mask, where)

@@ -47,6 +47,7 @@ def predict(model: nn.Module, params, x, *, batch_size: int | None = None, mask=
     Returns: (batch, ...) the model's outputs (a jax Array), or `(outputs, variables)`.
     Raises: ValueError / TypeError naming the argument.
     """
+    x = contracts.as_array(x, "x", "predict")
     xs = contracts.shape_of(x)
     if len(xs) < 1 or xs[0] < 1:
         raise ValueError(f"predict expects x with a non-empty batch axis; got {xs}.")
