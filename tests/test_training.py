@@ -215,7 +215,7 @@ def test_predict_and_evaluate_contracts():
     model = models.one_to_one()
     x, y = problems.frame(SEQ, "one_to_one")
     params = model.init(jax.random.PRNGKey(0), x)["params"]
-    with pytest.raises(ValueError, match=re.escape("got (5, 1). For a single sequence")):
+    with pytest.raises(ValueError, match=re.escape("got (5, 1). For samples of scalar steps")):
         js.predict(model, params, x[:, 0])
     with pytest.raises(ValueError, match=r"batch_size >= 1; got 0"):
         js.predict(model, params, x, batch_size=0)

@@ -189,7 +189,7 @@ def num_samples(a: Array) -> int:
 
 
 def _expected_params(model, x):
-    spec = jax.ShapeDtypeStruct((1, *contracts.shape_of(x)[1:]), _dtype(x))
+    spec = jax.ShapeDtypeStruct(contracts.shape_of(x), _dtype(x))  # errors name x's shape
     return cached("params_spec", model, (spec.shape, str(spec.dtype)), build=lambda: jax.eval_shape(
         lambda s: model.init(jax.random.PRNGKey(0), s), spec).get("params", {}))
 
