@@ -28,7 +28,7 @@ import jax.numpy as jnp
 
 from jaxseq import contracts, fused
 from jaxseq.cells import CellBase, GRUCell, LSTMCell, SimpleRNNCell
-from jaxseq.typing import STATE_COLLECTION, Array
+from jaxseq.typing import STATE_COLLECTION, Array, Mask, Sequences
 
 Initializer = Callable[..., Array]
 
@@ -132,7 +132,8 @@ class RNN(nn.Module):
         return tuple(jnp.asarray(s).astype(dtype) for s in initial_state)
 
     @nn.compact
-    def __call__(self, x, *, mask=None, initial_state=None, deterministic: bool = True):
+    def __call__(self, x: Sequences, *, mask: Mask | None = None, initial_state=None,
+                 deterministic: bool = True):
         where = type(self).__name__
         self._check_config()
         batch, time, features = contracts.check_sequence_input(x, where)

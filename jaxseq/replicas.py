@@ -25,6 +25,7 @@ from jaxseq.training import data as data_mod
 from jaxseq.training.compile import cached, jit
 from jaxseq.training.drivers import fit_replicas
 from jaxseq.training.state import History, ModelFn, as_variables
+from jaxseq.typing import Inputs, Targets
 
 __all__ = ["Summary", "fit_replicas", "scores", "skill", "summarize"]
 
@@ -97,7 +98,7 @@ def scores(model: nn.Module, params, x, y) -> dict[str, np.ndarray]:
     return {"mse": mse, "rmse": np.sqrt(mse), "mae": np.mean(np.abs(err), axis=axes)}
 
 
-def skill(model: nn.Module, params, x, y, *, history: History | None = None,
+def skill(model: nn.Module, params, x: Inputs, y: Targets, *, history: History | None = None,
           n_boot: int = 10_000, seed: int = 0) -> dict:
     """Score every replica of `fit_replicas` on (x, y) and summarize each score over replicas.
 

@@ -44,6 +44,7 @@ from jaxseq.training.state import (
     get_optimizer,
     split_seed,
 )
+from jaxseq.typing import Inputs, Mask, SampleWeight, Targets
 
 __all__ = ["DEFAULT_OPTIMIZER", "fit", "fit_replicas", "init_state"]
 
@@ -254,8 +255,8 @@ def _train(model, x, y, *, where, seed=0, seeds, state, epochs, batch_size, opti
 
 def fit(
     model: nn.Module,
-    x,
-    y,
+    x: Inputs,
+    y: Targets,
     *,
     epochs: int,
     batch_size: int = 32,
@@ -267,8 +268,8 @@ def fit(
     validation_data: tuple | None = None,
     validation_split: float | None = None,
     validation_batch_size: int | None = None,
-    sample_weight=None,
-    mask=None,
+    sample_weight: SampleWeight | None = None,
+    mask: Mask | None = None,
     callbacks: Sequence[cbs.Callback] = (),
     verbose: int = 1,
     epochs_per_chunk: int | None = None,
@@ -345,8 +346,8 @@ def fit(
 
 def fit_replicas(
     model: nn.Module,
-    x,
-    y,
+    x: Inputs,
+    y: Targets,
     *,
     seeds: int | Sequence[int],
     epochs: int,
@@ -358,8 +359,8 @@ def fit_replicas(
     validation_data: tuple | None = None,
     validation_split: float | None = None,
     validation_batch_size: int | None = None,
-    sample_weight=None,
-    mask=None,
+    sample_weight: SampleWeight | None = None,
+    mask: Mask | None = None,
     callbacks: Sequence[cbs.Callback] = (),
     verbose: int = 0,
     epochs_per_chunk: int | None = None,

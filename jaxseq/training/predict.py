@@ -15,6 +15,7 @@ from jaxseq.training import data as data_mod
 from jaxseq.training import loop, losses
 from jaxseq.training.compile import cached, jit
 from jaxseq.training.state import ModelFn, TrainState, as_variables
+from jaxseq.typing import Inputs, Mask, Outputs, SampleWeight, Targets
 
 
 def _forward(model, carry_state: bool = False):
@@ -28,8 +29,9 @@ def _forward(model, carry_state: bool = False):
     return cached("predict", model, carry_state, build=build)
 
 
-def predict(model: nn.Module, params, x, *, batch_size: int | None = None, mask=None,
-            return_variables: bool = False):
+def predict(model: nn.Module, params, x: Inputs, *, batch_size: int | None = None,
+            mask: Mask | None = None, return_variables: bool = False
+            ) -> Outputs | tuple[Outputs, dict]:
     """Model outputs for x in inference mode (no dropout), compiled.
 
     Args:
@@ -81,9 +83,10 @@ def predict(model: nn.Module, params, x, *, batch_size: int | None = None, mask=
     return jax.device_put(np.concatenate(outs)[:n])  # on the host: nothing to compile
 
 
-def evaluate(model: nn.Module, params, x, y, *, batch_size: int = 32,
-             loss: str | Callable = "mse", metrics: Sequence = (), sample_weight=None,
-             mask=None, return_dict: bool = False):
+def evaluate(model: nn.Module, params, x: Inputs, y: Targets, *, batch_size: int = 32,
+             loss: str | Callable = "mse", metrics: Sequence = (),
+             sample_weight: SampleWeight | None = None, mask: Mask | None = None,
+             return_dict: bool = False) -> float | list[float] | dict[str, float]:
     """The loss (and metrics) of the model on (x, y) in inference mode, as Keras' `evaluate`.
 
     Args:
