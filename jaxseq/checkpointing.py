@@ -46,8 +46,8 @@ import numpy as np
 from flax import serialization
 from flax.training.train_state import TrainState
 
+from jaxseq._trees import check_tree, flatten, unflatten
 from jaxseq.training.state import History, split_seed
-from jaxseq.trees import check_tree, flatten, unflatten
 
 FORMAT = "jaxseq.checkpoint"
 PARAMS_FORMAT = "jaxseq.params"

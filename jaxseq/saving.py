@@ -25,11 +25,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
+from jaxseq._trees import flatten
 from jaxseq.cells import _ACTIVATIONS
 from jaxseq.layers import Dense, Dropout, Masking
 from jaxseq.models import Sequential
 from jaxseq.recurrent import GRU, LSTM, Bidirectional, SimpleRNN
-from jaxseq.trees import flatten
 from jaxseq.wrappers import RepeatVector, TimeDistributed
 
 FORMAT = "jaxseq.model"

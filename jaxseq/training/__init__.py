@@ -6,7 +6,7 @@ Core (see `loop`): `create_train_state`, `train_step`, `eval_step`, `train_epoch
 `clear_caches`, `set_cache_size`, `cache_size`.
 """
 
-from jaxseq.training import callbacks, compile, data, hooks, loop, losses, state
+from jaxseq.training import callbacks, compile, data, drivers, loop, losses, state
 from jaxseq.training.callbacks import Callback, EarlyStopping
 from jaxseq.training.compile import (
     cache_size,
@@ -59,7 +59,6 @@ __all__ = [
     "evaluate_batches",
     "fit",
     "fit_replicas",
-    "hooks",
     "init_state",
     "losses",
     "loop",

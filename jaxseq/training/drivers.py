@@ -30,9 +30,10 @@ import numpy as np
 import optax
 
 from jaxseq import parallel
+from jaxseq.training import _hooks as hooks
 from jaxseq.training import callbacks as cbs
 from jaxseq.training import data as data_mod
-from jaxseq.training import hooks, loop, losses
+from jaxseq.training import loop, losses
 from jaxseq.training.compile import cached, jit
 from jaxseq.training.state import (
     DEFAULT_OPTIMIZER,
