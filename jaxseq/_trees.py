@@ -7,6 +7,7 @@ rebuilds `like`'s structure. Used by checkpoints and params files (`jaxseq.check
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -91,3 +92,58 @@ def unflatten(like, flat: Mapping[str, Any], prefix: str = ""):
     paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(like)
     leaves = [jnp.asarray(flat[prefix + path_str(p)]) for p, _ in paths_leaves]
     return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+# ---------------------------------------------------------------------------------------------
+# msgpack files (flax's array encoding: no pickle, no code executed on load)
+
+
+def host_arrays(tree) -> dict[str, np.ndarray]:
+    """{path: NumPy array} of a tree, fetched from the devices."""
+    return {k: np.asarray(v) for k, v in jax.device_get(flatten(tree)).items()}
+
+
+def write_msgpack(path, content: dict) -> None:
+    """`content` (dicts of numbers, strings, NumPy arrays) to `path`, atomically and durably
+    (a temporary file, fsync, rename)."""
+    from flax import serialization
+
+    path = os.fspath(path)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(serialization.msgpack_serialize(content))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_msgpack(path, fmt: str, what: str) -> dict:
+    """The dict stored at `path` by `write_msgpack`, whose "format" is `fmt`; anything else (a
+    pickle, a corrupt or foreign file) is a ValueError naming `what` the file should be."""
+    from flax import serialization
+
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        content = serialization.msgpack_restore(data)
+    except Exception as err:
+        raise ValueError(f"{path!r} is not a jaxseq {what} file (not msgpack: "
+                         f"{type(err).__name__}). Files are never unpickled.") from err
+    if not isinstance(content, dict) or content.get("format") != fmt:
+        raise ValueError(f"{path!r} is not a jaxseq {what} file (no {fmt!r} header).")
+    return content
+
+
+def nest(flat: Mapping[str, Any], path: str) -> dict:
+    """{"a/b/c": array} -> {"a": {"b": {"c": jax array}}}; non-numeric entries are refused."""
+    nested: dict = {}
+    for name, value in flat.items():
+        if not isinstance(value, np.ndarray) or value.dtype.hasobject:
+            raise ValueError(f"{path!r}: entry {name!r} is not a numeric array.")
+        *parents, leaf = name.split("/")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = jnp.asarray(value)
+    return nested

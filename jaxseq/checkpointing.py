@@ -43,10 +43,17 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import serialization
 from flax.training.train_state import TrainState
 
-from jaxseq._trees import check_tree, flatten, unflatten
+from jaxseq._trees import (
+    check_tree,
+    flatten,
+    host_arrays,
+    nest,
+    read_msgpack,
+    unflatten,
+    write_msgpack,
+)
 from jaxseq.training.state import History, split_seed
 
 FORMAT = "jaxseq.checkpoint"
@@ -275,16 +282,8 @@ def resume(checkpointer: Checkpointer, epoch: int, state: TrainState, key, stop_
 
 def save_params(path, params) -> None:
     """Write `params` (any tree of arrays) to one msgpack file at `path`, atomically."""
-    path = os.fspath(path)
-    arrays = {k: np.asarray(v) for k, v in jax.device_get(flatten(params)).items()}
-    payload = serialization.msgpack_serialize(
-        {"format": PARAMS_FORMAT, "version": PARAMS_VERSION, "params": arrays})
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(payload)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_msgpack(path, {"format": PARAMS_FORMAT, "version": PARAMS_VERSION,
+                         "params": host_arrays(params)})
 
 
 def load_params(path, *, like=None):
@@ -296,31 +295,15 @@ def load_params(path, *, like=None):
     the path components. Anything that is not a jaxseq params file raises ValueError.
     """
     path = os.fspath(path)
-    with open(path, "rb") as f:
-        data = f.read()
-    try:
-        content = serialization.msgpack_restore(data)
-    except Exception as err:
-        raise ValueError(f"{path!r} is not a jaxseq params file (not msgpack: "
-                         f"{type(err).__name__}). Files are never unpickled.") from err
-    if (not isinstance(content, dict) or content.get("format") != PARAMS_FORMAT
-            or not isinstance(content.get("params"), dict)):
-        raise ValueError(f"{path!r} is not a jaxseq params file (no {PARAMS_FORMAT!r} header).")
+    content = read_msgpack(path, PARAMS_FORMAT, "params")
+    if not isinstance(content.get("params"), dict):
+        raise ValueError(f"{path!r} is not a jaxseq params file (no params record).")
     if content.get("version") != PARAMS_VERSION:
         raise ValueError(f"{path!r} has params format version {content.get('version')}; this "
                          f"jaxseq reads version {PARAMS_VERSION}.")
     flat = content["params"]
-    for name, value in flat.items():
-        if not isinstance(value, np.ndarray) or value.dtype.hasobject:
-            raise ValueError(f"{path!r}: entry {name!r} is not a numeric array.")
+    nested = nest(flat, path)  # checks every entry is a numeric array
     if like is not None:
         check_tree(flatten(like), flat, where=f"load_params({path!r})")
         return unflatten(like, flat)
-    nested: dict = {}
-    for name, value in flat.items():
-        *parents, leaf = name.split("/")
-        node = nested
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = jnp.asarray(value)
     return nested

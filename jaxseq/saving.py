@@ -20,12 +20,9 @@ import os
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
-import numpy as np
-from flax import serialization
 
-from jaxseq._trees import flatten
+from jaxseq._trees import host_arrays, nest, read_msgpack, write_msgpack
 from jaxseq.cells import _ACTIVATIONS
 from jaxseq.layers import Dense, Dropout, Masking
 from jaxseq.models import Sequential
@@ -108,30 +105,15 @@ def save_model(path, model: nn.Module, variables) -> None:
 
     architecture = json.dumps(_module(model, type(model).__name__))
     variables = as_variables(variables, "save_model")
-    arrays = {k: np.asarray(v) for k, v in jax.device_get(flatten(dict(variables))).items()}
-    payload = serialization.msgpack_serialize(
-        {"format": FORMAT, "version": VERSION, "architecture": architecture,
-         "variables": arrays})
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(payload)
-    os.replace(tmp, path)
+    write_msgpack(path, {"format": FORMAT, "version": VERSION, "architecture": architecture,
+                         "variables": host_arrays(dict(variables))})
 
 
 def load_model(path) -> tuple[nn.Module, dict[str, Any]]:
     """Read a file of `save_model` -> (model, variables) (every collection, as nested dicts).
     Raises ValueError for a foreign, corrupt or newer-version file."""
     path = os.fspath(path)
-    with open(path, "rb") as f:
-        data = f.read()
-    try:
-        content = serialization.msgpack_restore(data)
-    except Exception as err:
-        raise ValueError(f"{path!r} is not a jaxseq model file (not msgpack: "
-                         f"{type(err).__name__}). Files are never unpickled.") from err
-    if not isinstance(content, dict) or content.get("format") != FORMAT:
-        raise ValueError(f"{path!r} is not a jaxseq model file (no {FORMAT!r} header).")
+    content = read_msgpack(path, FORMAT, "model")
     version = content.get("version")
     if not isinstance(version, int) or version > VERSION or version < 1:
         raise ValueError(f"{path!r} has model format version {version!r}; this jaxseq reads "
@@ -140,16 +122,7 @@ def load_model(path) -> tuple[nn.Module, dict[str, Any]]:
         model = _decode(json.loads(content["architecture"]))
     except (KeyError, TypeError, json.JSONDecodeError) as err:
         raise ValueError(f"{path!r}: the architecture record is corrupt ({err}).") from err
-    variables: dict = {}
-    for name, value in content.get("variables", {}).items():
-        if not isinstance(value, np.ndarray) or value.dtype.hasobject:
-            raise ValueError(f"{path!r}: entry {name!r} is not a numeric array.")
-        *parents, leaf = name.split("/")
-        node = variables
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = jnp.asarray(value)
-    return model, _tuples(variables)
+    return model, _tuples(nest(content.get("variables", {}), path))
 
 
 def _tuples(node):
