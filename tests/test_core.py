@@ -244,3 +244,114 @@ def test_restore_best_weights_restores_every_collection():
     at_best, _ = js.fit(model, x, y, epochs=best + 1, **kw)  # the same program, fewer epochs
     chex.assert_trees_all_equal(restored.params, at_best.params)
     chex.assert_trees_all_equal(restored.model_state, at_best.model_state)  # BatchNorm stats too
+
+
+# --- found by a review: Keras' last batch, validation batching, state and model ---------------
+
+
+class _BN(nn.Module):
+    @nn.compact
+    def __call__(self, x, *, deterministic: bool = True):
+        h = nn.BatchNorm(use_running_average=deterministic, momentum=0.5)(x)
+        return nn.Dense(1)(h)
+
+
+def test_the_last_smaller_batch_is_its_real_samples_only():
+    # Keras' last batch simply has fewer samples: no stand-in rows may reach BatchNorm's
+    # batch statistics (they would, with padding)
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(5, 3)) * np.arange(1, 6)[:, None]).astype(np.float32)
+    y = rng.normal(size=(5, 1)).astype(np.float32)
+    state, _ = js.fit(_BN(), x, y, epochs=1, batch_size=4, shuffle=False,
+                      optimizer=optax.sgd(0.0), verbose=0)
+    mean = np.zeros(3)
+    for batch in (x[:4], x[4:]):  # momentum 0.5, batches [x0..x3], [x4]
+        mean = 0.5 * mean + 0.5 * batch.astype(np.float64).mean(axis=0)
+    np.testing.assert_allclose(state.model_state["batch_stats"]["BatchNorm_0"]["mean"], mean,
+                               rtol=1e-5)
+
+
+def test_validation_batches_default_to_batch_size_even_beyond_the_training_samples():
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(4, 5, 2)).astype(np.float32), rng.normal(size=(4, 5, 1))
+    xv, yv = rng.normal(size=(7, 5, 2)).astype(np.float32), rng.normal(size=(7, 5, 1))
+    mv = np.ones((7, 5), bool)
+    mv[:4, 1:] = False
+    model = js.Sequential((js.GRU(3, return_sequences=True), js.TimeDistributed(js.Dense(1))))
+    state, h = js.fit(model, x, y.astype(np.float32), epochs=1, batch_size=8, verbose=0,
+                      optimizer=optax.sgd(0.0), validation_data=(xv, yv.astype(np.float32),
+                                                                  None, mv))
+    one_batch = js.evaluate(model, state, xv, yv.astype(np.float32), mask=mv, batch_size=8)
+    four = js.evaluate(model, state, xv, yv.astype(np.float32), mask=mv, batch_size=4)
+    assert one_batch != pytest.approx(four)  # the batching matters with a mask
+    assert h.val_loss[0] == pytest.approx(one_batch, rel=1e-6)  # Keras: batches of 8, not 4
+
+
+def test_state_must_belong_to_the_model_and_the_core_takes_plain_data():
+    x, y = _data(n=4)
+    a = js.Sequential((js.GRU(2), js.Dense(1)))
+    b = js.Sequential((js.GRU(3), js.Dense(1)))
+    sa, _ = js.fit(a, x, y, epochs=1, batch_size=2, verbose=0)
+    with pytest.raises(ValueError, match="state= was built for another model"):
+        js.fit(b, x, y, epochs=1, state=sa, verbose=0)
+    with pytest.raises(TypeError, match="state= to be a jaxseq TrainState .* got dict"):
+        js.fit(a, x, y, epochs=1, state=sa.params, verbose=0)
+    states, _ = js.fit_replicas(a, x, y, seeds=2, epochs=1, batch_size=2)
+    with pytest.raises(ValueError, match="state= holds stacked replicas"):
+        js.fit(a, x, y, epochs=1, state=states, verbose=0)
+    with pytest.raises(ValueError, match="a leading replica axis: these are fit_replicas'"):
+        js.predict(a, states, x)
+    key = training.split_seed(0)[1]
+    # NumPy data, no weights, a tuple: the core functions take them as they are
+    s1, logs = training.train_epoch(sa, Batch(x, y, None), key, batch_size=3)
+    s2, _ = training.train_step(sa, (x[:2], y[:2]), key)
+    assert np.isfinite(float(logs["loss"])) and int(s1.step) == int(sa.step) + 2
+    assert int(s2.step) == int(sa.step) + 1
+    with pytest.raises(ValueError, match="batch_size to be an int >= 1; got 0"):
+        training.train_epoch(sa, Batch(x, y, None), key, batch_size=0)
+
+
+def test_a_callback_stops_training_at_the_epoch_it_asks():
+    x, y = _data(n=4)
+    seen = []
+
+    class StopAt(js.Callback):
+        def on_epoch_end(self, epoch, logs):
+            seen.append(epoch)
+            self.stop_training = epoch == 2
+
+    state, history = js.fit(js.Sequential((js.GRU(2), js.Dense(1))), x, y, epochs=100,
+                            batch_size=2, verbose=0, callbacks=[StopAt()])
+    assert seen == [0, 1, 2] and len(history.loss) == 3 and int(state.step) == 3 * 2
+
+
+def test_a_model_that_reports_no_mask_masks_no_loss():
+    class Encoder(nn.Module):  # takes a mask, returns 5 output steps: not the input's steps
+        @nn.compact
+        def __call__(self, x, *, mask=None):
+            h = js.LSTM(3)(x, mask=mask)
+            return js.TimeDistributed(js.Dense(1))(js.RepeatVector(5)(h))
+
+    x, y = _data(n=3, t=5)
+    y = np.repeat(y[:, None], 5, axis=1)
+    mask = np.ones((3, 5), bool)
+    mask[:, :3] = False
+    model = Encoder()
+    params = model.init(jax.random.PRNGKey(0), x)["params"]
+    pred = np.asarray(js.predict(model, params, x, mask=mask), np.float64)
+    every_step = float(np.mean((pred - y) ** 2))
+    assert js.evaluate(model, params, x, y, mask=mask) == pytest.approx(every_step, rel=1e-5)
+
+
+def test_more_clear_errors_and_keras_names():
+    x, y = _data(n=4)
+    model = js.Sequential((js.GRU(2), js.Dense(1)))
+    _, h = js.fit(model, x, y, epochs=1, verbose=0, metrics=None, loss="mean_squared_error",
+                  callbacks=js.EarlyStopping(monitor="loss"))
+    assert h.loss.shape == (1,)
+    with pytest.raises(TypeError, match="sample_weight to be an array of non-negative numbers"):
+        js.fit(model, x, y, epochs=1, sample_weight="balanced", verbose=0)
+    with pytest.raises(TypeError, match="checkpoint_dir to be a path"):
+        js.fit(model, x, y, epochs=1, checkpoint_dir=3, verbose=0)
+    with pytest.raises(TypeError, match="min_delta to be a number; got 'a'"):
+        js.EarlyStopping(min_delta="a")

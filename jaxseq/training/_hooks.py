@@ -7,6 +7,7 @@ checkpoint cadence are host logic).
 from __future__ import annotations
 
 import math
+import os
 import sys
 from collections.abc import Sequence
 
@@ -21,6 +22,8 @@ VERBOSE = (0, 1, 2)
 
 def split_callbacks(callbacks, where: str) -> tuple[EarlyStopping | None, list[Callback]]:
     """-> (the one EarlyStopping or None, the host callbacks), checked."""
+    if isinstance(callbacks, Callback):
+        callbacks = [callbacks]  # one callback, not in a list
     callbacks = list(callbacks or ())
     for cb in callbacks:
         if not isinstance(cb, Callback):
@@ -80,11 +83,15 @@ class Progress:
 
 def chunk_length(epochs: int, verbose: int, host: Sequence, epochs_per_chunk: int | None,
                  buffer: int) -> int:
-    """Epochs per call of the compiled loop, a runtime value (nothing recompiles): as given, or
-    all of them (up to the loop's buffer) when nobody watches, else about 20 calls per run so
-    progress and host callbacks are seen as training goes."""
+    """Epochs per call of the compiled loop, a runtime value (nothing recompiles): as given; one
+    with host callbacks (each sees its epoch, and `stop_training` takes effect, before the next
+    epoch runs, as in Keras); all of them (up to the loop's buffer) when nobody watches; else
+    about 20 calls per run, so progress shows as training goes."""
     if epochs_per_chunk is None:
-        epochs_per_chunk = epochs if verbose == 0 and not host else math.ceil(epochs / 20)
+        if host:  # Keras: a callback sees each epoch before the next runs, and can stop it
+            epochs_per_chunk = 1
+        else:
+            epochs_per_chunk = epochs if verbose == 0 else math.ceil(epochs / 20)
     return max(1, min(epochs_per_chunk, buffer))
 
 
@@ -114,9 +121,12 @@ def record_failures(failure: dict | None, out: dict, first: int) -> dict | None:
 
 
 def check_run_options(where: str, *, epochs, batch_size, validation_batch_size,
-                      epochs_per_chunk, shuffle, verbose, on_nan) -> None:
+                      epochs_per_chunk, shuffle, verbose, on_nan, checkpoint_dir=None) -> None:
     """The scalar options of `fit` / `fit_replicas`, checked before anything else."""
     contracts.check_positive_int(epochs, "epochs", where)
+    if checkpoint_dir is not None and not isinstance(checkpoint_dir, (str, os.PathLike)):
+        raise TypeError(f"{where} expects checkpoint_dir to be a path (str or os.PathLike); got "
+                        f"{type(checkpoint_dir).__name__}.")
     contracts.check_positive_int(batch_size, "batch_size", where)
     for name, value in (("validation_batch_size", validation_batch_size),
                         ("epochs_per_chunk", epochs_per_chunk)):

@@ -179,6 +179,10 @@ class EarlyStopping(Callback):
         for name, value in (("patience", patience), ("start_from_epoch", start_from_epoch)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"EarlyStopping expects {name} to be an int >= 0; got {value!r}.")
+        for name, value in (("min_delta", min_delta), ("baseline", baseline)):
+            if value is not None and (isinstance(value, bool) or not isinstance(
+                    value, (int, float, np.integer, np.floating))):
+                raise TypeError(f"EarlyStopping expects {name} to be a number; got {value!r}.")
         if restore_best is not None:
             restore_best_weights = bool(restore_best)
         self.monitor, self.mode, self.verbose = monitor, mode, verbose

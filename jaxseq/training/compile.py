@@ -89,19 +89,33 @@ def _key(obj) -> Any:
         return ("id", id(obj))
 
 
-def cached(kind: str, *parts, build: Callable):
-    """The memo of `build()` for (kind, parts), least recently used evicted first. Unhashable
-    parts are keyed by identity and kept alive by their entry, so an id is never reused while
-    the entry exists."""
+_shapes: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
+_SHAPES_SIZE = 256
+
+
+def _memo(store, size: int, kind: str, parts, build: Callable):
     key = (kind, *(_key(p) for p in parts))
-    if key in _cache:
-        _cache.move_to_end(key)
-        return _cache[key][1]
+    if key in store:
+        store.move_to_end(key)
+        return store[key][1]
     value = build()
-    _cache[key] = (parts, value)
-    while len(_cache) > _size:
-        _cache.popitem(last=False)
+    store[key] = (parts, value)
+    while len(store) > size:
+        store.popitem(last=False)
     return value
+
+
+def cached(kind: str, *parts, build: Callable):
+    """The memo of `build()` (a compiled program) for (kind, parts), least recently used
+    evicted first. Unhashable parts are keyed by identity and kept alive by their entry, so an
+    id is never reused while the entry exists."""
+    return _memo(_cache, _size, kind, parts, build)
+
+
+def cached_shape(kind: str, *parts, build: Callable):
+    """`cached` for shape-check results (abstract evaluations, nothing compiled), in their own
+    LRU of 256, so checking many input shapes never evicts compiled programs."""
+    return _memo(_shapes, _SHAPES_SIZE, kind, parts, build)
 
 
 def cache_size() -> int:
@@ -125,5 +139,7 @@ def cache_len() -> int:
 
 
 def clear_caches() -> None:
-    """Drop every compiled program jaxseq keeps (and the models and optimizers they hold)."""
+    """Drop every compiled program jaxseq keeps (and the models and optimizers they hold), and
+    the shape-check results."""
     _cache.clear()
+    _shapes.clear()

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from jaxseq import contracts
-from jaxseq.training.compile import cached
+from jaxseq.training.compile import cached_shape
 from jaxseq.typing import Array
 
 
@@ -44,7 +44,7 @@ def _is_floating(dtype) -> bool:
 def output_shape(model, x) -> Any:
     """The model's output shape/dtype for inputs shaped like x (traced once per shape, cached)."""
     spec = jax.ShapeDtypeStruct(contracts.shape_of(x), _dtype(x))
-    return cached(
+    return cached_shape(
         "out", model, (spec.shape, str(spec.dtype)),
         build=lambda: jax.eval_shape(
             lambda x: model.init_with_output(jax.random.PRNGKey(0), x)[0], spec),
@@ -117,7 +117,11 @@ def check_sample_weight(sample_weight, y, where: str, name: str = "sample_weight
     n = ys[0]
     if sample_weight is None:
         return np.ones((n,), np.float32)
-    w = np.asarray(sample_weight, np.float32)
+    try:
+        w = np.asarray(sample_weight, np.float32)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{where} expects {name} to be an array of non-negative numbers; got "
+                        f"{sample_weight!r}.") from err
     allowed = [(n,)] + ([(n, ys[1])] if len(ys) == 3 else [])
     if w.shape not in allowed:
         per_step = f" or (batch, time) = {allowed[1]}" if len(allowed) > 1 else ""
@@ -190,8 +194,9 @@ def num_samples(a: Array) -> int:
 
 def _expected_params(model, x):
     spec = jax.ShapeDtypeStruct(contracts.shape_of(x), _dtype(x))  # errors name x's shape
-    return cached("params_spec", model, (spec.shape, str(spec.dtype)), build=lambda: jax.eval_shape(
-        lambda s: model.init(jax.random.PRNGKey(0), s), spec).get("params", {}))
+    return cached_shape("params_spec", model, (spec.shape, str(spec.dtype)),
+                        build=lambda: jax.eval_shape(
+                            lambda s: model.init(jax.random.PRNGKey(0), s), spec).get("params", {}))
 
 
 def check_params(model, params, x, where: str, *, replicas: bool = False) -> None:
@@ -219,6 +224,10 @@ def check_params(model, params, x, where: str, *, replicas: bool = False) -> Non
         elif tuple(np.shape(got[path])) != tuple(spec.shape):
             problem = (f"{name(path)!r}: params have shape {tuple(np.shape(got[path]))}, the "
                        f"model needs {tuple(spec.shape)}")
+            if tuple(np.shape(got[path]))[1:] == tuple(spec.shape):
+                problem += (" (a leading replica axis: these are fit_replicas' stacked params; "
+                            "take one with jax.tree.map(lambda a: a[i], params), or use "
+                            "js.skill)")
         else:
             continue
         raise ValueError(f"{where}: the params do not fit this model: {problem}. Pass the "

@@ -38,6 +38,7 @@ from jaxseq.training.compile import cached, jit
 from jaxseq.training.state import (
     DEFAULT_OPTIMIZER,
     History,
+    ModelFn,
     NonFiniteLossError,
     TrainState,
     check_seeds,
@@ -84,6 +85,20 @@ def _stack_seeds(seeds: Sequence[int]) -> tuple[jax.Array, jax.Array]:
     return split(jnp.asarray(np.asarray(seeds)))
 
 
+def _check_state(state, model, where: str) -> None:
+    """`state=` must be a single run's TrainState built for this very model."""
+    if not isinstance(state, TrainState) or not isinstance(state.apply_fn, ModelFn):
+        raise TypeError(f"{where} expects state= to be a jaxseq TrainState (from fit or "
+                        f"js.training.create_train_state); got {type(state).__name__}.")
+    if state.apply_fn.model != model:
+        raise ValueError(f"{where}: state= was built for another model "
+                         f"({type(state.apply_fn.model).__name__} with other settings); pass the "
+                         "model it was trained with.")
+    if np.ndim(state.step) != 0:
+        raise ValueError(f"{where}: state= holds stacked replicas (step {np.shape(state.step)}); "
+                         "continue one replica: jax.tree.map(lambda a: a[i], states).")
+
+
 def _train(model, x, y, *, where, seed=0, seeds, state, epochs, batch_size, optimizer, loss,
            metrics, shuffle, validation_data, validation_split, validation_batch_size,
            sample_weight, mask, callbacks, verbose, epochs_per_chunk, on_nan, reset_states,
@@ -92,11 +107,13 @@ def _train(model, x, y, *, where, seed=0, seeds, state, epochs, batch_size, opti
     hooks.check_run_options(where, epochs=epochs, batch_size=batch_size,
                             validation_batch_size=validation_batch_size,
                             epochs_per_chunk=epochs_per_chunk, shuffle=shuffle, verbose=verbose,
-                            on_nan=on_nan)
+                            on_nan=on_nan, checkpoint_dir=checkpoint_dir)
     hooks.check_checkpoint_args(checkpoint_dir, checkpoint_every, keep, resume, where)
     loss_fn = losses.get_loss(loss, where)
     metric_list = losses.get_metrics(metrics, where)
     stopper, host = hooks.split_callbacks(callbacks, where)
+    if state is not None:
+        _check_state(state, model, where)
     tx = state.tx if state is not None else get_optimizer(optimizer, where)
     if state is not None and optimizer is not None and optimizer is not state.tx:
         raise ValueError(f"{where}: state= carries its own optimizer (state.tx); do not pass "
@@ -134,9 +151,6 @@ def _train(model, x, y, *, where, seed=0, seeds, state, epochs, batch_size, opti
         init_key, key = split_seed(seed)
         if state is None:
             state = init_state(model, tx, train.x, init_key, batch_size=bs)
-        elif not isinstance(state, TrainState):
-            raise TypeError(f"{where} expects state= to be a jaxseq TrainState (from fit or "
-                            f"js.training.create_train_state); got {type(state).__name__}.")
     hooks.check_stateful(state, shuffle, n, bs, reset_states, where)
     stop = cbs.stop_state(stopper, (state.params, state.model_state), names)
     if replicated:
@@ -148,7 +162,8 @@ def _train(model, x, y, *, where, seed=0, seeds, state, epochs, batch_size, opti
         every = hooks.checkpoint_every(epochs, checkpoint_every)
     static = dict(batch_size=bs, shuffle=bool(shuffle), loss=loss_fn,
                   reset_states=reset_states == "epoch",
-                  metrics=metric_list, val_batch_size=validation_batch_size, sharding=sharding)
+                  metrics=metric_list, val_batch_size=validation_batch_size or batch_size,
+                  sharding=sharding)
     run = _loop_program(model, tx, static, replicated)
     batches = -(-n // bs)
 

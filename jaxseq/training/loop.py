@@ -14,8 +14,8 @@ nb = batches per epoch.
 - `eval_step(state, batch, valid=None, *, loss, metrics)` -> terms, in inference mode.
 - `train_epoch(state, data, key, *, batch_size, shuffle, loss, metrics)` -> (state, logs): a
   `lax.scan` of `train_step` over the epoch's mini-batches (shuffled with
-  `fold_in(shuffle_key, state.step)`; the last one padded with zero-weight rows, so every batch
-  has the same shape). logs: {"loss", metrics, "bad_batch", "bad_loss"}.
+  `fold_in(shuffle_key, state.step)`; the last one smaller, as Keras: a scan over the full
+  batches, then one step on the rest). logs: {"loss", metrics, "bad_batch", "bad_loss"}.
 - `evaluate_batches(state, data, *, batch_size, loss, metrics)` -> {"loss", metrics}: Keras'
   `evaluate` over in-order mini-batches.
 - `train_loop(carry, key, first, last, data, val, *, ...)` -> (carry, logs (buffer,)): the
@@ -25,7 +25,6 @@ nb = batches per epoch.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -75,6 +74,7 @@ def train_step(state: TrainState, batch: Batch, key, valid=None, *, loss="mse",
     updated parameters are finite.
     """
     loss_fn, metrics = _resolve(loss, metrics)
+    batch = _as_batch(batch)
     valid = _valid(batch, valid)
     dropout_key = jax.random.fold_in(key, state.step)
 
@@ -102,20 +102,45 @@ def eval_step(state: TrainState, batch: Batch, valid=None, *, loss="mse",
     """The terms of one mini-batch in inference mode (no dropout, nothing mutated); arguments
     and terms as in `train_step` (without "finite")."""
     loss_fn, metrics = _resolve(loss, metrics)
+    batch = _as_batch(batch)
     valid = _valid(batch, valid)
     pred, _, mask = state.apply_fn.forward_masked(state.variables, batch.x, mask=batch.mask)
     return losses.batch_terms(loss_fn, metrics, batch.y, pred, batch.sample_weight, mask, valid)
 
 
-def batch_indices(n: int, batch_size: int, order=None) -> tuple[Array, Array]:
-    """(indices (nb, b), valid (nb, b)): `order` (n,) (default 0..n-1) cut into mini-batches of
-    `batch_size`, the last one padded with index 0 and valid 0."""
-    nb = math.ceil(n / batch_size)
-    pad = nb * batch_size - n
+def batch_indices(n: int, batch_size: int, order=None) -> tuple[Array | None, Array | None]:
+    """(full (nb, b) or None, rest (n % b,) or None): `order` (n,) (default 0..n-1) cut into
+    full mini-batches of `batch_size` and the last, smaller one (Keras: the last batch simply
+    has fewer samples; nothing is padded, so no stand-in rows reach batch statistics)."""
     order = jnp.arange(n) if order is None else order
-    valid = jnp.concatenate([jnp.ones((n,), jnp.float32), jnp.zeros((pad,), jnp.float32)])
-    order = jnp.concatenate([order, jnp.zeros((pad,), order.dtype)])
-    return order.reshape(nb, batch_size), valid.reshape(nb, batch_size)
+    nf = n // batch_size
+    full = order[: nf * batch_size].reshape(nf, batch_size) if nf else None
+    rest = order[nf * batch_size:] if n % batch_size else None
+    return full, rest
+
+
+def _as_batch(data) -> Batch:
+    """A Batch of jax arrays (a tuple (x, y[, sample_weight[, mask]]) is accepted; no weights
+    means ones), so NumPy data can be indexed with traced indices."""
+    if not isinstance(data, Batch):
+        data = Batch(*data) if len(data) > 2 else Batch(*data, None)
+    x, y, w, m = data
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    w = jnp.ones((x.shape[0],), jnp.float32) if w is None else jnp.asarray(w)
+    return Batch(x, y, w, None if m is None else jnp.asarray(m))
+
+
+def _over_batches(step, carry, data: Batch, full, rest):
+    """`step(carry, batch) -> (carry, terms)` over the full batches (a scan) and then the last,
+    smaller one -> (carry, terms stacked over all batches in order)."""
+    parts = []
+    if full is not None:
+        carry, terms = jax.lax.scan(lambda c, i: step(c, take(data, i)), carry, full)
+        parts.append(terms)
+    if rest is not None:
+        carry, terms = step(carry, take(data, rest))
+        parts.append(jax.tree.map(lambda a: a[None], terms))
+    return carry, jax.tree.map(lambda *a: jnp.concatenate(a), *parts)
 
 
 def take(data: Batch, idx) -> Batch:
@@ -147,21 +172,22 @@ def _epoch(state, data, shuffle_key, dropout_key, *, batch_size, shuffle, loss, 
     loss_fn, metrics = _resolve(loss, metrics)
     if reset_states:
         state = zero_states(state)
+    data = _as_batch(data)
     n = data.x.shape[0]
-    nb = math.ceil(n / batch_size)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"train_epoch expects batch_size to be an int >= 1; got {batch_size!r}.")
+    batch_size = min(batch_size, n)
     order = None
-    if shuffle and nb > 1:  # a single full batch is the same batch in any order
+    if shuffle and n > batch_size:  # a single full batch is the same batch in any order
         order = jax.random.permutation(jax.random.fold_in(shuffle_key, state.step), n)
-    idx, valid = batch_indices(n, batch_size, order)
+    full, rest = batch_indices(n, batch_size, order)
 
-    def body(state, inputs):
-        i, ok = inputs
-        batch = take(data, i)
-        if sharding is not None:
-            batch, ok = jax.lax.with_sharding_constraint((batch, ok), sharding)
-        return train_step(state, batch, dropout_key, ok, loss=loss_fn, metrics=metrics)
+    def step(state, batch):
+        if sharding is not None and batch.x.shape[0] == batch_size:
+            batch = jax.lax.with_sharding_constraint(batch, sharding)
+        return train_step(state, batch, dropout_key, loss=loss_fn, metrics=metrics)
 
-    state, terms = jax.lax.scan(body, state, (idx, valid))
+    state, terms = _over_batches(step, state, data, full, rest)
     logs = losses.epoch_values(terms, metrics)
     bad_any = ~jnp.all(terms["finite"])
     bad = jnp.where(bad_any, jnp.argmin(terms["finite"]), -1).astype(jnp.int32)
@@ -175,13 +201,17 @@ def evaluate_batches(state: TrainState, data: Batch, *, batch_size: int, loss="m
     """Keras' `evaluate`: `eval_step` over the mini-batches of `data` in order -> {"loss": the
     batch-size-weighted mean of the batch losses, metric: its value over all real entries}."""
     loss_fn, metrics = _resolve(loss, metrics)
-    idx, valid = batch_indices(data.x.shape[0], batch_size)
+    data = _as_batch(data)
+    n = data.x.shape[0]
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"evaluate_batches expects batch_size to be an int >= 1; got "
+                         f"{batch_size!r}.")
+    full, rest = batch_indices(n, min(batch_size, n))
 
-    def body(_, inputs):
-        i, ok = inputs
-        return None, eval_step(state, take(data, i), ok, loss=loss_fn, metrics=metrics)
+    def step(_, batch):
+        return None, eval_step(state, batch, loss=loss_fn, metrics=metrics)
 
-    _, terms = jax.lax.scan(body, None, (idx, valid))
+    _, terms = _over_batches(step, None, data, full, rest)
     return losses.epoch_values(terms, metrics)
 
 

@@ -59,6 +59,8 @@ def _mape(y, p):  # keras.losses.mean_absolute_percentage_error, elementwise
 
 LOSSES: dict[str, Callable] = {"mse": _mse, "mae": _mae}
 METRICS: dict[str, Callable] = {"mse": _mse, "mae": _mae, "rmse": _mse, "mape": _mape}
+ALIASES = {"mean_squared_error": "mse", "mean_absolute_error": "mae",  # Keras' long names
+           "root_mean_squared_error": "rmse", "mean_absolute_percentage_error": "mape"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,18 +76,22 @@ def get_loss(loss: str | Callable, where: str = "fit") -> Callable:
     """A loss name ("mse", "mae") or a callable `(y_true, y_pred) -> values`."""
     if callable(loss):
         return loss
+    loss = ALIASES.get(loss, loss) if isinstance(loss, str) else loss
     contracts.check_choice(loss, tuple(LOSSES), "loss", where)
     return LOSSES[loss]
 
 
 def get_metrics(metrics: Sequence, where: str = "fit") -> tuple[Metric, ...]:
     """`metrics=` (names of `METRICS` or callables) -> Metrics with unique names."""
+    if metrics is None:
+        return ()
     if isinstance(metrics, str) or callable(metrics):
         raise TypeError(f"{where} expects metrics as a list, e.g. metrics=[{metrics!r}]; got a "
                         f"single {type(metrics).__name__}.")
     out = []
     for m in metrics:
         if isinstance(m, str):
+            m = ALIASES.get(m, m)
             contracts.check_choice(m, tuple(METRICS), "metrics entry", where)
             out.append(Metric(m, METRICS[m], sqrt=m == "rmse"))
         elif callable(m):

@@ -46,7 +46,11 @@ class ModelFn:
         -> (outputs, collections, output mask or None)."""
         if not contracts.accepts(self.model, "return_mask"):
             out, model_state = self.forward(variables, x, mask=mask, train=train, key=key)
-            return out, model_state, mask
+            # A model that reports no mask masks no loss (Keras: the output carries no mask),
+            # except a jaxseq recurrent layer used alone, whose output keeps the time axis.
+            keeps_time = getattr(self.model, "return_sequences", False) or getattr(
+                getattr(self.model, "layer", None), "return_sequences", False)
+            return out, model_state, mask if keeps_time else None
         (out, out_mask), model_state = self.forward(variables, x, mask=mask, train=train,
                                                     key=key, return_mask=True)
         return out, model_state, out_mask
