@@ -38,10 +38,10 @@ from jaxseq.training.compile import cached, jit
 from jaxseq.training.state import (
     DEFAULT_OPTIMIZER,
     History,
-    ModelFn,
     NonFiniteLossError,
     TrainState,
     check_seeds,
+    check_state,
     create_train_state,
     get_optimizer,
     split_seed,
@@ -85,20 +85,6 @@ def _stack_seeds(seeds: Sequence[int]) -> tuple[jax.Array, jax.Array]:
     return split(jnp.asarray(np.asarray(seeds)))
 
 
-def _check_state(state, model, where: str) -> None:
-    """`state=` must be a single run's TrainState built for this very model."""
-    if not isinstance(state, TrainState) or not isinstance(state.apply_fn, ModelFn):
-        raise TypeError(f"{where} expects state= to be a jaxseq TrainState (from fit or "
-                        f"js.training.create_train_state); got {type(state).__name__}.")
-    if state.apply_fn.model != model:
-        raise ValueError(f"{where}: state= was built for another model "
-                         f"({type(state.apply_fn.model).__name__} with other settings); pass the "
-                         "model it was trained with.")
-    if np.ndim(state.step) != 0:
-        raise ValueError(f"{where}: state= holds stacked replicas (step {np.shape(state.step)}); "
-                         "continue one replica: jax.tree.map(lambda a: a[i], states).")
-
-
 def _train(model, x, y, *, where, seed=0, seeds, state, epochs, batch_size, optimizer, loss,
            metrics, shuffle, validation_data, validation_split, validation_batch_size,
            sample_weight, mask, callbacks, verbose, epochs_per_chunk, on_nan, reset_states,
@@ -113,7 +99,7 @@ def _train(model, x, y, *, where, seed=0, seeds, state, epochs, batch_size, opti
     metric_list = losses.get_metrics(metrics, where)
     stopper, host = hooks.split_callbacks(callbacks, where)
     if state is not None:
-        _check_state(state, model, where)
+        check_state(state, model, where)
     tx = state.tx if state is not None else get_optimizer(optimizer, where)
     if state is not None and optimizer is not None and optimizer is not state.tx:
         raise ValueError(f"{where}: state= carries its own optimizer (state.tx); do not pass "

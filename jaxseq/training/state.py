@@ -134,6 +134,20 @@ def check_seeds(seeds, where: str = "fit_replicas") -> list[int]:
     return [int(s) for s in seeds]
 
 
+def check_state(state, model, where: str) -> None:
+    """`state=` must be a single run's TrainState built for this very model."""
+    if not isinstance(state, TrainState) or not isinstance(state.apply_fn, ModelFn):
+        raise TypeError(f"{where} expects state= to be a jaxseq TrainState (from fit or "
+                        f"js.training.create_train_state); got {type(state).__name__}.")
+    if state.apply_fn.model != model:
+        raise ValueError(f"{where}: state= was built for another model "
+                         f"({type(state.apply_fn.model).__name__} with other settings); pass the "
+                         "model it was trained with.")
+    if np.ndim(state.step) != 0:
+        raise ValueError(f"{where}: state= holds stacked replicas (step {np.shape(state.step)}); "
+                         "continue one replica: jax.tree.map(lambda a: a[i], states).")
+
+
 def split_seed(seed) -> tuple[Array, Array]:
     """seed (int) -> (init key, training key)."""
     init, key = jax.random.split(jax.random.PRNGKey(seed))
