@@ -315,8 +315,9 @@ def fit(
       verbose: 0 silent; 1 a progress bar (plain lines when stdout is not a terminal); 2 one
         line per epoch. Output appears when a chunk of epochs finishes.
       epochs_per_chunk: epochs per call of the compiled loop (a runtime value, at most 1024):
-        how often the host wakes for progress and callbacks. Default: every epoch at once with
-        verbose=0 and no host callbacks, else about 20 calls per run.
+        how often the host wakes for progress and callbacks. Default: one epoch per call with
+        host callbacks (Keras: each sees its epoch and can stop the next), every epoch at once
+        with verbose=0 and none, else about 20 calls per run.
       state: continue from this TrainState (from `fit` or `create_train_state`) instead of
         initializing from `seed`; its optimizer (`state.tx`) is used.
       on_nan: "raise" (default) raises `NonFiniteLossError` at the first epoch whose loss or
