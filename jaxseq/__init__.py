@@ -5,6 +5,7 @@ import os
 from jaxseq import (
     checkpointing,
     contracts,
+    evaluation,
     interop,
     models,
     parallel,
@@ -61,6 +62,7 @@ __all__ = [
     "TrainState",
     "checkpointing",
     "contracts",
+    "evaluation",
     "evaluate",
     "fit",
     "fit_replicas",
