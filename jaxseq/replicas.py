@@ -17,9 +17,7 @@ import dataclasses
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
-from flax.training import train_state
 
 from jaxseq.training import data as data_mod
 from jaxseq.training.compile import cached, jit
@@ -76,22 +74,15 @@ def summarize(values, *, n_boot: int = 10_000, seed: int = 0, failed=None) -> Su
     )
 
 
-def _stacked_variables(params, where: str) -> dict:
-    if isinstance(params, train_state.TrainState) or (hasattr(params, "keys")):
-        return as_variables(params, where)
-    raise TypeError(f"{where} expects the stacked params or states of fit_replicas; got "
-                    f"{type(params).__name__}.")
-
-
 def scores(model: nn.Module, params, x, y) -> dict[str, np.ndarray]:
     """Per-replica MSE, RMSE and MAE (each (replicas,), float64) of stacked `params` (or the
     states of `fit_replicas`; leading replica axis) on (x, y)."""
     data_mod.check_xy(model, x, y, where="skill")
-    variables = _stacked_variables(params, "skill")
+    variables = as_variables(params, "skill")
     data_mod.check_params(model, variables["params"], x, "skill", replicas=True)
     predict = cached("predict_replicas", model, build=lambda: jit(jax.vmap(
         lambda v, x: ModelFn(model).forward(v, x)[0], in_axes=(0, None))))
-    pred = np.asarray(predict(variables, jnp.asarray(x)), np.float64)
+    pred = np.asarray(predict(variables, jax.device_put(np.asarray(x))), np.float64)
     err = pred - np.asarray(y, np.float64)[None]
     axes = tuple(range(1, err.ndim))
     mse = np.mean(err**2, axis=axes)

@@ -72,10 +72,6 @@ def _module(module: nn.Module, where: str) -> dict:
         value = getattr(module, f.name)
         if f.default is not dataclasses.MISSING and value is f.default:
             continue
-        if callable(value) and not isinstance(value, nn.Module) and f.name in (
-                "dot_general", "dot_general_cls", "precision", "axis_name",
-                "axis_index_groups"):
-            continue
         fields[f.name] = _encode(value, f"{where}.{f.name}")
     return {"__module__": _NAMES[cls], "fields": fields}
 

@@ -110,6 +110,15 @@ def check_mask(model, x, mask, where: str):
     return np.asarray(mask).astype(bool)
 
 
+def real_steps(model, x, mask):
+    """The steps whose values count, (batch, time) bool or None (all): the given (checked)
+    mask, ANDed with the one the model computes from x itself (`js.Masking`)."""
+    if hasattr(model, "compute_mask") and len(contracts.shape_of(x)) == 3:
+        computed = model.compute_mask(x, mask)
+        return None if computed is None else np.asarray(computed, bool)
+    return mask
+
+
 def check_sample_weight(sample_weight, y, where: str, name: str = "sample_weight"):
     """(batch,) per sample, or (batch, time) per step when y is (batch, time, features) ->
     float32 NumPy weights ((batch,) ones when None)."""
@@ -140,11 +149,8 @@ def check_batch(model, x, y, sample_weight=None, mask=None, *, where: str = "fit
     if str(_dtype(x)) != "bfloat16":
         x = np.asarray(x)
     m = check_mask(model, x, mask, where)
-    real = m  # where values must be finite: the given mask, and the model's own (js.Masking)
-    if hasattr(model, "compute_mask") and len(contracts.shape_of(x)) == 3:
-        computed = model.compute_mask(x, m)
-        real = None if computed is None else np.asarray(computed, bool)
-    check_xy(model, x, y, where=where, name_x=names[0], name_y=names[1], mask=real)
+    check_xy(model, x, y, where=where, name_x=names[0], name_y=names[1],
+             mask=real_steps(model, x, m))
     w = check_sample_weight(sample_weight, y, where, names[2])
     return Batch(x, y, w, m)
 

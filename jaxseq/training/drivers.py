@@ -176,7 +176,6 @@ def _train(model, x, y, *, where, seed=0, seeds, state, epochs, batch_size, opti
                 saver, latest, state, key, stop if stopper else (), settings)
             stop = saved_stop if stopper else stop
             first = saved = latest
-        history.first_epoch = 0
         # Donation consumes the buffers passed in; keep the caller's state usable.
         carry = loop.LoopState(jax.tree.map(jnp.copy, state),
                                ~jnp.asarray(stop.stopped), stop)

@@ -26,13 +26,14 @@ nb = batches per epoch.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from jaxseq.training import callbacks, losses
+from jaxseq.training.callbacks import select
 from jaxseq.training.data import Batch
 from jaxseq.training.state import TrainState
 from jaxseq.training.state import reset_states as zero_states
@@ -43,11 +44,6 @@ def all_finite(tree) -> Array:
     leaves = jax.tree.leaves(tree)
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in leaves])) if leaves else (
         jnp.ones((), bool))
-
-
-def select(flag, new, old):
-    """`new` where the scalar `flag` holds, else `old`, leaf by leaf (exact: no arithmetic)."""
-    return jax.tree.map(lambda a, b: jnp.where(flag, a, b), new, old)
 
 
 def _valid(batch: Batch, valid) -> Array:
@@ -293,5 +289,3 @@ def train_loop(carry: LoopState, key, first, last, data: Batch, val: Batch | Non
     carry, _, logs = jax.lax.while_loop(cond, body, (carry, first, logs))
     return carry, logs
 
-
-Static = dict[str, Any]  # the keyword arguments of `train_loop` that shape the program

@@ -7,7 +7,6 @@ from functools import partial
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxseq import contracts
@@ -56,9 +55,7 @@ def predict(model: nn.Module, params, x: Inputs, *, batch_size: int | None = Non
     variables = as_variables(params, "predict")
     m = data_mod.check_mask(model, x, mask, "predict")
     data_mod.check_params(model, variables["params"], x, "predict")
-    data_mod.warn_non_finite(x, m if m is not None else (
-        model.compute_mask(x) if hasattr(model, "compute_mask") and len(xs) == 3 else None),
-        "predict")
+    data_mod.warn_non_finite(x, data_mod.real_steps(model, x, m), "predict")
     if return_variables:
         if batch_size is not None:
             raise ValueError("predict(return_variables=True) runs x as one batch (stateful "
@@ -67,7 +64,7 @@ def predict(model: nn.Module, params, x: Inputs, *, batch_size: int | None = Non
         return y, {"params": variables["params"], **model_state}
     fn = _forward(model)
     if batch_size is None:
-        return fn(variables, jnp.asarray(x), m)
+        return fn(variables, jax.device_put(x), m)
     contracts.check_positive_int(batch_size, "batch_size", "predict")
     x = np.asarray(x)
     n = xs[0]
@@ -77,10 +74,9 @@ def predict(model: nn.Module, params, x: Inputs, *, batch_size: int | None = Non
         return np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]) if pad else a
 
     xp, mp = padded(x), None if m is None else padded(m)
-    outs = [np.asarray(fn(variables, xp[i: i + batch_size],
-                          None if mp is None else mp[i: i + batch_size]))
-            for i in range(0, n + pad, batch_size)]
-    return jax.device_put(np.concatenate(outs)[:n])  # on the host: nothing to compile
+    outs = [fn(variables, xp[i: i + batch_size], None if mp is None else mp[i: i + batch_size])
+            for i in range(0, n + pad, batch_size)]  # dispatched back to back, fetched once
+    return jax.device_put(np.concatenate([np.asarray(o) for o in outs])[:n])  # nothing compiles
 
 
 def evaluate(model: nn.Module, params, x: Inputs, y: Targets, *, batch_size: int = 32,

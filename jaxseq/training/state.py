@@ -208,12 +208,11 @@ class History:
     (replicas,), True for the replicas whose training went non-finite."""
 
     history: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
-    first_epoch: int = 0
     nonfinite: np.ndarray | None = None  # bool (replicas,) for fit_replicas: training failed
 
     @property
     def epoch(self) -> np.ndarray:
-        return self.first_epoch + np.arange(np.shape(self.loss)[-1])
+        return np.arange(np.shape(self.loss)[-1])
 
     @property
     def loss(self) -> np.ndarray:
