@@ -92,6 +92,26 @@ def shard_replicas(tree: Any, mesh: Mesh) -> Any:
     return jax.tree.map(one, tree)
 
 
+def training_sharding(mesh: Mesh | None, batch_size: int, replicas: int | None,
+                      where: str) -> NamedSharding | None:
+    """Check `mesh` for a training run -> the sharding of each mini-batch (data-parallel, when
+    `replicas` is None) or None (no mesh, or the replica axis is what gets sharded)."""
+    if mesh is None:
+        return None
+    check_mesh(mesh, where)
+    if replicas is not None:
+        if replicas % mesh.size:
+            raise ValueError(f"{where} with a mesh expects a number of seeds divisible by the "
+                             f"mesh size {mesh.size}; got {replicas}.")
+        return None
+    if batch_size % mesh.size:
+        raise ValueError(
+            f"{where} with a mesh expects batch_size divisible by the mesh size {mesh.size}; "
+            f"got {batch_size}. Pick a multiple of {mesh.size} (every device gets an equal "
+            "share of each mini-batch).")
+    return batch_sharding(mesh)
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Mini-batches split along their batch axis over the mesh (data-parallel)."""
     return NamedSharding(mesh, PartitionSpec(check_mesh(mesh, "batch_sharding")))

@@ -43,7 +43,7 @@ def test_data_parallel_program_reduces_gradients_across_devices(monkeypatch):
     model, x, y, fit_kw, _ = dist_case()
     mesh = _cpu_mesh()
     texts = []
-    original = js.training.drivers._loop_program
+    original = js.training.programs.loop_program
 
     def capturing(*args, **kwargs):  # record the compiled program's HLO, after partitioning
         run = original(*args, **kwargs)
@@ -55,7 +55,7 @@ def test_data_parallel_program_reduces_gradients_across_devices(monkeypatch):
 
         return wrapped
 
-    monkeypatch.setattr(js.training.drivers, "_loop_program", capturing)
+    monkeypatch.setattr(js.training.programs, "loop_program", capturing)
     js.fit(model, x, y, mesh=mesh, verbose=0, **fit_kw)
     assert texts and "all-reduce" in texts[0]
 

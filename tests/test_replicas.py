@@ -8,7 +8,7 @@ import pytest
 
 import jaxseq as js
 from jaxseq import models, parallel, problems, replicas, training
-from jaxseq.training import drivers
+from jaxseq.training import programs
 
 SEQ = problems.echo_sequence(5)
 SEEDS = [0, 3, 11]
@@ -88,7 +88,7 @@ def test_replicas_have_every_option_of_fit():
 
 
 def test_seeds_int_and_stacked_seeds_equal_split_seed():
-    init, key = drivers._stack_seeds([0, 1, -5, 2**31 - 1, -(2**31)])
+    init, key = programs.stack_seeds([0, 1, -5, 2**31 - 1, -(2**31)])
     for i, seed in enumerate([0, 1, -5, 2**31 - 1, -(2**31)]):
         ref_init, ref_key = training.split_seed(seed)
         np.testing.assert_array_equal(init[i], ref_init)

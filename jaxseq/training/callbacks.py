@@ -256,3 +256,15 @@ class EarlyStopping(Callback):
             if self.best_weights is not None:
                 print("Restoring model weights from the end of the best epoch: "
                       f"{self.best_epoch + 1}.")
+
+
+def restore_best(stop: StopState, state):
+    """`state` with params and model_state replaced by the best ones where `restore_best_weights`
+    asked for it and a best epoch was recorded (Keras 3: also when training ran all its
+    epochs); per replica when `stop` has a replica axis."""
+    restore = stop.restore & stop.has_weights
+    params, model_state = jax.tree.map(
+        lambda best, p: jnp.where(restore.reshape(restore.shape + (1,) * (p.ndim - restore.ndim)),
+                                  best, p),
+        stop.best_params, (state.params, state.model_state))
+    return state.replace(params=params, model_state=model_state)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable, Sequence
-from functools import partial
 
 import flax.linen as nn
 import jax
@@ -29,12 +28,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxseq import parallel
+from jaxseq import contracts, parallel
 from jaxseq.training import _hooks as hooks
 from jaxseq.training import callbacks as cbs
 from jaxseq.training import data as data_mod
-from jaxseq.training import loop, losses
-from jaxseq.training.compile import cached, jit
+from jaxseq.training import loop, losses, programs
+from jaxseq.training.programs import init_state
 from jaxseq.training.state import (
     DEFAULT_OPTIMIZER,
     History,
@@ -42,7 +41,6 @@ from jaxseq.training.state import (
     TrainState,
     check_seeds,
     check_state,
-    create_train_state,
     get_optimizer,
     split_seed,
 )
@@ -51,44 +49,14 @@ from jaxseq.typing import Inputs, Mask, SampleWeight, Targets
 __all__ = ["DEFAULT_OPTIMIZER", "fit", "fit_replicas", "init_state"]
 
 
-def _init_program(model, tx, replicated: bool, batch_size: int):
-    def build():
-        fn = partial(create_train_state, model, tx, batch_size=batch_size)
-        if replicated:
-            fn = jax.vmap(fn, in_axes=(None, 0))
-        return jit(fn, once=True)
-
-    return cached("init", model, tx, replicated, batch_size, build=build)
-
-
-def init_state(model, tx, x, key, *, batch_size: int = 1) -> TrainState:
-    """`create_train_state(model, tx, x, key, batch_size=...)`, compiled once per (model,
-    optimizer): a sweep that builds many states (learning rates with
-    `optax.inject_hyperparams`, seeds) compiles initialization once."""
-    return _init_program(model, tx, False, batch_size)(jnp.asarray(x[:batch_size]), key)
-
-
-def _loop_program(model, tx, static: dict, replicated: bool):
-    def build():
-        fn = partial(loop.train_loop, **static)
-        if replicated:
-            fn = jax.vmap(fn, in_axes=(0, 0, None, None, None, None))
-        return jit(fn, donate_argnums=(0,))
-
-    return cached("loop", model, tx, replicated, *sorted(static.items(), key=lambda kv: kv[0]),
-                  build=build)
-
-
-def _stack_seeds(seeds: Sequence[int]) -> tuple[jax.Array, jax.Array]:
-    """`split_seed` of every seed, stacked (one compiled call)."""
-    split = cached("split_seeds", build=lambda: jit(jax.vmap(split_seed), once=True))
-    return split(jnp.asarray(np.asarray(seeds)))
-
-
-def _train(model, x, y, *, where, seed=0, seeds, state, epochs, batch_size, optimizer, loss,
-           metrics, shuffle, validation_data, validation_split, validation_batch_size,
-           sample_weight, mask, callbacks, verbose, epochs_per_chunk, on_nan, reset_states,
-           checkpoint_dir, checkpoint_every, keep, resume, mesh):
+def drive(model, x, y, *, where, seed=0, seeds, state, epochs, batch_size, optimizer, loss,
+          metrics, shuffle, validation_data, validation_split, validation_batch_size,
+          sample_weight, mask, callbacks, verbose, epochs_per_chunk, on_nan, reset_states,
+          checkpoint_dir, checkpoint_every, keep, resume, mesh, per_split=None):
+    """The one driver behind `fit` (seeds None), `fit_replicas` and cross-validation.
+    `per_split`: (train, val) checked `Batch`es with a leading split axis (val: None, or shared
+    when validation_data is given); every seed trains on every split, replica r = split
+    r // len(seeds), seed r % len(seeds); x, y, sample_weight, mask, validation_split unused."""
     replicated = seeds is not None
     hooks.check_run_options(where, epochs=epochs, batch_size=batch_size,
                             validation_batch_size=validation_batch_size,
@@ -105,34 +73,31 @@ def _train(model, x, y, *, where, seed=0, seeds, state, epochs, batch_size, opti
         raise ValueError(f"{where}: state= carries its own optimizer (state.tx); do not pass "
                          "another optimizer with it.")
 
-    train = data_mod.check_batch(model, x, y, sample_weight, mask, where=where)
-    val = data_mod.check_validation(model, validation_data, where)
-    if validation_split is not None:
-        if val is not None:
-            raise ValueError(f"{where} got both validation_data and validation_split; pass one.")
-        train, val = data_mod.split_validation(train, validation_split, where)
-    n = data_mod.num_samples(train.x)
+    if per_split is None:
+        train = data_mod.check_batch(model, x, y, sample_weight, mask, where=where)
+        val = data_mod.check_validation(model, validation_data, where)
+        if validation_split is not None:
+            if val is not None:
+                raise ValueError(f"{where} got both validation_data and validation_split; "
+                                 "pass one.")
+            train, val = data_mod.split_validation(train, validation_split, where)
+    else:
+        train, val = per_split
+        k = len(seeds)
+        per_split = (k, 0 if validation_data is None else None)
+        seeds = [s for _ in range(data_mod.num_samples(train.x)) for s in seeds]
+    n = contracts.shape_of(train.x)[1 if per_split else 0]
     bs = min(batch_size, n)
     names = loop.log_names(metric_list, val is not None)
-    sharding = None
-    if mesh is not None:
-        parallel.check_mesh(mesh, where)
-        if not replicated:
-            if bs % mesh.size:
-                raise ValueError(
-                    f"{where} with a mesh expects batch_size divisible by the mesh size "
-                    f"{mesh.size}; got {bs}. Pick a multiple of {mesh.size} (every device gets "
-                    "an equal share of each mini-batch).")
-            sharding = parallel.batch_sharding(mesh)
-        elif len(seeds) % mesh.size:
-            raise ValueError(f"{where} with a mesh expects a number of seeds divisible by the "
-                             f"mesh size {mesh.size}; got {len(seeds)}.")
+    sharding = parallel.training_sharding(mesh, bs, len(seeds) if replicated else None, where)
 
     # Initialize (or continue from `state`).
     if replicated:
-        init_keys, key = _stack_seeds(seeds)
+        init_keys, key = programs.stack_seeds(seeds)
         if state is None:
-            state = _init_program(model, tx, True, bs)(jnp.asarray(train.x[:bs]), init_keys)
+            x0 = np.repeat(train.x[:, :bs], k, axis=0) if per_split else train.x[:bs]
+            state = programs.init_program(model, tx, True, bs, 0 if per_split else None)(
+                jax.device_put(x0), init_keys)
     else:
         init_key, key = split_seed(seed)
         if state is None:
@@ -150,7 +115,7 @@ def _train(model, x, y, *, where, seed=0, seeds, state, epochs, batch_size, opti
                   reset_states=reset_states == "epoch",
                   metrics=metric_list, val_batch_size=validation_batch_size or batch_size,
                   sharding=sharding)
-    run = _loop_program(model, tx, static, replicated)
+    run = programs.loop_program(model, tx, static, replicated, per_split)
     batches = -(-n // bs)
 
     history = History()
@@ -227,12 +192,7 @@ def _train(model, x, y, *, where, seed=0, seeds, state, epochs, batch_size, opti
         if saver is not None:
             saver.close()
     s = carry.stop
-    restore = s.restore & s.has_weights  # Keras 3: also when training ran all its epochs
-    params, model_state = jax.tree.map(
-        lambda best, p: jnp.where(restore.reshape(restore.shape + (1,) * (p.ndim - restore.ndim)),
-                                  best, p),
-        s.best_params, (carry.state.params, carry.state.model_state))
-    state = carry.state.replace(params=params, model_state=model_state)
+    state = cbs.restore_best(s, carry.state)
     if replicated:
         history.nonfinite = np.isin(np.arange(len(seeds)), list(failure or ()))
     if stopper is not None:
@@ -291,7 +251,7 @@ def fit(
       y: (batch, ...) targets shaped exactly like the model's output (nothing is broadcast).
       epochs: epochs to run (a runtime value: changing it compiles nothing).
       batch_size: mini-batch size; larger than the data uses all of it (as Keras). The last
-        batch may be partial: it is padded inside the program and counts only its real samples.
+        batch may be smaller (Keras): nothing is padded.
       optimizer: an optax GradientTransformation; None = one shared `optax.adam(1e-3)`. Pass the
         same object to reuse compilation; sweep a learning rate with `optax.inject_hyperparams`
         (the rate is then state, not code: one compilation for every value).
@@ -342,7 +302,7 @@ def fit(
       NonFiniteLossError (on_nan="raise").
     """
     options = {k: v for k, v in locals().items() if k not in ("model", "x", "y", "seed")}
-    return _train(model, x, y, where="fit", seed=check_seeds([seed], "fit")[0], seeds=None,
+    return drive(model, x, y, where="fit", seed=check_seeds([seed], "fit")[0], seeds=None,
                   **options)
 
 
@@ -393,5 +353,5 @@ def fit_replicas(
       `History` whose entries have shape (replicas, epochs), NaN after a replica stopped.
     """
     options = {k: v for k, v in locals().items() if k not in ("model", "x", "y", "seeds")}
-    return _train(model, x, y, where="fit_replicas", seeds=check_seeds(seeds), state=None,
+    return drive(model, x, y, where="fit_replicas", seeds=check_seeds(seeds), state=None,
                   **options)

@@ -1,0 +1,24 @@
+"""Evaluating skill honestly: data splits, resampling x seeds in one program, how many repeats,
+and comparing two models.
+
+- `kfold`, `walk_forward`, `shuffle_split` (`splits`): index sets equal to scikit-learn's.
+- `cross_validate` (`cross_validation`): every (split, seed) pair a replica of one compiled
+  training program, scored on its held-out samples.
+- `repeats_curve`, `compare` (`stats`): the mean and its uncertainty as repeats accumulate; the
+  difference of two models with a bootstrap interval, a test and a verdict.
+"""
+
+from jaxseq.evaluation.cross_validation import CrossValidation, cross_validate, make_splits
+from jaxseq.evaluation.splits import kfold, shuffle_split, walk_forward
+from jaxseq.evaluation.stats import compare, repeats_curve
+
+__all__ = [
+    "CrossValidation",
+    "compare",
+    "cross_validate",
+    "kfold",
+    "make_splits",
+    "repeats_curve",
+    "shuffle_split",
+    "walk_forward",
+]

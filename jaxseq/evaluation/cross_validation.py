@@ -1,0 +1,265 @@
+"""Resampling x seeds in one compiled program: `cross_validate`.
+
+Every (split, seed) pair is one replica of the training loop of `fit_replicas`, vmapped over
+the splits (each split's training rows, gathered once on the host) and, inside, over the seeds
+(which share their split's data): replica (i, j) follows exactly the computation of
+`fit(model, x[train_i], y[train_i], seed=seeds[j], ...)`, to float32 rounding (tested), and is
+then scored on its held-out rows `x[test_i]` with Keras' batched `evaluate` semantics.
+
+Splits whose training (and held-out) sets have equal sizes run as one program: k-fold with
+`n_samples` divisible by `folds`, `shuffle_split`, walk-forward with a sliding window
+(`max_train_size`). Unequal sizes (k-fold's first `n % folds` folds are one sample larger;
+walk-forward's expanding window grows by `test_size` per split) run as one program per distinct
+size; nothing is padded, truncated or reweighted to force equal sizes, since any of those would
+change the batches and so the training of that split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Callable, Sequence
+from functools import partial
+
+import flax.linen as nn
+import jax
+import numpy as np
+import optax
+
+from jaxseq import contracts
+from jaxseq.evaluation import splits as splits_mod
+from jaxseq.replicas import Summary, summarize
+from jaxseq.training import callbacks as cbs
+from jaxseq.training import data as data_mod
+from jaxseq.training import loop, losses, programs
+from jaxseq.training.compile import cached, jit
+from jaxseq.training.data import Batch
+from jaxseq.training.drivers import drive
+from jaxseq.training.state import History, TrainState, check_seeds
+from jaxseq.typing import Inputs, Mask, SampleWeight, Targets
+
+__all__ = ["CrossValidation", "cross_validate", "make_splits"]
+
+SPLITTERS = ("kfold", "walk_forward", "shuffle_split")
+
+
+def make_splits(n_samples: int, splitter="kfold", *, folds: int = 5, n_splits: int = 5,
+                test_size=None, gap: int = 0, max_train_size: int | None = None,
+                shuffle_folds: bool = False, split_seed: int = 0):
+    """The (train, test) index pairs of `splitter`: "kfold" (`folds`, contiguous or with
+    `shuffle_folds` seeded by `split_seed`), "walk_forward" (`n_splits`, `test_size`, `gap`,
+    `max_train_size`), "shuffle_split" (`n_splits`, `test_size` default 0.1, `split_seed`), or
+    a sequence of (train, test) index arrays given by the caller (checked)."""
+    if isinstance(splitter, str):
+        if splitter == "kfold":
+            return splits_mod.kfold(n_samples, folds, shuffle=shuffle_folds, seed=split_seed)
+        if splitter == "walk_forward":
+            return splits_mod.walk_forward(n_samples, n_splits, test_size=test_size, gap=gap,
+                                           max_train_size=max_train_size)
+        if splitter == "shuffle_split":
+            return splits_mod.shuffle_split(n_samples, n_splits, seed=split_seed,
+                                            test_size=0.1 if test_size is None else test_size)
+        raise ValueError(f"cross_validate expects splitter in {SPLITTERS} or a list of (train, "
+                         f"test) index arrays; got {splitter!r}.")
+    pairs = []
+    for i, pair in enumerate(splitter):
+        tr, te = (np.asarray(a) for a in pair)
+        for name, a in (("train", tr), ("test", te)):
+            if a.ndim != 1 or a.size == 0 or not np.issubdtype(a.dtype, np.integer) or (
+                    a.min() < 0 or a.max() >= n_samples):
+                raise ValueError(f"cross_validate: split {i}'s {name} indices must be a "
+                                 f"non-empty 1-D int array in [0, {n_samples}); got {a!r}.")
+        if np.intersect1d(tr, te).size:
+            raise ValueError(f"cross_validate: split {i} has samples in both train and test.")
+        pairs.append((tr, te))
+    if not pairs:
+        raise ValueError("cross_validate got an empty list of splits.")
+    return pairs
+
+
+@dataclasses.dataclass
+class CrossValidation:
+    """The result of `cross_validate`. Axes: S splits, K seeds, E epochs.
+
+    scores: {"loss", *metrics} -> (S, K) float64 held-out values (NaN where training failed).
+    history: a `History` whose entries are (S, K, E) (NaN after a replica stopped).
+    states: a `TrainState` whose leaves have a leading (S * K) axis, replica r = split r // K,
+      seed r % K (as `fit_replicas`' states: `js.predict(model, states, x)` per replica).
+    splits: the (train, test) index arrays; seeds: the K seeds; failed: bool (S, K), True where
+      training went non-finite. `failures` lists those (split, seed) pairs;
+      `summary()` summarizes each score over the finite runs and counts the others.
+    """
+
+    scores: dict[str, np.ndarray]
+    history: History
+    states: TrainState
+    splits: list
+    seeds: tuple[int, ...]
+    failed: np.ndarray
+
+    @property
+    def failures(self) -> list[tuple[int, int]]:
+        return [(int(i), self.seeds[j]) for i, j in zip(*np.nonzero(self.failed), strict=True)]
+
+    def summary(self, *, n_boot: int = 10_000, seed: int = 0) -> dict[str, Summary]:
+        """{score name: `Summary` over all (split, seed) runs}: mean, std, ..., a bootstrap
+        95% interval; failed runs are counted in `n_nonfinite`, never silently dropped."""
+        return {k: summarize(v, n_boot=n_boot, seed=seed, failed=self.failed)
+                for k, v in self.scores.items()}
+
+    def __str__(self) -> str:
+        lines = [f"{len(self.splits)} splits x {len(self.seeds)} seeds, held-out scores:"]
+        for k, s in self.summary(n_boot=1000).items():
+            lines.append(f"  {k}: mean {s.mean:.6g} (std {s.std:.3g}, 95% CI {s.ci95[0]:.6g} "
+                         f"to {s.ci95[1]:.6g}; {s.n} runs, {s.n_nonfinite} failed)")
+        return "\n".join(lines)
+
+
+def _take(data: Batch, idx) -> Batch:
+    return Batch(*(None if a is None else np.asarray(a)[idx] for a in data))
+
+
+def _stack(batches: Sequence[Batch]) -> Batch:
+    return Batch(*(None if parts[0] is None else np.stack(parts)
+                   for parts in zip(*batches, strict=True)))
+
+
+def _held_out(model, states, test: Batch, k: int, *, batch_size, loss_fn, metric_list):
+    """Keras' batched evaluate of every replica on its split's held-out rows -> {name: (R,)}."""
+    def build():
+        one = partial(loop.evaluate_batches, batch_size=batch_size, loss=loss_fn,
+                      metrics=metric_list)
+        nested = jax.vmap(jax.vmap(one, in_axes=(0, None)), in_axes=(0, 0))
+        return jit(lambda s, d: programs.flat(nested(programs.by_split(s, k), d)))
+
+    fn = cached("cv_evaluate", model, loss_fn, metric_list, batch_size, k, build=build)
+    values = fn(states, data_mod.as_device(test))
+    return {name: np.asarray(v, np.float64) for name, v in values.items()}
+
+
+def cross_validate(
+    model: nn.Module,
+    x: Inputs,
+    y: Targets,
+    *,
+    epochs: int,
+    seeds: int | Sequence[int] = 1,
+    splitter="kfold",
+    folds: int = 5,
+    n_splits: int = 5,
+    test_size: int | float | None = None,
+    gap: int = 0,
+    max_train_size: int | None = None,
+    shuffle_folds: bool = False,
+    split_seed: int = 0,
+    batch_size: int = 32,
+    optimizer: optax.GradientTransformation | None = None,
+    loss: str | Callable = "mse",
+    metrics: Sequence = (),
+    shuffle: bool = True,
+    validation_data: tuple | None = None,
+    validation_split: float | None = None,
+    validation_batch_size: int | None = None,
+    sample_weight: SampleWeight | None = None,
+    mask: Mask | None = None,
+    callbacks: Sequence[cbs.Callback] = (),
+    verbose: int = 0,
+    epochs_per_chunk: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+) -> CrossValidation:
+    """Train one replica per (split, seed) and score each on its split's held-out samples.
+
+    Args:
+      model, x (n, ...), y (n, ...): as in `fit`; splits index the sample (first) axis.
+      epochs: epochs per replica (a runtime value).
+      seeds: int K meaning `range(K)`, or K distinct int seeds; every split trains every seed.
+      splitter: "kfold" (`folds`; `shuffle_folds` with `split_seed` for a shuffled order),
+        "walk_forward" (`n_splits`, `test_size` (default n // (n_splits + 1)), `gap`,
+        `max_train_size` for a sliding window; scikit-learn's `TimeSeriesSplit`),
+        "shuffle_split" (`n_splits` random splits of `test_size` (default 0.1) seeded by
+        `split_seed`), or your own list of (train, test) int index arrays.
+      batch_size ... epochs_per_chunk, mesh: as in `fit_replicas`, applied to each split's
+        training rows (`sample_weight` and `mask` rows follow their samples;
+        `validation_split` takes the last fraction of each split's training rows;
+        `validation_data` is shared by all). Held-out scores use `loss` and `metrics` with
+        Keras' `evaluate` (mini-batches of `batch_size`, the split's weights and mask).
+
+    Returns:
+      a `CrossValidation`: `scores` (S, K) per name, `history` (S, K, E), `states`, `failed`,
+      `summary()`. A run whose training went non-finite keeps its last finite state; its
+      scores are NaN, it is named in a RuntimeWarning and in `failures`, and counted by
+      `summary()` (never silently dropped).
+
+    Raises:
+      ValueError / TypeError naming the argument (data, splitter settings, fit options)
+      before anything is compiled.
+    """
+    where = "cross_validate"
+    seeds = check_seeds(seeds, where)
+    data = data_mod.check_batch(model, x, y, sample_weight, mask, where=where)
+    n = data_mod.num_samples(data.x)
+    pairs = make_splits(n, splitter, folds=folds, n_splits=n_splits, test_size=test_size,
+                        gap=gap, max_train_size=max_train_size, shuffle_folds=shuffle_folds,
+                        split_seed=split_seed)
+    contracts.check_positive_int(batch_size, "batch_size", where)
+    loss_fn, metric_list = losses.get_loss(loss, where), losses.get_metrics(metrics, where)
+    if validation_data is not None and validation_split is not None:
+        raise ValueError(f"{where} got both validation_data and validation_split; pass one.")
+    trains, vals, tests = [], [], []
+    for tr, te in pairs:
+        train = _take(data, tr)
+        val = None
+        if validation_split is not None:
+            train, val = data_mod.split_validation(train, validation_split, where)
+        trains.append(train)
+        vals.append(val)
+        tests.append(_take(data, te))
+    groups: dict[tuple, list[int]] = {}
+    for i, (tr, va, te) in enumerate(zip(trains, vals, tests, strict=True)):
+        size = (len(tr.x), None if va is None else len(va.x), len(te.x))
+        groups.setdefault(size, []).append(i)
+
+    k, s = len(seeds), len(pairs)
+    names = loop.log_names(metric_list, validation_data is not None or
+                           validation_split is not None)
+    scores = {m: np.full((s, k), np.nan) for m in loop.log_names(metric_list, False)}
+    failed = np.zeros((s, k), bool)
+    states, histories = [None] * s, [None] * s
+    for members in groups.values():
+        val = None if vals[members[0]] is None else _stack([vals[i] for i in members])
+        with warnings.catch_warnings():  # failures are reported below, by (split, seed)
+            warnings.filterwarnings("ignore", message=f"{where}: ", category=RuntimeWarning)
+            state, history = drive(
+                model, None, None, where=where, seeds=seeds, state=None, epochs=epochs,
+                batch_size=batch_size, optimizer=optimizer, loss=loss, metrics=metrics,
+                shuffle=shuffle, validation_data=validation_data, validation_split=None,
+                validation_batch_size=validation_batch_size, sample_weight=None, mask=None,
+                callbacks=callbacks, verbose=verbose, epochs_per_chunk=epochs_per_chunk,
+                on_nan="stop", reset_states=None, checkpoint_dir=None, checkpoint_every=None,
+                keep=None, resume=False, mesh=mesh,
+                per_split=(_stack([trains[i] for i in members]), val))
+        bs = min(batch_size, len(tests[members[0]].x))
+        held = _held_out(model, state, _stack([tests[i] for i in members]), k, batch_size=bs,
+                         loss_fn=loss_fn, metric_list=metric_list)
+        bad = history.nonfinite.reshape(len(members), k)
+        for g, i in enumerate(members):
+            failed[i] = bad[g]
+            for m in scores:
+                scores[m][i] = np.where(bad[g], np.nan, held[m][g * k:(g + 1) * k])
+            states[i] = jax.tree.map(lambda a, g=g: a[g * k:(g + 1) * k], state)
+            histories[i] = {m: history.history[m][g * k:(g + 1) * k] for m in names}
+    epochs_run = max(h["loss"].shape[-1] for h in histories)
+    history = History({m: np.stack([np.pad(h[m], ((0, 0), (0, epochs_run - h[m].shape[-1])),
+                                           constant_values=np.nan) for h in histories])
+                       for m in names}, nonfinite=failed)
+    result = CrossValidation(scores=scores, history=history,
+                             states=jax.tree.map(lambda *a: jax.numpy.concatenate(a), *states),
+                             splits=pairs, seeds=tuple(seeds), failed=failed)
+    if failed.any():
+        warnings.warn(
+            f"{where}: training went non-finite in {int(failed.sum())} of {failed.size} (split, "
+            f"seed) runs: {', '.join(f'split {i} seed {sd}' for i, sd in result.failures)}. "
+            "Each kept its last finite state; its held-out scores are NaN and summary() counts "
+            "it in n_nonfinite. Lower the learning rate or clip gradients.",
+            RuntimeWarning, stacklevel=2)
+    return result

@@ -1,0 +1,75 @@
+"""The compiled programs the drivers run: initialization, the epoch loop (for one model, for
+replicas, or for splits x seeds), seed splitting. Each is built once per (model, optimizer,
+static settings) and kept in `compile`'s bounded cache."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxseq.training import loop
+from jaxseq.training.compile import cached, jit
+from jaxseq.training.state import TrainState, create_train_state, split_seed
+
+__all__ = ["by_split", "flat", "init_program", "init_state", "loop_program", "per_split_loop",
+           "stack_seeds"]
+
+
+def init_program(model, tx, replicated: bool, batch_size: int, data_axis=None):
+    def build():
+        fn = partial(create_train_state, model, tx, batch_size=batch_size)
+        if replicated:
+            fn = jax.vmap(fn, in_axes=(data_axis, 0))
+        return jit(fn, once=True)
+
+    return cached("init", model, tx, replicated, batch_size, data_axis, build=build)
+
+
+def init_state(model, tx, x, key, *, batch_size: int = 1) -> TrainState:
+    """`create_train_state(model, tx, x, key, batch_size=...)`, compiled once per (model,
+    optimizer): a sweep that builds many states (learning rates with
+    `optax.inject_hyperparams`, seeds) compiles initialization once."""
+    return init_program(model, tx, False, batch_size)(jnp.asarray(x[:batch_size]), key)
+
+
+def by_split(tree, k: int):
+    """Leaves (S * k, ...) -> (S, k, ...): the flat replica axis as (split, seed)."""
+    return jax.tree.map(lambda a: a.reshape(-1, k, *a.shape[1:]), tree)
+
+
+def flat(tree):
+    """Leaves (S, k, ...) -> (S * k, ...)."""
+    return jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), tree)
+
+
+def per_split_loop(fn, k: int, carry, key, first, last, data, val):
+    """`fn` (vmapped over splits, then seeds) on a flat replica axis: replica r = split r // k,
+    seed r % k."""
+    carry, logs = fn(by_split(carry, k), by_split(key, k), first, last, data, val)
+    return flat(carry), flat(logs)
+
+
+def loop_program(model, tx, static: dict, replicated: bool, per_split=None):
+    """The jitted loop; replicated: vmapped over replicas (data shared), or with `per_split`
+    = (k seeds per split, val per split?) over splits (each its own data), then seeds."""
+    def build():
+        fn = partial(loop.train_loop, **static)
+        if replicated:
+            fn = jax.vmap(fn, in_axes=(0, 0, None, None, None, None))
+        if per_split is not None:
+            k, val_axis = per_split
+            fn = partial(per_split_loop, jax.vmap(fn, in_axes=(0, 0, None, None, 0, val_axis)), k)
+        return jit(fn, donate_argnums=(0,))
+
+    return cached("loop", model, tx, replicated, per_split,
+                  *sorted(static.items(), key=lambda kv: kv[0]), build=build)
+
+
+def stack_seeds(seeds: Sequence[int]) -> tuple[jax.Array, jax.Array]:
+    """`split_seed` of every seed, stacked (one compiled call)."""
+    split = cached("split_seeds", build=lambda: jit(jax.vmap(split_seed), once=True))
+    return split(jnp.asarray(np.asarray(seeds)))
