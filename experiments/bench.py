@@ -8,6 +8,7 @@ Cases (all by default; pick with --cases):
                      framings): jaxseq.fit per epoch (warm) and the whole run from cold
                      (compilation included); Keras 3 model.fit (jax backend) alongside
   replicas           jaxseq.replicas.fit_replicas with 1 vs 32 seeds (many_to_many, tutorial data)
+  cross_validation   5-fold x 10-seed cross_validate (one program) vs 50 fit + evaluate calls
   compile            first-call time (trace + lower + compile) of the jitted LSTM fwd+bwd at
                      T=10 and T=1000
 Peers in the same process: Flax nn.RNN(OptimizedLSTMCell / GRUCell) always; torch.nn.LSTM/GRU
@@ -62,7 +63,8 @@ from jaxseq import parallel  # noqa: E402
 
 DEFAULT_SIZES = "64x100x128x128,64x100x256x256,32x200x512x512"
 QUICK_SIZES = "4x6x3x5"
-ALL_CASES = ("lstm", "gru", "lstm_fwd", "gru_fwd", "tutorial", "replicas", "compile")
+ALL_CASES = ("lstm", "gru", "lstm_fwd", "gru_fwd", "tutorial", "replicas", "cross_validation",
+             "compile")
 TUTORIAL = {"one_to_one": (1000, 5), "many_to_one": (500, 1), "many_to_many": (1000, 1)}
 GATES = {"lstm": 4, "gru": 3}
 
@@ -373,6 +375,52 @@ def replicas_case(*, quick: bool, notes: list, cpu_devices: bool = False) -> dic
     return {"case": "replicas", "replicas": many, "rows": rows}
 
 
+def cv_case(*, quick: bool, cpu_devices: bool = False) -> dict:
+    """Issue 15's speed goal: 5-fold x 10-seed cross-validation of the many_to_many model (echo
+    of 50 random sequences of 5 steps, batch 8, 1000 epochs) as one program, against 50 `fit`
+    + `evaluate` calls in a loop; both cold (compilation included) and warm."""
+    x = np.random.default_rng(0).random((50, 5, 1)).astype(np.float32)
+    model = js.models.many_to_many()
+    folds, seeds, epochs = (5, 2, 2) if quick else (5, 10, 1000)
+    splits = js.evaluation.kfold(len(x), folds)
+    fit_kw = dict(epochs=epochs, batch_size=8)
+
+    def loop():
+        out = []
+        for tr, te in splits:
+            for s in range(seeds):
+                state, _ = js.fit(model, x[tr], x[tr], seed=s, verbose=0, **fit_kw)
+                out.append(js.evaluate(model, state, x[te], x[te], batch_size=8))
+        return np.array(out).reshape(folds, seeds)
+
+    runs = {f"{folds * seeds} x fit + evaluate": loop,
+            "cross_validate": lambda: js.evaluation.cross_validate(
+                model, x, x, folds=folds, seeds=seeds, **fit_kw).scores["loss"]}
+    devices = jax.local_devices(backend="cpu" if cpu_devices else None)
+    d = max(k for k in range(1, len(devices) + 1) if seeds % k == 0)
+    if d > 1:
+        mesh = parallel.make_mesh(devices[:d])
+        runs[f"cross_validate ({d} devices)"] = lambda: js.evaluation.cross_validate(
+            model, x, x, folds=folds, seeds=seeds, mesh=mesh, **fit_kw).scores["loss"]
+    cold, warm, scores = {}, {name: [] for name in runs}, {}
+    for name, run in runs.items():
+        _cold_start()
+        t0 = time.perf_counter()
+        scores[name] = run()
+        cold[name] = time.perf_counter() - t0
+    for _ in range(2):  # interleaved rounds
+        for name, run in runs.items():
+            t0 = time.perf_counter()
+            run()
+            warm[name].append(time.perf_counter() - t0)
+    ref = scores[next(iter(runs))]
+    rows = [{"name": name, "cold_s": cold[name], "warm_s": warm[name],
+             "max_rel_diff": float(np.max(np.abs(scores[name] - ref) / np.abs(ref)))}
+            for name in runs]
+    return {"case": "cross_validation", "folds": folds, "seeds": seeds, "epochs": epochs,
+            "rows": rows}
+
+
 def compile_case(*, quick: bool, repeats: int) -> dict:
     """First-call time of a fresh jit of LSTM fwd+bwd, short vs long sequences."""
     b, i, h = (2, 3, 4) if quick else (16, 32, 32)
@@ -465,6 +513,14 @@ def targets(results: list[dict], peak: float) -> list[dict]:
                 label = name.removeprefix("fit_replicas ")
                 out.append({"target": f"replicas {label} / {one} <= 3",
                             "value": warm[name] / warm[one], "limit": 3.0})
+    for r in results:
+        if r["case"] == "cross_validation":
+            warm = {row["name"]: _median(row["warm_s"]) for row in r["rows"]}
+            loop = r["rows"][0]["name"]
+            for name in list(warm)[1:]:
+                out.append({"target": f"{loop} / {name} >= 5",
+                            "value": warm[loop] / warm[name], "limit": 5.0,
+                            "higher_is_better": True})
     for t in out:
         v = t["value"]
         if v is None:
@@ -492,6 +548,13 @@ def report(results: list[dict], peak: float, notes: list) -> str:
             for row in r["rows"]:
                 lines.append(f"  {row['name']:42s}{_median(row['warm_s']) * 1e3:9.1f} ms"
                              f"{row['cold_s']:8.2f} s cold")
+        elif r["case"] == "cross_validation":
+            lines.append(f"Cross-validation ({r['folds']} folds x {r['seeds']} seeds, "
+                         f"{r['epochs']} epochs, many_to_many), warm median and cold:")
+            for row in r["rows"]:
+                lines.append(f"  {row['name']:42s}{_median(row['warm_s']):9.2f} s"
+                             f"{row['cold_s']:8.2f} s cold  (scores vs the loop: max rel "
+                             f"diff {row['max_rel_diff']:.1e})")
         elif r["case"] == "compile":
             b, i, h = r["size_bih"]
             lines.append(f"Compile time, LSTM fwd+bwd (B={b}, I={i}, H={h}), first call:")
@@ -562,6 +625,8 @@ def main(argv=None) -> dict:
         elif case == "replicas":
             results.append(replicas_case(quick=args.quick, notes=notes,
                                          cpu_devices=args.cpu_devices is not None))
+        elif case == "cross_validation":
+            results.append(cv_case(quick=args.quick, cpu_devices=args.cpu_devices is not None))
         elif case == "compile":
             results.append(compile_case(quick=args.quick, repeats=repeats))
         case_wall[case] = time.perf_counter() - t_case

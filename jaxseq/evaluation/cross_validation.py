@@ -124,15 +124,18 @@ def _stack(batches: Sequence[Batch]) -> Batch:
                    for parts in zip(*batches, strict=True)))
 
 
-def _held_out(model, states, test: Batch, k: int, *, batch_size, loss_fn, metric_list):
-    """Keras' batched evaluate of every replica on its split's held-out rows -> {name: (R,)}."""
+def _held_out(model, states, test: Batch, inner: int, outer: bool, *, batch_size, loss_fn,
+              metric_list):
+    """Keras' batched evaluate of every replica on its split's held-out rows -> {name: (R,)},
+    in the replica order of the training program."""
     def build():
         one = partial(loop.evaluate_batches, batch_size=batch_size, loss=loss_fn,
                       metrics=metric_list)
-        nested = jax.vmap(jax.vmap(one, in_axes=(0, None)), in_axes=(0, 0))
-        return jit(lambda s, d: programs.flat(nested(programs.by_split(s, k), d)))
+        nested = programs.over_splits(one, (0, 0), (0, None), outer)
+        return jit(lambda s, d: programs.flat(nested(programs.by_split(s, inner), d)))
 
-    fn = cached("cv_evaluate", model, loss_fn, metric_list, batch_size, k, build=build)
+    fn = cached("cv_evaluate", model, loss_fn, metric_list, batch_size, inner, outer,
+                build=build)
     values = fn(states, data_mod.as_device(test))
     return {name: np.asarray(v, np.float64) for name, v in values.items()}
 
@@ -225,6 +228,9 @@ def cross_validate(
     scores = {m: np.full((s, k), np.nan) for m in loop.log_names(metric_list, False)}
     failed = np.zeros((s, k), bool)
     states, histories = [None] * s, [None] * s
+    # With a mesh, the replica axis is cut into equal contiguous shards: seeds outermost keeps
+    # every shard aligned with whole seeds when their number divides the mesh size.
+    outer = mesh is not None and k % mesh.size == 0
     for members in groups.values():
         val = None if vals[members[0]] is None else _stack([vals[i] for i in members])
         with warnings.catch_warnings():  # failures are reported below, by (split, seed)
@@ -237,17 +243,21 @@ def cross_validate(
                 callbacks=callbacks, verbose=verbose, epochs_per_chunk=epochs_per_chunk,
                 on_nan="stop", reset_states=None, checkpoint_dir=None, checkpoint_every=None,
                 keep=None, resume=False, mesh=mesh,
-                per_split=(_stack([trains[i] for i in members]), val))
-        bs = min(batch_size, len(tests[members[0]].x))
-        held = _held_out(model, state, _stack([tests[i] for i in members]), k, batch_size=bs,
+                per_split=(_stack([trains[i] for i in members]), val, outer))
+        g = len(members)
+        held = _held_out(model, state, _stack([tests[i] for i in members]), g if outer else k,
+                         outer, batch_size=min(batch_size, len(tests[members[0]].x)),
                          loss_fn=loss_fn, metric_list=metric_list)
-        bad = history.nonfinite.reshape(len(members), k)
-        for g, i in enumerate(members):
-            failed[i] = bad[g]
+        # rows[a, j]: the replica of the group's a-th split and seed j
+        rows = np.arange(g * k).reshape((k, g) if outer else (g, k))
+        rows = rows.T if outer else rows
+        bad = history.nonfinite[rows]
+        for a, i in enumerate(members):
+            failed[i] = bad[a]
             for m in scores:
-                scores[m][i] = np.where(bad[g], np.nan, held[m][g * k:(g + 1) * k])
-            states[i] = jax.tree.map(lambda a, g=g: a[g * k:(g + 1) * k], state)
-            histories[i] = {m: history.history[m][g * k:(g + 1) * k] for m in names}
+                scores[m][i] = np.where(bad[a], np.nan, held[m][rows[a]])
+            states[i] = jax.tree.map(lambda leaf, r=rows[a]: leaf[r], state)
+            histories[i] = {m: history.history[m][rows[a]] for m in names}
     epochs_run = max(h["loss"].shape[-1] for h in histories)
     history = History({m: np.stack([np.pad(h[m], ((0, 0), (0, epochs_run - h[m].shape[-1])),
                                            constant_values=np.nan) for h in histories])

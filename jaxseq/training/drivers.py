@@ -54,9 +54,10 @@ def drive(model, x, y, *, where, seed=0, seeds, state, epochs, batch_size, optim
           sample_weight, mask, callbacks, verbose, epochs_per_chunk, on_nan, reset_states,
           checkpoint_dir, checkpoint_every, keep, resume, mesh, per_split=None):
     """The one driver behind `fit` (seeds None), `fit_replicas` and cross-validation.
-    `per_split`: (train, val) checked `Batch`es with a leading split axis (val: None, or shared
-    when validation_data is given); every seed trains on every split, replica r = split
-    r // len(seeds), seed r % len(seeds); x, y, sample_weight, mask, validation_split unused."""
+    `per_split`: (train, val, seeds_outer): checked `Batch`es with a leading split axis S (val:
+    None, or shared when validation_data is given); every seed trains on every split, replica
+    r = (split r // K, seed r % K), or (seed r // S, split r % S) with seeds_outer; x, y,
+    sample_weight, mask and validation_split are then unused."""
     replicated = seeds is not None
     hooks.check_run_options(where, epochs=epochs, batch_size=batch_size,
                             validation_batch_size=validation_batch_size,
@@ -82,10 +83,11 @@ def drive(model, x, y, *, where, seed=0, seeds, state, epochs, batch_size, optim
                                  "pass one.")
             train, val = data_mod.split_validation(train, validation_split, where)
     else:
-        train, val = per_split
-        k = len(seeds)
-        per_split = (k, 0 if validation_data is None else None)
-        seeds = [s for _ in range(data_mod.num_samples(train.x)) for s in seeds]
+        train, val, outer = per_split
+        s, k = contracts.shape_of(train.x)[0], len(seeds)
+        per_split = (s if outer else k, 0 if validation_data is None else None, outer)
+        seeds = [a for a in seeds for _ in range(s)] if outer else [a for _ in range(s)
+                                                                     for a in seeds]
     n = contracts.shape_of(train.x)[1 if per_split else 0]
     bs = min(batch_size, n)
     names = loop.log_names(metric_list, val is not None)
@@ -95,7 +97,10 @@ def drive(model, x, y, *, where, seed=0, seeds, state, epochs, batch_size, optim
     if replicated:
         init_keys, key = programs.stack_seeds(seeds)
         if state is None:
-            x0 = np.repeat(train.x[:, :bs], k, axis=0) if per_split else train.x[:bs]
+            x0 = train.x[:bs]
+            if per_split:
+                x0 = np.concatenate([train.x[:, :bs]] * k) if outer else np.repeat(
+                    train.x[:, :bs], k, axis=0)
             state = programs.init_program(model, tx, True, bs, 0 if per_split else None)(
                 jax.device_put(x0), init_keys)
     else:

@@ -15,8 +15,8 @@ from jaxseq.training import loop
 from jaxseq.training.compile import cached, jit
 from jaxseq.training.state import TrainState, create_train_state, split_seed
 
-__all__ = ["by_split", "flat", "init_program", "init_state", "loop_program", "per_split_loop",
-           "stack_seeds"]
+__all__ = ["by_split", "flat", "init_program", "init_state", "loop_program", "over_splits",
+           "per_split_loop", "stack_seeds"]
 
 
 def init_program(model, tx, replicated: bool, batch_size: int, data_axis=None):
@@ -36,33 +36,42 @@ def init_state(model, tx, x, key, *, batch_size: int = 1) -> TrainState:
     return init_program(model, tx, False, batch_size)(jnp.asarray(x[:batch_size]), key)
 
 
-def by_split(tree, k: int):
-    """Leaves (S * k, ...) -> (S, k, ...): the flat replica axis as (split, seed)."""
-    return jax.tree.map(lambda a: a.reshape(-1, k, *a.shape[1:]), tree)
+def by_split(tree, inner: int):
+    """Leaves (R, ...) -> (R // inner, inner, ...): the flat replica axis as (outer, inner)."""
+    return jax.tree.map(lambda a: a.reshape(-1, inner, *a.shape[1:]), tree)
 
 
 def flat(tree):
-    """Leaves (S, k, ...) -> (S * k, ...)."""
+    """Leaves (outer, inner, ...) -> (outer * inner, ...)."""
     return jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), tree)
 
 
-def per_split_loop(fn, k: int, carry, key, first, last, data, val):
-    """`fn` (vmapped over splits, then seeds) on a flat replica axis: replica r = split r // k,
-    seed r % k."""
-    carry, logs = fn(by_split(carry, k), by_split(key, k), first, last, data, val)
+def over_splits(fn, own, shared, seeds_outer: bool):
+    """`fn` vmapped over splits (`own` in_axes: each split its own data) and seeds (`shared`:
+    the split's data shared), seeds the outer axis or the inner one."""
+    return (jax.vmap(jax.vmap(fn, in_axes=own), in_axes=shared) if seeds_outer else
+            jax.vmap(jax.vmap(fn, in_axes=shared), in_axes=own))
+
+
+def per_split_loop(fn, inner: int, carry, key, first, last, data, val):
+    """`fn` (vmapped by `over_splits`) on a flat replica axis of `inner`-sized groups."""
+    carry, logs = fn(by_split(carry, inner), by_split(key, inner), first, last, data, val)
     return flat(carry), flat(logs)
 
 
 def loop_program(model, tx, static: dict, replicated: bool, per_split=None):
-    """The jitted loop; replicated: vmapped over replicas (data shared), or with `per_split`
-    = (k seeds per split, val per split?) over splits (each its own data), then seeds."""
+    """The jitted loop; replicated: vmapped over replicas (data shared); with `per_split` =
+    (inner, val in_axis, seeds_outer) over splits (each its own data) and seeds: replica r =
+    (split r // k, seed r % k) when seeds are inner, (seed r // S, split r % S) when outer."""
     def build():
         fn = partial(loop.train_loop, **static)
-        if replicated:
-            fn = jax.vmap(fn, in_axes=(0, 0, None, None, None, None))
+        shared = (0, 0, None, None, None, None)
         if per_split is not None:
-            k, val_axis = per_split
-            fn = partial(per_split_loop, jax.vmap(fn, in_axes=(0, 0, None, None, 0, val_axis)), k)
+            inner, val_axis, seeds_outer = per_split
+            fn = partial(per_split_loop, over_splits(
+                fn, (0, 0, None, None, 0, val_axis), shared, seeds_outer), inner)
+        elif replicated:
+            fn = jax.vmap(fn, in_axes=shared)
         return jit(fn, donate_argnums=(0,))
 
     return cached("loop", model, tx, replicated, per_split,
