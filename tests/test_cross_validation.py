@@ -28,11 +28,19 @@ def _fit_alone(model, x, y, w, tr, te, seed, **kw):
     return hist, held
 
 
-def test_every_replica_equals_its_own_fit(data):
+CV_KW = dict(folds=4, seeds=[3, 8], epochs=EPOCHS, batch_size=BS, metrics=["mae"])
+
+
+@pytest.fixture(scope="module")
+def cv4(data):
     # 18 samples in 4 folds: sizes 5, 5, 4, 4, so two programs (training sets of 13 and 14).
     model, x, y, w = data
-    cv = evaluation.cross_validate(model, x, y, sample_weight=w, folds=4, seeds=[3, 8],
-                                   epochs=EPOCHS, batch_size=BS, metrics=["mae"])
+    return evaluation.cross_validate(model, x, y, sample_weight=w, **CV_KW)
+
+
+def test_every_replica_equals_its_own_fit(data, cv4):
+    model, x, y, w = data
+    cv = cv4
     assert cv.scores["loss"].shape == (4, 2) and cv.history.loss.shape == (4, 2, EPOCHS)
     assert jax_leading(cv.states) == 8 and not cv.failed.any()
     for (i, j) in [(0, 1), (3, 0)]:  # one replica of each program
@@ -43,6 +51,19 @@ def test_every_replica_equals_its_own_fit(data):
         np.testing.assert_allclose(cv.scores["mae"][i, j], held["mae"], rtol=1e-5)
     # seeds differ within a split, splits differ for one seed
     assert len(np.unique(cv.scores["loss"])) == 8
+
+
+def test_mesh_puts_seeds_outermost_and_changes_nothing(data, cv4):
+    import jax
+
+    model, x, y, w = data
+    mesh = js.parallel.make_mesh(jax.devices()[:2])  # 4 splits x 2 seeds: seeds outermost
+    cv = evaluation.cross_validate(model, x, y, sample_weight=w, mesh=mesh, **CV_KW)
+    np.testing.assert_allclose(cv.scores["loss"], cv4.scores["loss"], rtol=1e-5)
+    np.testing.assert_allclose(cv.history.loss, cv4.history.loss, rtol=1e-5)
+    leaf = jax.tree.leaves(cv.states.params)[0]
+    np.testing.assert_allclose(leaf, jax.tree.leaves(cv4.states.params)[0], rtol=1e-5,
+                               atol=1e-6)
 
 
 def jax_leading(tree):
@@ -85,12 +106,12 @@ def test_failed_split_is_named_and_counted(data):
     np.testing.assert_allclose(s.mean, cv.scores["loss"][0].mean())
 
 
-@pytest.mark.parametrize("splitter, kw, programs", [
-    ("shuffle_split", {"n_splits": 3, "test_size": 6}, 1),  # equal sizes: one program
-    ("kfold", {"folds": 4}, 2),  # training sets of 13 and 14 samples
+@pytest.mark.parametrize("kw, programs", [
+    ({"splitter": "shuffle_split", "n_splits": 3, "test_size": 6}, 1),  # equal sizes
+    ({"splitter": "kfold"}, 2),  # training sets of 13 and 14 samples
 ])
-def test_one_program_per_training_set_size(data, monkeypatch, splitter, kw, programs):
-    model, x, y, _ = data
+def test_one_program_per_training_set_size(data, monkeypatch, kw, programs):
+    model, x, y, w = data
     built = []
     original = js.training.programs.loop_program
 
@@ -101,8 +122,7 @@ def test_one_program_per_training_set_size(data, monkeypatch, splitter, kw, prog
     monkeypatch.setattr(js.training.programs, "loop_program", counting)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        cv = evaluation.cross_validate(model, x, y, splitter=splitter, seeds=2, epochs=2,
-                                       batch_size=BS, **kw)
+        cv = evaluation.cross_validate(model, x, y, sample_weight=w, **{**CV_KW, **kw})
     assert len(built) == programs and np.isfinite(cv.scores["loss"]).all()
 
 
