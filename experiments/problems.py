@@ -24,6 +24,10 @@ large spread over seeds; the long copy task (delay 12) is only partly learned in
 results/problems.png). Writes results/problems.json and results/problems.png (`--out` to
 change the folder).
 
+After the table, each row's best cell is compared with the runner-up by
+`js.evaluation.compare` (difference in mean skill, bootstrap interval, Welch's t): a winner is
+named only where the interval excludes 0 (needs scipy: the `[stats]` extra).
+
 `--quick` is a tiny end-to-end run for the tests: LSTM only (`--cells` to change), one length,
 48 samples, 2 epochs, 2 seeds. `--problems` and `--cells` pick a subset.
 """
@@ -42,7 +46,7 @@ import numpy as np
 import optax
 
 import jaxseq as js
-from jaxseq import problems
+from jaxseq import evaluation, problems
 
 CELLS = {"LSTM": js.LSTM, "GRU": js.GRU, "SimpleRNN": js.SimpleRNN}
 UNITS = 16
@@ -126,6 +130,26 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def winners(results: list[dict]) -> list[dict]:
+    """Per (problem, length): the cell with the best mean skill against the runner-up, by
+    `js.evaluation.compare` (Welch's t, bootstrap interval of the difference in skill; the
+    verdict claims a winner only where the interval excludes 0)."""
+    out = []
+    rows: dict[tuple, list[dict]] = {}
+    for r in results:
+        rows.setdefault((r["problem"], r["time_steps"]), []).append(r)
+    for (problem, t), rs in rows.items():
+        rs = sorted((r for r in rs if np.isfinite(r["skill"]).all()),
+                    key=lambda r: -r["skill_mean"])
+        if len(rs) < 2 or len(rs[0]["skill"]) < 2:
+            continue
+        c = evaluation.compare(rs[0]["skill"], rs[1]["skill"], lower_is_better=False)
+        out.append({"problem": problem, "time_steps": t, "a": rs[0]["cell"],
+                    "b": rs[1]["cell"], **{k: c[k] for k in ("diff", "ci95", "p_value",
+                                                             "effect_size", "verdict")}})
+    return out
+
+
 def plot(results: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -176,10 +200,16 @@ def main(argv=None) -> list[dict]:
                   names=tuple(args.problems))
     print()
     print(table(results))
+    wins = winners(results)
+    if wins:
+        print("\nBest cell against the runner-up (A vs B, skill, higher is better):")
+        for w in wins:
+            print(f"  {w['problem']} t={w['time_steps']}: A = {w['a']}, B = {w['b']}: "
+                  f"{w['verdict']}")
     args.out.mkdir(parents=True, exist_ok=True)
     payload = {"settings": settings, "units": UNITS, "optimizer": "adam(5e-3)",
                "jax": jax.__version__, "devices": [str(d) for d in jax.devices()],
-               "wall_s": time.perf_counter() - t0, "results": results}
+               "wall_s": time.perf_counter() - t0, "results": results, "winners": wins}
     (args.out / "problems.json").write_text(json.dumps(payload, indent=1))
     plot(results, args.out / "problems.png")
     print(f"wrote {args.out / 'problems.json'} and {args.out / 'problems.png'} "

@@ -13,7 +13,9 @@ Command (from the repository root):
 
 Expect all or nearly all replicas to learn many-to-one (RMSE ~1e-6), most to learn one-to-one
 (RMSE ~1e-2), and many-to-many to be the most seed-dependent; the replicas run several times
-faster than the same fits one by one. Writes results/skill.json and results/skill.png.
+faster than the same fits one by one. Then, for "how many repeats are enough?", the mean RMSE
+of the first n seeds with its standard error and bootstrap interval (`repeats_curve`) for
+n = 1..N. Writes results/skill.json, skill.png, repeats.json and repeats.png.
 
 Speed: `--unroll` runs the LSTM's 5 steps unrolled on the scan path, and `--cpu-devices N`
 splits the CPU into N JAX devices (one per core) and shards the replicas over them; together
@@ -36,7 +38,7 @@ import jax
 import numpy as np
 
 import jaxseq as js
-from jaxseq import parallel, replicas
+from jaxseq import evaluation, parallel, replicas
 
 # framing -> (model builder, epochs, batch size, tolerance for "learned")
 FRAMINGS = {
@@ -131,6 +133,53 @@ def plot(results: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def repeats(results: list[dict]) -> dict[str, dict]:
+    """`js.evaluation.repeats_curve` of each framing's RMSE (finite replicas, in seed order):
+    how the mean and its uncertainty settle as repeats accumulate."""
+    out = {}
+    for r in results:
+        v = np.asarray(r["rmse"], np.float64)
+        out[r["framing"]] = {k: a.tolist() for k, a in
+                             evaluation.repeats_curve(v[np.isfinite(v)]).items()}
+    return out
+
+
+def repeats_table(curves: dict[str, dict]) -> str:
+    lines = [f"{'framing':<13} {'n':>4} {'mean RMSE':>10} {'SEM':>9} {'95% CI of the mean':>24} "
+             f"{'CI width / mean':>15}"]
+    for framing, c in curves.items():
+        size = len(c["n"])
+        for n in sorted({k for k in (5, 10, 30, 100, size) if k <= size}):
+            i = n - 1
+            width = (c["ci_high"][i] - c["ci_low"][i]) / c["mean"][i]
+            lines.append(f"{framing:<13} {n:>4} {c['mean'][i]:>10.3e} {c['sem'][i]:>9.2e} "
+                         f"[{c['ci_low'][i]:.3e}, {c['ci_high'][i]:.3e}] {width:>15.0%}")
+    return "\n".join(lines)
+
+
+def plot_repeats(curves: dict[str, dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3.4), squeeze=False)
+    for ax, (framing, c) in zip(axes[0], curves.items(), strict=True):
+        n, mean = np.asarray(c["n"]), np.asarray(c["mean"])
+        ax.fill_between(n, c["ci_low"], c["ci_high"], alpha=0.3, label="95% bootstrap CI")
+        sem = np.nan_to_num(np.asarray(c["sem"]))
+        ax.plot(n, mean, label="mean of the first n")
+        ax.plot(n, mean + sem, "k:", lw=0.8, label="± 1 SEM")
+        ax.plot(n, mean - sem, "k:", lw=0.8)
+        ax.set_title(framing)
+        ax.set_xlabel("repeats (seeds)")
+    axes[0][0].set_ylabel("RMSE on the echo")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--replicas", type=int, default=30)
@@ -184,7 +233,13 @@ def main(argv=None) -> list[dict]:
                    "jax": jax.__version__, "results": results}
         (args.out / "skill.json").write_text(json.dumps(payload, indent=1))
         plot(results, args.out / "skill.png")
-        print(f"wrote {args.out / 'skill.json'} and {args.out / 'skill.png'}")
+        curves = repeats(results)
+        print("\nHow many repeats? The mean RMSE of the first n seeds and its uncertainty:")
+        print(repeats_table(curves))
+        (args.out / "repeats.json").write_text(json.dumps(curves))
+        plot_repeats(curves, args.out / "repeats.png")
+        print(f"wrote {args.out / 'skill.json'}, {args.out / 'skill.png'} and "
+              f"{args.out / 'repeats.png'}")
     return results
 
 
