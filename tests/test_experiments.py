@@ -64,3 +64,8 @@ def test_skill_experiment(tmp_path):
     assert r["learned_fraction"] == np.mean(np.isfinite(errors) & (errors <= r["tolerance"]))
     assert r["speedup"] > 0 and r["wall_s_sequential"] > 0
     assert (out / "skill.png").read_bytes().startswith(PNG)
+    curve = json.loads((out / "repeats.json").read_text())["many_to_many"]
+    finite = rmse[np.isfinite(rmse)]
+    assert curve["n"] == list(range(1, finite.size + 1))
+    np.testing.assert_allclose(curve["mean"], np.cumsum(finite) / curve["n"], rtol=1e-12)
+    assert "How many repeats?" in stdout and (out / "repeats.png").read_bytes().startswith(PNG)
