@@ -63,7 +63,8 @@ from jaxseq import parallel  # noqa: E402
 
 DEFAULT_SIZES = "64x100x128x128,64x100x256x256,32x200x512x512"
 QUICK_SIZES = "4x6x3x5"
-ALL_CASES = ("lstm", "gru", "lstm_fwd", "gru_fwd", "tutorial", "replicas", "cross_validation",
+ALL_CASES = ("lstm", "gru", "lstm_fwd", "gru_fwd", "tutorial", "train", "replicas",
+             "cross_validation",
              "compile")
 TUTORIAL = {"one_to_one": (1000, 5), "many_to_one": (500, 1), "many_to_many": (1000, 1)}
 GATES = {"lstm": 4, "gru": 3}
@@ -421,6 +422,98 @@ def cv_case(*, quick: bool, cpu_devices: bool = False) -> dict:
             "rows": rows}
 
 
+# ---------------------------------------------------------------------------------------------
+# Training workloads where users live (issue 13): a forecaster and a mid-size model
+
+# name -> (samples, time steps, features, units, batch size)
+WORKLOADS = {"forecaster": (204, 12, 1, 32, 16), "midsize": (64, 50, 8, 64, 32)}
+
+
+def small_gemm_rate(b: int, k: int, n: int, quick: bool) -> float:
+    """GFLOP/s of a chain of dependent (b, k) @ (k, n) products in one jitted loop (what one
+    recurrent step's product can reach on XLA, per-op overhead included)."""
+    steps = 50 if quick else 2000
+    w = jax.random.normal(jax.random.key(0), (k, n), jnp.float32) * 0.1
+
+    @jax.jit
+    def chain(x):
+        def body(_, x):
+            y = x @ w
+            return y[:, :k] + y[:, n - k:]
+        return jax.lax.fori_loop(0, steps, body, x)
+
+    x = jax.random.normal(jax.random.key(1), (b, k), jnp.float32)
+    t = measure({"chain": lambda: chain(x).block_until_ready()}, 3 if quick else 7)["chain"]
+    return 2 * b * k * n * steps / statistics.median(t) / 1e9
+
+
+def epoch_flops(n: int, t: int, f: int, h: int, bs: int) -> int:
+    """LSTM fwd+bwd FLOPs of one epoch: per step and sample, the forward products x·W and
+    h·U (2·4h·(f+h)), the backward's input/state gradients and weight gradients (twice that)."""
+    return 3 * 2 * 4 * h * (f + h) * t * n
+
+
+def _torch_epoch(data, h: int, bs: int):
+    import torch
+
+    x, y = (torch.from_numpy(a) for a in data)
+    lstm = torch.nn.LSTM(x.shape[-1], h, batch_first=True)
+    head = torch.nn.Linear(h, 1)
+    params = [*lstm.parameters(), *head.parameters()]
+    opt = torch.optim.Adam(params, lr=1e-3)
+
+    def epoch():
+        for idx in torch.randperm(len(x)).split(bs):
+            opt.zero_grad()
+            out, _ = lstm(x[idx])
+            loss = torch.mean((head(out[:, -1]) - y[idx]) ** 2)
+            loss.backward()
+            opt.step()
+        return loss.item()
+
+    return epoch
+
+
+def train_case(name: str, *, quick: bool, notes: list) -> dict:
+    n, t, f, h, bs = WORKLOADS[name]
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, t, f)).astype(np.float32)
+    y = rng.normal(size=(n, 1)).astype(np.float32)
+    model = js.Sequential((js.LSTM(h), js.layers.Dense(1)))
+    epochs = 2 if quick else 100
+    reps = 16
+    runs = {"jaxseq": lambda e=epochs: js.fit(model, x, y, epochs=e, batch_size=bs,
+                                              verbose=0)[0].params}
+    keras = _optional("keras")
+    if not isinstance(keras, str) and keras.backend.backend() == "jax":
+        km = keras.Sequential([keras.Input((t, f)), keras.layers.LSTM(h), keras.layers.Dense(1)])
+        km.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+        k_epochs = 2 if quick else 10
+        runs["keras"] = lambda: km.fit(x, y, epochs=k_epochs, batch_size=bs, verbose=0)
+    else:
+        notes.append(f"{name}: Keras row skipped")
+    if HAVE_TORCH:
+        t_epoch = _torch_epoch((x, y), h, bs)
+        t_epochs = 2 if quick else 10
+        runs["torch"] = lambda: [t_epoch() for _ in range(t_epochs)]
+    else:
+        notes.append(f"{name}: torch row skipped")
+    r_epochs = 2 if quick else 20
+    runs[f"fit_replicas ({reps} seeds)"] = lambda: js.fit_replicas(
+        model, x, y, seeds=reps, epochs=r_epochs, batch_size=bs)[0].params
+    runs[f"{reps} x fit"] = lambda: [js.fit(model, x, y, epochs=r_epochs, batch_size=bs,
+                                            verbose=0, seed=s)[0].params for s in range(reps)]
+    per = {"jaxseq": epochs, "keras": 2 if quick else 10, "torch": 2 if quick else 10,
+           f"fit_replicas ({reps} seeds)": r_epochs, f"{reps} x fit": r_epochs}
+    samples = measure(runs, 3 if quick else 5, warmup=1)
+    per_epoch = {k: [v / per[k] for v in vs] for k, vs in samples.items()}
+    rate = small_gemm_rate(bs, h, 4 * h, quick)
+    flops = epoch_flops(n, t, f, h, bs)
+    return {"case": "train", "workload": name, "shape": [n, t, f, h, bs], "flops": flops,
+            "small_gemm_gflops": rate, "bound_s": flops / rate / 1e9,
+            "per_epoch_s": per_epoch, "replicas": reps}
+
+
 def compile_case(*, quick: bool, repeats: int) -> dict:
     """First-call time of a fresh jit of LSTM fwd+bwd, short vs long sequences."""
     b, i, h = (2, 3, 4) if quick else (16, 32, 32)
@@ -514,6 +607,21 @@ def targets(results: list[dict], peak: float) -> list[dict]:
                 out.append({"target": f"replicas {label} / {one} <= 3",
                             "value": warm[name] / warm[one], "limit": 3.0})
     for r in results:
+        if r["case"] == "train":
+            pe = {k: _median(v) for k, v in r["per_epoch_s"].items()}
+            w, j = r["workload"], pe["jaxseq"]
+            if w == "forecaster":
+                out.append({"target": f"{w}: jaxseq / compute bound <= 3",
+                            "value": j / r["bound_s"], "limit": 3.0})
+                reps = f"fit_replicas ({r['replicas']} seeds)"
+                out.append({"target": f"{w}: {r['replicas']} x fit / {reps} >= 5",
+                            "value": pe[f"{r['replicas']} x fit"] / pe[reps], "limit": 5.0,
+                            "higher_is_better": True})
+            for peer, goal in (("keras", 5.0), ("torch", 15.0)):
+                if peer in pe and (w == "forecaster" or peer == "keras"):
+                    out.append({"target": f"{w}: {peer} / jaxseq >= {goal:g}",
+                                "value": pe[peer] / j, "limit": goal,
+                                "higher_is_better": True})
         if r["case"] == "cross_validation":
             warm = {row["name"]: _median(row["warm_s"]) for row in r["rows"]}
             loop = r["rows"][0]["name"]
@@ -548,6 +656,17 @@ def report(results: list[dict], peak: float, notes: list) -> str:
             for row in r["rows"]:
                 lines.append(f"  {row['name']:42s}{_median(row['warm_s']) * 1e3:9.1f} ms"
                              f"{row['cold_s']:8.2f} s cold")
+        elif r["case"] == "train":
+            n, t, f, h, bs = r["shape"]
+            lines.append(f"Training, {r['workload']}: LSTM({h}) + Dense(1), {n} x {t} x {f}, batch "
+                         f"{bs}, Adam; per epoch (median); compute bound "
+                         f"{r['bound_s'] * 1e3:.2f} ms ({r['flops'] / 1e6:.0f} MFLOP at the "
+                         f"small-GEMM rate {r['small_gemm_gflops']:.0f} GFLOP/s)")
+            base = _median(r["per_epoch_s"]["jaxseq"])
+            for k, v in r["per_epoch_s"].items():
+                m = _median(v)
+                lines.append(f"  {k:28s}{m * 1e3:9.2f} ms  {m / base:6.2f}x jaxseq  "
+                             f"{m / r['bound_s']:6.1f}x bound")
         elif r["case"] == "cross_validation":
             lines.append(f"Cross-validation ({r['folds']} folds x {r['seeds']} seeds, "
                          f"{r['epochs']} epochs, many_to_many), warm median and cold:")
@@ -625,6 +744,10 @@ def main(argv=None) -> dict:
         elif case == "replicas":
             results.append(replicas_case(quick=args.quick, notes=notes,
                                          cpu_devices=args.cpu_devices is not None))
+        elif case == "train":
+            for name in WORKLOADS:
+                results.append(train_case(name, quick=args.quick, notes=notes))
+                print(f"done train {name}", flush=True)
         elif case == "cross_validation":
             results.append(cv_case(quick=args.quick, cpu_devices=args.cpu_devices is not None))
         elif case == "compile":
