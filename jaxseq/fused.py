@@ -362,10 +362,13 @@ def _backward_variant(spec: Spec, x, kernel, rk, rb, states, mask, rmask, res, d
     u = rk.shape[0]
     n = rk.shape[1] // u
     dtype = rk.dtype
-    if split:
-        rk_t = rk.reshape(u, n, u).transpose(1, 2, 0)  # [j] = rk[:, j*u:(j+1)*u].T
+    if split:  # [j] = rk[:, j*u:(j+1)*u].T, each its own array: the loop slices nothing
+        rk_t = tuple(rk[:, j * u:(j + 1) * u].T for j in range(n))
     else:
         rk_t = rk.T
+    # Materialized once, before the loop: without the barrier XLA sinks the transposes (or
+    # the slices) into the loop body and recomputes them every step.
+    rk_t = jax.lax.optimization_barrier(rk_t)
     emit, zero_out = spec.emit, spec.zero_output_for_mask
     h_prev = res[-1]
 
