@@ -126,16 +126,26 @@ def sequential_scan(a: Array, b: Array, h0: Array) -> Array:
 class MinimalRNN(nn.Module):
     """Base of MinGRU and MinLSTM (module docstring: formulas, modes, masking).
 
+    Fields: `units`; Keras' `return_sequences`, `return_state`, `go_backwards`,
+      `zero_output_for_mask` (zeros instead of the repeated output at masked steps);
+      `mode`: "parallel" (associative scan over time: in log space when `log_space`, else on
+      the linear (a, b) pairs) or "sequential" (`lax.scan`, one step at a time, in linear
+      space) — the same function either way, to float32 rounding; `log_space`: True for the
+      paper's log-space form (candidate g(·), positive states), False for the plain form
+      (identity candidate, signed states), which no mode computes with logarithms;
+      `kernel_init`, `bias_init`, `dtype`, `param_dtype`.
     Call: `layer(x, *, mask=None, initial_state=None, deterministic=True)`
       x: (batch, time, features), floating.
       mask: (batch, time), bool or int (True = real step), optional.
-      initial_state: h, or `(h,)`, (batch, units). With `log_space=True` it must be positive
-        (log h_0 is taken): a concrete array with an entry <= 0 raises ValueError (a traced
-        one cannot be checked). `log_space=False` (the plain form, computed without
-        logarithms) accepts signed states.
-        Default: log_space=True: h_0 = g(0) = 0.5 everywhere — the paper's parallel code
-        starts from log_h_0 = log_g(h_0) with h_0 = 0, i.e. from g(0) = 0.5, and zeros are
-        not allowed in log space; log_space=False: zeros, as Keras.
+      initial_state: h, or `(h,)`, (batch, units): the state itself (what `return_state`
+        returns, so a returned state continues a sequence). With `log_space=True` it must be
+        positive (the form's states are; the parallel mode takes log h_0): a concrete array
+        with an entry <= 0 or NaN raises ValueError (a traced one cannot be checked).
+        `log_space=False` (the plain form, computed without logarithms) accepts signed states.
+        Default, log_space=True: h_0 = 0.5 everywhere. The paper's appendix code starts the
+        log-space scan from log_h_0 = log_g(h_0), so its zero state is in fact g(0) = 0.5;
+        zeros cannot start a log-space scan (log 0). jaxseq does not apply g to a given state
+        (it is a state, not a pre-activation). Default, log_space=False: zeros, as Keras.
       deterministic: accepted for the common layer API; these layers have no dropout.
     Returns: (batch, time, units) with `return_sequences`, else (batch, units); with
       `return_state`, `(output, h)`. `go_backwards=True` processes the sequence from its end
@@ -193,7 +203,8 @@ class MinimalRNN(nn.Module):
                 bad = values[~(values > 0)]
                 raise ValueError(
                     f"{where}(log_space=True) expects initial_state h of shape (batch, units) "
-                    f"with every entry > 0 (log h is taken); got {bad.size} entr"
+                    "with every entry > 0 (the log-space form's states are positive; its "
+                    f"parallel scan takes log h); got {bad.size} entr"
                     f"{'y' if bad.size == 1 else 'ies'} <= 0 or NaN (e.g. {bad.flat[0]}). "
                     "Pass a positive state (the default is 0.5), or use log_space=False, "
                     "whose plain form accepts signed states.")
