@@ -315,6 +315,10 @@ def test_return_state_and_bidirectional(name):
     last = js.Bidirectional(cls(U, mode="sequential"), merge_mode="sum").apply(variables, x,
                                                                                 mask=mask)
     chex.assert_shape(last, (B, U))
+    # zero_output_for_mask without sequences: zeros where the last processed step is masked
+    out = cls(U, zero_output_for_mask=True, mode="sequential").apply(
+        {"params": params}, x, mask=mask, initial_state=h0)
+    np.testing.assert_allclose(out, fw_h * mask[:, -1:], rtol=1e-5)
 
 
 # --------------------------------------------------------------------------------------------
