@@ -16,6 +16,7 @@ from jaxseq import (
 from jaxseq.cells import GRUCell, LSTMCell, SimpleRNNCell
 from jaxseq.checkpointing import load_params, save_params
 from jaxseq.layers import Dense, Dropout, Masking
+from jaxseq.minimal import MinGRU, MinLSTM
 from jaxseq.models import Sequential, rollout, seq2seq
 from jaxseq.recurrent import GRU, LSTM, RNN, Bidirectional, SimpleRNN
 from jaxseq.replicas import skill
@@ -53,6 +54,8 @@ __all__ = [
     "History",
     "LSTMCell",
     "Masking",
+    "MinGRU",
+    "MinLSTM",
     "NonFiniteLossError",
     "RepeatVector",
     "Sequential",

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from jaxseq import contracts
 from jaxseq.contracts import accepts
 from jaxseq.layers import Dense
+from jaxseq.minimal import MinimalRNN
 from jaxseq.recurrent import LSTM, RNN, Bidirectional
 from jaxseq.typing import Array
 from jaxseq.wrappers import RepeatVector, TimeDistributed
@@ -155,7 +156,7 @@ def _rollout_fn(model: Sequential, steps: int):
                 f"rollout expects causal, step-wise layers (forward recurrent layers, Dense, "
                 f"TimeDistributed, callables); got {type(layer).__name__} ({name})."
             )
-        if isinstance(layer, RNN):
+        if isinstance(layer, (RNN, MinimalRNN)):
             layer = layer.clone(parent=None, name=None, return_sequences=True, return_state=True)
         elif isinstance(layer, nn.Module):
             layer = layer.clone(parent=None, name=None)
@@ -169,7 +170,7 @@ def _rollout_fn(model: Sequential, steps: int):
                 continue
             kwargs = {"deterministic": True} if accepts(layer, "deterministic") else {}
             variables = {"params": params[name]} if name in params else {}
-            if isinstance(layer, RNN):
+            if isinstance(layer, (RNN, MinimalRNN)):
                 x, *state = layer.apply(variables, x, initial_state=state, **kwargs)
                 state = tuple(state)
             else:

@@ -279,10 +279,25 @@ def _merge(fw: Array, bw: Array, mode: str | None):
     return [fw, bw]
 
 
+_WRAPPABLE = ("go_backwards", "return_sequences", "return_state", "zero_output_for_mask")
+
+
+def _state_names(layer) -> tuple[str, ...] | None:
+    """The states of a layer Bidirectional can wrap: a jaxseq RNN's (its cell's), or those
+    declared in `state_names` by a layer with the fields of `_WRAPPABLE` (MinGRU, MinLSTM);
+    None for any other layer."""
+    if isinstance(layer, RNN):
+        return layer.make_cell().state_names
+    if all(hasattr(layer, f) for f in _WRAPPABLE):
+        return getattr(type(layer), "state_names", None)
+    return None
+
+
 class Bidirectional(nn.Module):
     """Keras 3 `Bidirectional(layer, merge_mode="concat")`.
 
-    Two copies of `layer` with their own weights, `forward_layer` and `backward_layer` (the
+    `layer`: a jaxseq recurrent layer (LSTM, GRU, SimpleRNN, MinGRU, MinLSTM). Two copies of
+    `layer` with their own weights, `forward_layer` and `backward_layer` (the
     latter with `go_backwards` flipped). With `return_sequences`, the backward output is
     re-aligned to forward time, and masked steps output zeros (Keras sets
     `zero_output_for_mask` in this case). `merge_mode`: "concat" | "sum" | "mul" | "ave" |
@@ -290,15 +305,16 @@ class Bidirectional(nn.Module):
     `return_state`: `(output, *forward_states, *backward_states)`.
     """
 
-    layer: RNN
+    layer: nn.Module  # RNN, MinGRU or MinLSTM (checked at call)
     merge_mode: str | None = "concat"
 
     @nn.compact
     def __call__(self, x, *, mask=None, initial_state=None, deterministic: bool = True):
-        if not isinstance(self.layer, RNN):
+        names = _state_names(self.layer)
+        if names is None:
             raise TypeError(
-                "Bidirectional expects a jaxseq recurrent layer (LSTM, GRU, SimpleRNN); got "
-                f"{type(self.layer).__name__}."
+                "Bidirectional expects a jaxseq recurrent layer (LSTM, GRU, SimpleRNN, MinGRU, "
+                f"MinLSTM); got {type(self.layer).__name__}."
             )
         contracts.check_choice(self.merge_mode, _MERGE_MODES, "merge_mode", "Bidirectional")
         base = self.layer
@@ -313,7 +329,7 @@ class Bidirectional(nn.Module):
         )
         fw_init = bw_init = None
         if initial_state is not None:
-            n = len(base.make_cell().state_names)
+            n = len(names)
             states = list(initial_state) if isinstance(initial_state, (tuple, list)) else [
                 initial_state
             ]

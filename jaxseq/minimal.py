@@ -1,0 +1,326 @@
+"""minGRU and minLSTM: recurrences without hidden-state gates, solvable by a parallel scan.
+
+Source: Feng, Tung, Ahmed, Bengio, Hajimirsadeghi (2024), "Were RNNs All We Needed?",
+arXiv:2410.01201 — section 3 for the definitions, appendix A (pseudocode) for the log-space
+form. Shapes: b=batch, t=time, f=features, u=units.
+
+The gates see only the input x_t, never h_{t-1}, so every step is h_t = a_t ⊙ h_{t-1} + b_t
+with (a_t, b_t) known for all t at once from one product `x @ kernel + bias` (b, t, k·u):
+
+  minGRU (k=2, kernel columns z | h):  z_t = σ(k_z), h̃_t = cand(k_h),
+      a_t = 1 - z_t, b_t = z_t ⊙ h̃_t;
+  minLSTM (k=3, kernel columns f | i | h):  f_t = σ(k_f), i_t = σ(k_i), h̃_t = cand(k_h),
+      a_t = f_t / (f_t + i_t), b_t = i_t / (f_t + i_t) ⊙ h̃_t,
+
+with cand = g (the log-space form, `log_space=True`: g(v) = v + 0.5 for v >= 0, σ(v) below,
+so h̃ > 0 and, from a positive h_0, every h_t > 0) or cand = identity (`log_space=False`: the
+plain form, signed states). In log space the coefficients come as logarithms, as in the
+paper's appendix: log(1 - z) = -softplus(k_z), log z = k_z - softplus(k_z); for minLSTM, with
+d = log i - log f = softplus(-k_f) - softplus(-k_i): log a = -softplus(d), log(i / (f + i)) =
+d - softplus(d). Outside log space they are sigmoids: 1 - z = σ(-k_z), a = σ(-d), i' = σ(d).
+
+`mode` chooses how the recurrence is solved; both compute the same function:
+  "parallel": `jax.lax.associative_scan` over time. log_space=True: in log space, on pairs
+      (log a, log b) with (la1, lb1)∘(la2, lb2) = (la1 + la2, logaddexp(la2 + lb1, lb2)), so
+      log h_t = logaddexp(log a_t + log h_{t-1}, log b_t). That is the paper's appendix
+      recurrence combined pairwise instead of as a* = cumsum(log a), log h = a* +
+      logcumsumexp(log b - a*): a similar cost, but the paper's subtraction of a* (which
+      grows like t) loses float32 precision: 1.4e-4 to 5.7e-4 relative at t=1000 for gate
+      pre-activations of standard deviation 1 to 6, against 4e-7 to 1.6e-6 pairwise (against
+      a float64 loop). log_space=False: the linear-recurrence pairs
+      (a1, b1)∘(a2, b2) = (a1·a2, a2·b1 + b2), no logarithm.
+  "sequential": `jax.lax.scan` of h_t = a_t ⊙ h_{t-1} + b_t, one step at a time (what
+      step-by-step inference runs), without logarithms for either form.
+
+Masks (Keras 3): a masked step has a_t = 1, b_t = 0 (log a = 0, log b = the dtype's lowest
+finite number, whose exponential is exactly 0), chosen with `jnp.where` on coefficients built
+from zeroed inputs, so padding (even NaN) and no -inf or NaN reach values or gradients. The
+state is kept and the previous output repeated; a fully masked row returns the initial state.
+`zero_output_for_mask=True` outputs zeros at masked steps (Bidirectional sets it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxseq import contracts
+from jaxseq.cells import expand_to
+from jaxseq.typing import Array, Mask, Sequences
+
+Initializer = Callable[..., Array]
+
+MODES = ("parallel", "sequential")
+
+
+def softplus(v: Array) -> Array:
+    """log(1 + e^v), stably; finite inputs only (simpler than jax.nn.softplus's logaddexp,
+    which also handles infinities)."""
+    return jnp.maximum(v, 0) + jnp.log1p(jnp.exp(-jnp.abs(v)))
+
+
+def sigmoid_pair(v: Array) -> tuple[Array, Array]:
+    """(sigmoid(v), sigmoid(-v)) from one exponential, each to full relative precision."""
+    e = jnp.exp(-jnp.abs(v))
+    big = 1 / (1 + e)
+    small = e * big
+    positive = v >= 0
+    return jnp.where(positive, big, small), jnp.where(positive, small, big)
+
+
+def g(v: Array) -> Array:
+    """The paper's positive candidate activation: v + 0.5 for v >= 0, sigmoid(v) below."""
+    return jnp.where(v >= 0, jax.nn.relu(v) + 0.5, sigmoid_pair(v)[0])
+
+
+def log_g(v: Array) -> Array:
+    """log g(v) without forming g(v) where it is small: -softplus(-v) below 0."""
+    return jnp.where(v >= 0, jnp.log(jax.nn.relu(v) + 0.5), -softplus(-v))
+
+
+def _linear_pair(e1, e2):
+    """(a1, b1)∘(a2, b2): apply step 1, then step 2, to h: a2·(a1·h + b1) + b2."""
+    a1, b1 = e1
+    a2, b2 = e2
+    return a1 * a2, a2 * b1 + b2
+
+
+def _log_pair(e1, e2):
+    """_linear_pair on logarithms of positive a and b."""
+    la1, lb1 = e1
+    la2, lb2 = e2
+    return la1 + la2, jnp.logaddexp(la2 + lb1, lb2)
+
+
+def parallel_scan(a: Array, b: Array, h0: Array, *, log_space: bool) -> Array:
+    """All h_t of h_t = a_t ⊙ h_{t-1} + b_t by an associative scan over axis 0 (time).
+
+    a, b: (t, b, u) — their logarithms when `log_space` (then h0 must be positive);
+    h0: (b, u). Returns h (t, b, u), h_1 ... h_t (in linear space either way).
+    """
+    if log_space:
+        first = jnp.logaddexp(a[0] + jnp.log(h0), b[0])  # h0 folded into step 1
+        _, log_h = jax.lax.associative_scan(_log_pair, (a, b.at[0].set(first)))
+        return jnp.exp(log_h)
+    _, h = jax.lax.associative_scan(_linear_pair, (a, b.at[0].add(a[0] * h0)))
+    return h
+
+
+def sequential_scan(a: Array, b: Array, h0: Array) -> Array:
+    """All h_t of h_t = a_t ⊙ h_{t-1} + b_t by `jax.lax.scan`, one step at a time.
+    a, b: (t, b, u); h0: (b, u). Returns h (t, b, u)."""
+
+    def step(h, ab):
+        h = ab[0] * h + ab[1]
+        return h, h
+
+    return jax.lax.scan(step, h0, (a, b))[1]
+
+
+class MinimalRNN(nn.Module):
+    """Base of MinGRU and MinLSTM (module docstring: formulas, modes, masking).
+
+    Fields: `units`; Keras' `return_sequences`, `return_state`, `go_backwards`,
+      `zero_output_for_mask` (zeros instead of the repeated output at masked steps);
+      `mode`: "parallel" (associative scan over time: in log space when `log_space`, else on
+      the linear (a, b) pairs) or "sequential" (`lax.scan`, one step at a time, in linear
+      space) — the same function either way, to float32 rounding; `log_space`: True for the
+      paper's log-space form (candidate g(·), positive states), False for the plain form
+      (identity candidate, signed states), which no mode computes with logarithms;
+      `kernel_init`, `bias_init`, `dtype`, `param_dtype`.
+    Call: `layer(x, *, mask=None, initial_state=None, deterministic=True)`
+      x: (batch, time, features), floating.
+      mask: (batch, time), bool or int (True = real step), optional.
+      initial_state: h, or `(h,)`, (batch, units): the state itself (what `return_state`
+        returns, so a returned state continues a sequence). With `log_space=True` it must be
+        positive (the form's states are; the parallel mode takes log h_0): a concrete array
+        with an entry <= 0 or NaN raises ValueError (a traced one cannot be checked).
+        `log_space=False` (the plain form, computed without logarithms) accepts signed states.
+        Default, log_space=True: h_0 = 0.5 everywhere. The paper's appendix code starts the
+        log-space scan from log_h_0 = log_g(h_0), so its zero state is in fact g(0) = 0.5;
+        zeros cannot start a log-space scan (log 0). jaxseq does not apply g to a given state
+        (it is a state, not a pre-activation). Default, log_space=False: zeros, as Keras.
+      deterministic: accepted for the common layer API; these layers have no dropout.
+    Returns: (batch, time, units) with `return_sequences`, else (batch, units); with
+      `return_state`, `(output, h)`. `go_backwards=True` processes the sequence from its end
+      and, as Keras, returns outputs in processing (reversed) order.
+    Parameters (Keras-like layout): `kernel` (features, k·units), glorot_uniform, and `bias`
+      (k·units,), zeros; k = 2 for MinGRU (z, h), 3 for MinLSTM (f, i, h). Count: f·k·u + k·u.
+    Dtypes: computes in `dtype` (default: the result type of x and the parameters).
+    Raises ValueError / TypeError for a bad config, x, mask or initial_state (contracts).
+    """
+
+    units: int
+    return_sequences: bool = False
+    return_state: bool = False
+    go_backwards: bool = False
+    zero_output_for_mask: bool = False
+    mode: str = "parallel"
+    log_space: bool = True
+    kernel_init: Initializer = nn.initializers.glorot_uniform()
+    bias_init: Initializer = nn.initializers.zeros_init()
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    gates: ClassVar[int] = 0
+    state_names: ClassVar[tuple[str, ...]] = ("h",)
+
+    @nn.nowrap
+    def coefficients(self, k: Array) -> tuple[Array, Array, Array]:
+        """(a, input gate, candidate pre-activation), each (..., u), from the projected
+        inputs k (..., gates·u): b = input gate ⊙ cand(candidate pre-activation)."""
+        raise NotImplementedError
+
+    @nn.nowrap
+    def log_coefficients(self, k: Array) -> tuple[Array, Array, Array]:
+        """`coefficients` with the logarithms of a and of the input gate."""
+        raise NotImplementedError
+
+    @nn.nowrap
+    def default_state(self, batch: int, dtype) -> Array:
+        """h_0 when none is given: 0.5 = g(0) in log space, zeros in the plain form."""
+        return jnp.full((batch, self.units), 0.5 if self.log_space else 0.0, dtype)
+
+    @nn.nowrap
+    def _initial_state(self, initial_state, batch: int, dtype) -> Array:
+        where = type(self).__name__
+        if initial_state is None:
+            return self.default_state(batch, dtype)
+        if not isinstance(initial_state, (tuple, list)):
+            initial_state = (initial_state,)
+        contracts.check_state_shapes(initial_state, [(batch, self.units)], self.state_names,
+                                     where)
+        h0 = initial_state[0]
+        if self.log_space and not isinstance(h0, jax.core.Tracer):
+            values = np.asarray(h0)
+            if not np.all(values > 0):
+                bad = values[~(values > 0)]
+                raise ValueError(
+                    f"{where}(log_space=True) expects initial_state h of shape (batch, units) "
+                    "with every entry > 0 (the log-space form's states are positive; its "
+                    f"parallel scan takes log h); got {bad.size} entr"
+                    f"{'y' if bad.size == 1 else 'ies'} <= 0 or NaN (e.g. {bad.flat[0]}). "
+                    "Pass a positive state (the default is 0.5), or use log_space=False, "
+                    "whose plain form accepts signed states.")
+        return jnp.asarray(h0).astype(dtype)
+
+    @nn.compact
+    def __call__(self, x: Sequences, *, mask: Mask | None = None, initial_state=None,
+                 deterministic: bool = True):
+        del deterministic  # no dropout here; taken so Sequential and fit can pass it
+        where = type(self).__name__
+        contracts.check_positive_int(self.units, "units", where)
+        contracts.check_choice(self.mode, MODES, "mode", where)
+        batch, time, features = contracts.check_sequence_input(x, where)
+        if mask is not None:
+            contracts.check_mask(mask, batch, time, where)
+        if self.has_variable("params", "kernel"):  # built before: same feature count?
+            contracts.check_features(features, self.get_variable("params", "kernel").shape[0],
+                                     where)
+        width = self.gates * self.units
+        kernel = self.param("kernel", self.kernel_init, (features, width), self.param_dtype)
+        bias = self.param("bias", self.bias_init, (width,), self.param_dtype)
+        x = jnp.asarray(x)
+        dtype = self.dtype or jnp.result_type(x, kernel, bias)
+        x, kernel, bias = (jnp.asarray(v, dtype) for v in (x, kernel, bias))
+        h0 = self._initial_state(initial_state, batch, dtype)
+
+        # Time-major from here on: (t, b, ...), so the scans need no transposes of (t, b, u).
+        xt = jnp.swapaxes(x, 0, 1)
+        m = None if mask is None else jnp.swapaxes(jnp.asarray(mask).astype(bool), 0, 1)
+        if m is not None:  # padding may hold anything (NaN, Inf): select it away first
+            xt = jnp.where(m[:, :, None], xt, jnp.zeros_like(xt))
+        if self.go_backwards:  # processing order from here on
+            xt = jnp.flip(xt, axis=0)
+            m = None if m is None else jnp.flip(m, axis=0)
+
+        k = xt @ kernel + expand_to(bias, 3)  # (t, b, gates·u): every step's input at once
+        keep = None if m is None else m[:, :, None]
+        if self.mode == "parallel" and self.log_space:
+            log_a, log_i, cand = self.log_coefficients(k)
+            a, b = log_a, log_i + log_g(cand)
+            if keep is not None:  # masked: a = 1, b = 0, as logarithms, all finite
+                a = jnp.where(keep, a, jnp.zeros_like(a))
+                b = jnp.where(keep, b, jnp.full_like(b, jnp.finfo(dtype).min))
+            hs = parallel_scan(a, b, h0, log_space=True)
+            if m is not None:  # before the first real step h is h0 itself, not exp(log h0)
+                first = jnp.where(m.any(axis=0), jnp.argmax(m, axis=0), time)  # (b,)
+                seen = jnp.arange(time)[:, None] >= first[None, :]  # (t, b)
+                hs = jnp.where(seen[:, :, None], hs, h0[None])
+        else:
+            a, i, cand = self.coefficients(k)
+            b = i * (g(cand) if self.log_space else cand)
+            if keep is not None:
+                a = jnp.where(keep, a, jnp.ones_like(a))
+                b = jnp.where(keep, b, jnp.zeros_like(b))
+            hs = (parallel_scan(a, b, h0, log_space=False) if self.mode == "parallel"
+                  else sequential_scan(a, b, h0))
+        chex.assert_shape(hs, (time, batch, self.units))
+        final = hs[-1]
+
+        if self.return_sequences:
+            if self.zero_output_for_mask and keep is not None:
+                hs = jnp.where(keep, hs, jnp.zeros_like(hs))
+            output = jnp.swapaxes(hs, 0, 1)
+        else:
+            output = final
+            if self.zero_output_for_mask and m is not None:  # last processed step masked
+                output = jnp.where(m[-1][:, None], final, jnp.zeros_like(final))
+        return (output, final) if self.return_state else output
+
+
+class MinGRU(MinimalRNN):
+    """minGRU (Feng et al. 2024, eq. for minGRU in section 3.1; appendix A for log space):
+    z_t = σ(x_t W_z + b_z), h̃_t = g(x_t W_h + b_h) (log_space) or x_t W_h + b_h (plain),
+    h_t = (1 - z_t) ⊙ h_{t-1} + z_t ⊙ h̃_t. `kernel` (f, 2u), `bias` (2u,); columns z, h.
+    Everything else: `MinimalRNN` (call, returns, initial state) and the module docstring
+    (modes, masks)."""
+
+    gates: ClassVar[int] = 2
+
+    @nn.nowrap
+    def coefficients(self, k):
+        kz, kh = k[..., :self.units], k[..., self.units:]
+        z, one_minus_z = sigmoid_pair(kz)
+        return one_minus_z, z, kh
+
+    @nn.nowrap
+    def log_coefficients(self, k):
+        kz, kh = k[..., :self.units], k[..., self.units:]
+        sp = softplus(kz)
+        return -sp, kz - sp, kh  # log(1 - z) = -softplus(k_z), log z = k_z - softplus(k_z)
+
+
+class MinLSTM(MinimalRNN):
+    """minLSTM (Feng et al. 2024, section 3.2, with the length-independent normalization;
+    appendix A for log space): f_t = σ(x_t W_f + b_f), i_t = σ(x_t W_i + b_i),
+    f'_t = f_t / (f_t + i_t), i'_t = i_t / (f_t + i_t), h̃_t = g(x_t W_h + b_h) (log_space)
+    or x_t W_h + b_h (plain), h_t = f'_t ⊙ h_{t-1} + i'_t ⊙ h̃_t. `kernel` (f, 3u), `bias`
+    (3u,); columns f, i, h. Everything else: `MinimalRNN` and the module docstring."""
+
+    gates: ClassVar[int] = 3
+
+    @nn.nowrap
+    def _split(self, k):
+        """(d = log i - log f, candidate pre-activation): f' = σ(-d), i' = σ(d)."""
+        u = self.units
+        kf, ki, kh = k[..., :u], k[..., u:2 * u], k[..., 2 * u:]
+        return softplus(-kf) - softplus(-ki), kh  # log σ(v) = -softplus(-v)
+
+    @nn.nowrap
+    def coefficients(self, k):
+        d, kh = self._split(k)
+        i, f = sigmoid_pair(d)
+        return f, i, kh
+
+    @nn.nowrap
+    def log_coefficients(self, k):
+        d, kh = self._split(k)
+        sp = softplus(d)
+        return -sp, d - sp, kh
