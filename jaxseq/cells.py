@@ -64,6 +64,17 @@ def expand_to(v: Array, ndim: int) -> Array:
     return v.reshape((1,) * (ndim - v.ndim) + v.shape)
 
 
+def matmul_last(x: Array, w: Array) -> Array:
+    """x (..., f) @ w (f, n) -> (..., n) as ONE 2-D product on (prod(...), f). XLA:CPU computes
+    the gradient of a 3-D product (its weight gradient contracts two axes) 1.5-2x slower than
+    that of the same product on the flattened 2-D operand (measured, fwd+bwd: 85.9 vs 41.2 ms
+    at (64, 100, 128) @ (128, 512), 139 vs 79 ms at (32, 1000, 32) @ (32, 256), 2.7 vs 1.8 ms
+    at (32, 50, 64) @ (64, 256); even at tiny sizes); every input projection goes through here."""
+    if x.ndim == 2:
+        return x @ w
+    return (x.reshape(-1, x.shape[-1]) @ w).reshape(*x.shape[:-1], w.shape[-1])
+
+
 def _forget_bias_init(bias_init: Initializer, units: int) -> Initializer:
     """Keras' `unit_forget_bias=True`: ones for the forget gate, `bias_init` elsewhere."""
 
@@ -128,7 +139,7 @@ class CellBase(nn.RNNCellBase):
 
     def project(self, params, x: Array) -> Array:
         """x (..., f) -> (..., gates*u): the input part of every gate, input bias included."""
-        xp = x @ params["kernel"]
+        xp = matmul_last(x, params["kernel"])
         bias = self.input_bias(params)
         return xp if bias is None else xp + expand_to(bias, xp.ndim)
 

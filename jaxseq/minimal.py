@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxseq import contracts
-from jaxseq.cells import expand_to
+from jaxseq.cells import expand_to, matmul_last
 from jaxseq.typing import Array, Mask, Sequences
 
 Initializer = Callable[..., Array]
@@ -240,7 +240,7 @@ class MinimalRNN(nn.Module):
             xt = jnp.flip(xt, axis=0)
             m = None if m is None else jnp.flip(m, axis=0)
 
-        k = xt @ kernel + expand_to(bias, 3)  # (t, b, gates·u): every step's input at once
+        k = matmul_last(xt, kernel) + expand_to(bias, 3)  # (t, b, gates·u): every step's input at once
         keep = None if m is None else m[:, :, None]
         if self.mode == "parallel" and self.log_space:
             log_a, log_i, cand = self.log_coefficients(k)
