@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 from jaxseq._trees import host_arrays, nest, read_msgpack, write_msgpack
 from jaxseq.cells import _ACTIVATIONS
+from jaxseq.conv_lstm import ConvLSTM1D, ConvLSTM2D
 from jaxseq.layers import Dense, Dropout, Masking
 from jaxseq.models import Sequential
 from jaxseq.recurrent import GRU, LSTM, Bidirectional, SimpleRNN
@@ -32,8 +33,9 @@ from jaxseq.wrappers import RepeatVector, TimeDistributed
 FORMAT = "jaxseq.model"
 VERSION = 1
 REGISTRY: dict[str, type[nn.Module]] = {
-    cls.__name__: cls for cls in (Sequential, LSTM, GRU, SimpleRNN, Bidirectional,
-                                  TimeDistributed, RepeatVector, Dense, Dropout, Masking)
+    cls.__name__: cls for cls in (Sequential, LSTM, GRU, SimpleRNN, Bidirectional, ConvLSTM1D,
+                                  ConvLSTM2D, TimeDistributed, RepeatVector, Dense, Dropout,
+                                  Masking)
 }
 REGISTRY.update({"flax.Dense": nn.Dense, "flax.Dropout": nn.Dropout,
                  "flax.BatchNorm": nn.BatchNorm})
