@@ -177,6 +177,11 @@ def test_masked_steps_keep_states_and_repeat_initial_h():
     np.testing.assert_array_equal(c[1], c0[1])
     real = _run(layer, params, x[:1, 1:], initial_state=(h0[:1], c0[:1]))
     _close(list(real), [ys[:1, 1:], h[:1], c[:1]])
+    # zero_output_for_mask (what Bidirectional sets with return_sequences): zeros there instead
+    zeros = layer.clone(zero_output_for_mask=True)
+    zys, zh, zc = _run(zeros, params, x, mask=mask, initial_state=(h0, c0))
+    np.testing.assert_array_equal(zys, np.where(mask[:, :, None, None], ys, 0.0))
+    np.testing.assert_array_equal(zh, h)
 
 
 def test_dropout_equals_keras_given_the_same_masks(monkeypatch):

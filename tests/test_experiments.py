@@ -64,3 +64,10 @@ def test_skill_experiment(tmp_path):
     assert r["learned_fraction"] == np.mean(np.isfinite(errors) & (errors <= r["tolerance"]))
     assert r["speedup"] > 0 and r["wall_s_sequential"] > 0
     assert (out / "skill.png").read_bytes().startswith(PNG)
+
+
+def test_moving_square_experiment(tmp_path):
+    png = tmp_path / "moving_square.png"
+    stdout = _run("moving_square.py", "--quick", "--png", str(png), cwd=tmp_path)
+    assert "params 2633" in stdout and "persistence MSE" in stdout
+    assert png.read_bytes().startswith(PNG)
