@@ -15,6 +15,7 @@ from jaxseq import (
 )
 from jaxseq.cells import GRUCell, LSTMCell, SimpleRNNCell
 from jaxseq.checkpointing import load_params, save_params
+from jaxseq.conv_lstm import ConvLSTM1D, ConvLSTM2D
 from jaxseq.layers import Dense, Dropout, Masking
 from jaxseq.minimal import MinGRU, MinLSTM
 from jaxseq.models import Sequential, rollout, seq2seq
@@ -47,6 +48,8 @@ __all__ = [
     "RNN",
     "Bidirectional",
     "Callback",
+    "ConvLSTM1D",
+    "ConvLSTM2D",
     "Dense",
     "Dropout",
     "EarlyStopping",

@@ -172,3 +172,27 @@ def call_arguments(module) -> frozenset[str]:
 def accepts(module, argument: str) -> bool:
     """Whether `module(x, ...)` takes the keyword `argument` (e.g. "deterministic", "mask")."""
     return argument in call_arguments(module)
+
+
+def check_spatial_sequence_input(x, axes: Sequence[str], where: str, *, name: str = "x"
+                                 ) -> tuple[int, ...]:
+    """`x` must be a floating array of shape (batch, time, *axes, channels), every axis >= 1;
+    `axes` names the spatial axes (e.g. ("rows", "cols")). Returns the shape."""
+    spelled = f"(batch, time, {', '.join(axes)}, channels)"
+    shape = shape_of(x)
+    if len(shape) != len(axes) + 3:
+        hint = ""
+        if len(shape) == len(axes) + 2:
+            hint = (" A single channel needs its own trailing axis: x[..., None]; one sequence "
+                    "needs a batch axis: x[None].")
+        raise ValueError(f"{where} expects {name} of shape {spelled} ({len(axes) + 3} axes); "
+                         f"got {shape} ({len(shape)} axes).{hint}")
+    empty = [n for n, d in zip(("batch", "time", *axes, "channels"), shape, strict=True) if d < 1]
+    if empty:
+        raise ValueError(f"{where} expects {name} of shape {spelled} with every axis >= 1; got "
+                         f"{shape} (empty {', '.join(empty)}).")
+    if not _is_floating(x):
+        raise TypeError(
+            f"{where} expects {name} with a floating dtype (float32, bfloat16, ...); got dtype "
+            f"{getattr(x, 'dtype', None)}. Cast it first, e.g. {name}.astype(jnp.float32).")
+    return shape

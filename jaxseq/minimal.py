@@ -240,7 +240,7 @@ class MinimalRNN(nn.Module):
             xt = jnp.flip(xt, axis=0)
             m = None if m is None else jnp.flip(m, axis=0)
 
-        k = matmul_last(xt, kernel) + expand_to(bias, 3)  # (t, b, gates·u): every step's input at once
+        k = matmul_last(xt, kernel) + expand_to(bias, 3)  # (t, b, gates·u): all steps at once
         keep = None if m is None else m[:, :, None]
         if self.mode == "parallel" and self.log_space:
             log_a, log_i, cand = self.log_coefficients(k)

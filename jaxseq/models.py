@@ -26,8 +26,11 @@ from jaxseq.wrappers import RepeatVector, TimeDistributed
 
 
 def keras_name(cls: type) -> str:
-    """Keras' default layer name for a class: `TimeDistributed` -> `time_distributed`."""
-    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", cls.__name__).lower()
+    """Keras' default layer name for a class: `TimeDistributed` -> `time_distributed`,
+    `ConvLSTM2D` -> `conv_lstm2d` (Keras' `to_snake_case`, keras/src/utils/naming.py)."""
+    name = re.sub(r"\W+", "", cls.__name__)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
 class Sequential(nn.Module):

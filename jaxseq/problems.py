@@ -8,7 +8,8 @@ and what was given.
 
 The dataset builders (`echo`, `adding_problem`, `copy_task`, `sine_forecast`) return a
 `Split` carrying the MSE of a trivial baseline on the test split: a model worth keeping
-must beat ``split.baseline_mse``.
+must beat ``split.baseline_mse``. `moving_square` makes short videos for next-frame
+prediction with the ConvLSTM layers.
 """
 
 from __future__ import annotations
@@ -310,3 +311,37 @@ def pad_sequences(
         sl = slice(0, len(s)) if padding == "post" else slice(maxlen - len(s), maxlen)
         padded[i, sl], mask[i, sl] = s, True
     return padded, mask
+
+
+def moving_square(n: int = 256, frames: int = 10, size: int = 16, seed: int = 0, *,
+                  side: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` videos of a white ``side`` x ``side`` square moving with a constant velocity,
+    one pixel per frame along each axis (one of the 8 directions, drawn per video), on a
+    black ``size`` x ``size`` frame; the start is drawn so the square stays whole in every
+    frame (needs ``size - side >= frames - 1``).
+
+    Returns ``(x, y)`` for next-frame prediction, each float32 ``(n, frames - 1, size, size,
+    1)`` = (b, t, rows, cols, channels) with values 0 or 1: ``x = video[:, :-1]``, ``y =
+    video[:, 1:]``. Persistence (predict ``x``) has MSE ``2 * moved / size**2`` per frame,
+    where ``moved`` is the pixels the square leaves: ``side`` on an axis, ``2 side - 1``
+    diagonally.
+    """
+    fn = "moving_square"
+    n, frames, size = _int(fn, "n", n, 1), _int(fn, "frames", frames, 2), _int(fn, "size", size, 1)
+    seed, side = _int(fn, "seed", seed, 0), _int(fn, "side", side, 1)
+    room, travel = size - side, frames - 1
+    if room < travel:
+        raise ValueError(f"{fn} expects size - side >= frames - 1 (the square moves one pixel "
+                         f"per frame and stays whole); got size={size}, side={side}, "
+                         f"frames={frames}.")
+    rng = np.random.default_rng(seed)
+    directions = np.array([(a, b) for a in (-1, 0, 1) for b in (-1, 0, 1) if (a, b) != (0, 0)])
+    v = directions[rng.integers(0, len(directions), n)]  # (n, 2): rows, cols per frame
+    lo = np.where(v < 0, travel, 0)
+    hi = np.where(v > 0, room - travel, room)
+    start = lo + (rng.random((n, 2)) * (hi - lo + 1)).astype(np.int64)
+    pos = start[:, None, :] + v[:, None, :] * np.arange(frames)[None, :, None]  # (n, frames, 2)
+    pixels = np.arange(size)
+    inside = (pixels >= pos[..., None]) & (pixels < pos[..., None] + side)  # (n, frames, 2, size)
+    video = (inside[:, :, 0, :, None] & inside[:, :, 1, None, :]).astype(np.float32)
+    return video[:, :-1, ..., None], video[:, 1:, ..., None]

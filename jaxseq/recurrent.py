@@ -28,6 +28,7 @@ import jax.numpy as jnp
 
 from jaxseq import contracts, fused
 from jaxseq.cells import CellBase, GRUCell, LSTMCell, SimpleRNNCell
+from jaxseq.conv_lstm import ConvLSTM
 from jaxseq.typing import STATE_COLLECTION, Array, Mask, Sequences
 
 Initializer = Callable[..., Array]
@@ -302,10 +303,11 @@ class Bidirectional(nn.Module):
     re-aligned to forward time, and masked steps output zeros (Keras sets
     `zero_output_for_mask` in this case). `merge_mode`: "concat" | "sum" | "mul" | "ave" |
     None (returns `[forward, backward]`). `initial_state`: forward states then backward states.
-    `return_state`: `(output, *forward_states, *backward_states)`.
+    `return_state`: `(output, *forward_states, *backward_states)`. `layer` may also be a
+    `ConvLSTM1D` / `ConvLSTM2D` (states (batch, *S', filters); "concat" joins the filters).
     """
 
-    layer: nn.Module  # RNN, MinGRU or MinLSTM (checked at call)
+    layer: nn.Module  # RNN, MinGRU, MinLSTM, ConvLSTM1D/2D (checked at call)
     merge_mode: str | None = "concat"
 
     @nn.compact
@@ -314,7 +316,7 @@ class Bidirectional(nn.Module):
         if names is None:
             raise TypeError(
                 "Bidirectional expects a jaxseq recurrent layer (LSTM, GRU, SimpleRNN, MinGRU, "
-                f"MinLSTM); got {type(self.layer).__name__}."
+                f"MinLSTM, ConvLSTM1D, ConvLSTM2D); got {type(self.layer).__name__}."
             )
         contracts.check_choice(self.merge_mode, _MERGE_MODES, "merge_mode", "Bidirectional")
         base = self.layer
@@ -330,13 +332,15 @@ class Bidirectional(nn.Module):
         fw_init = bw_init = None
         if initial_state is not None:
             n = len(names)
+            each = ("(batch, *spatial', filters)" if isinstance(base, ConvLSTM)
+                    else "(batch, units)")
             states = list(initial_state) if isinstance(initial_state, (tuple, list)) else [
                 initial_state
             ]
             if len(states) != 2 * n:
                 raise ValueError(
                     f"Bidirectional({type(base).__name__}) expects initial_state with {2 * n} "
-                    f"arrays (forward states then backward states), each (batch, units); got "
+                    f"arrays (forward states then backward states), each {each}; got "
                     f"{len(states)}."
                 )
             fw_init, bw_init = tuple(states[:n]), tuple(states[n:])

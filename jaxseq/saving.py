@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 from jaxseq._trees import host_arrays, nest, read_msgpack, write_msgpack
 from jaxseq.cells import _ACTIVATIONS
+from jaxseq.conv_lstm import ConvLSTM1D, ConvLSTM2D
 from jaxseq.layers import Dense, Dropout, Masking
 from jaxseq.minimal import MinGRU, MinLSTM
 from jaxseq.models import Sequential
@@ -34,7 +35,8 @@ FORMAT = "jaxseq.model"
 VERSION = 1
 REGISTRY: dict[str, type[nn.Module]] = {
     cls.__name__: cls for cls in (Sequential, LSTM, GRU, SimpleRNN, MinGRU, MinLSTM,
-                                  Bidirectional, TimeDistributed, RepeatVector, Dense, Dropout,
+                                  Bidirectional, ConvLSTM1D, ConvLSTM2D, TimeDistributed,
+                                  RepeatVector, Dense, Dropout,
                                   Masking)
 }
 REGISTRY.update({"flax.Dense": nn.Dense, "flax.Dropout": nn.Dropout,

@@ -69,3 +69,10 @@ def test_skill_experiment(tmp_path):
     assert curve["n"] == list(range(1, finite.size + 1))
     np.testing.assert_allclose(curve["mean"], np.cumsum(finite) / curve["n"], rtol=1e-12)
     assert "How many repeats?" in stdout and (out / "repeats.png").read_bytes().startswith(PNG)
+
+
+def test_moving_square_experiment(tmp_path):
+    png = tmp_path / "moving_square.png"
+    stdout = _run("moving_square.py", "--quick", "--png", str(png), cwd=tmp_path)
+    assert "params 2633" in stdout and "persistence MSE" in stdout
+    assert png.read_bytes().startswith(PNG)

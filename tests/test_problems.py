@@ -155,6 +155,29 @@ def test_builders_deterministic_by_seed(name):
     assert not np.array_equal(a.y_test, c.y_test)
 
 
+# ---------------------------------------------------------------- moving_square
+
+
+def test_moving_square_shapes_motion_and_baseline():
+    x, y = P.moving_square(64, 6, 12, 0, side=3)
+    assert x.shape == y.shape == (64, 5, 12, 12, 1) and x.dtype == y.dtype == np.float32
+    assert set(np.unique(x)) <= {0.0, 1.0}
+    np.testing.assert_array_equal(x[:, 1:], y[:, :-1])  # y is x one frame later
+    video = np.concatenate([x, y[:, -1:]], axis=1)[..., 0]  # (n, frames, size, size)
+    assert (video.sum(axis=(2, 3)) == 9).all()  # the whole square in every frame
+    rows, cols = np.arange(12)[:, None], np.arange(12)[None, :]
+    centre = np.stack([(video * rows).sum((2, 3)), (video * cols).sum((2, 3))], -1) / 9
+    step = np.diff(centre, axis=1)  # (n, frames - 1, 2): constant, one pixel, not zero
+    np.testing.assert_allclose(step, np.broadcast_to(step[:, :1], step.shape))
+    assert set(np.unique(step)) <= {-1.0, 0.0, 1.0} and (np.abs(step).sum(-1) > 0).all()
+    diagonal = np.abs(step[:, 0]).sum(-1) == 2  # persistence: 2 side or 2 (2 side - 1) pixels
+    want = np.where(diagonal, 2 * 5, 2 * 3) / 144
+    np.testing.assert_allclose(((x - y) ** 2).mean(axis=(1, 2, 3, 4)), want)
+    a, b = P.moving_square(4, 6, 12, 1), P.moving_square(4, 6, 12, 1)
+    np.testing.assert_array_equal(a[0], b[0])
+    assert not np.array_equal(a[0], P.moving_square(4, 6, 12, 2)[0])
+
+
 # ---------------------------------------------------------------- series_to_supervised
 
 
@@ -283,6 +306,8 @@ ERRORS = [
         ValueError,
         "n_train <= .* = 40 windows; got n_train=100",
     ),
+    (lambda: P.moving_square(4, 12, 10), ValueError, "size - side >= frames - 1.*frames=12"),
+    (lambda: P.moving_square(0), ValueError, "moving_square expects n >= 1; got 0"),
     (lambda: P.pad_sequences([]), ValueError, r"at least one sequence; got sequences=\[\]"),
     (lambda: P.pad_sequences("abc"), TypeError, "sequences to be a list of arrays; got str"),
     (

@@ -5,6 +5,7 @@ jaxseq keeps Keras' parameter layout, so weights move unchanged (bitwise) in bot
 
   Keras layer                  jaxseq params
   LSTM / GRU / SimpleRNN       {"kernel", "recurrent_kernel", "bias"}   (the cell's weights)
+  ConvLSTM1D / ConvLSTM2D      {"kernel", "recurrent_kernel", "bias"}   (channels_last only)
   Dense                        {"kernel", "bias"}                      (jaxseq `Dense`)
   TimeDistributed(Dense)       {"layer": {"kernel", "bias"}}
   Bidirectional(RNN)           {"forward_layer": {...}, "backward_layer": {...}}
@@ -30,15 +31,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxseq.conv_lstm import ConvLSTM, ConvLSTM1D, ConvLSTM2D
 from jaxseq.layers import Dense
 from jaxseq.models import Sequential, keras_name, sequential_names
 from jaxseq.recurrent import GRU, LSTM, RNN, Bidirectional, SimpleRNN
 from jaxseq.wrappers import RepeatVector, TimeDistributed
 
 _RNNS: dict[str, type[RNN]] = {"LSTM": LSTM, "GRU": GRU, "SimpleRNN": SimpleRNN}
+_CONVS: dict[str, type[ConvLSTM]] = {"ConvLSTM1D": ConvLSTM1D, "ConvLSTM2D": ConvLSTM2D}
 # Keras class name -> the jaxseq module class that plays its part (None: skipped entirely).
 _JAXSEQ: dict[str, Any] = {
-    **_RNNS, "Bidirectional": Bidirectional, "TimeDistributed": TimeDistributed,
+    **_RNNS, **_CONVS, "Bidirectional": Bidirectional, "TimeDistributed": TimeDistributed,
     "Dense": nn.Dense, "RepeatVector": RepeatVector, "Dropout": nn.Dropout, "InputLayer": None,
 }
 SUPPORTED = (*_JAXSEQ, "Sequential")
@@ -85,8 +88,8 @@ def _weights(layer, names: tuple[str, ...], where: str) -> dict:
 def _variables(layer, where: str) -> dict:
     """The Keras Variables of `layer`, nested as jaxseq's params."""
     kind = _kind(layer, where)
-    if kind in _RNNS or kind == "Dense":
-        base = ("kernel", "recurrent_kernel") if kind in _RNNS else ("kernel",)
+    if kind in _RNNS or kind in _CONVS or kind == "Dense":
+        base = ("kernel",) if kind == "Dense" else ("kernel", "recurrent_kernel")
         return _weights(layer, (*base, "bias") if layer.use_bias else base, where)
     if kind == "TimeDistributed":
         return {"layer": _variables(layer.layer, f"{where}/layer")}
@@ -168,6 +171,15 @@ def _module(layer, where: str):
                   "zero_output_for_mask", "unit_forget_bias", "reset_after")
         cls = _RNNS[kind]
         return cls(**{f: cfg[f] for f in fields if f in cfg and f in cls.__dataclass_fields__})
+    if kind in _CONVS:
+        if cfg.get("stateful") or cfg.get("data_format", "channels_last") != "channels_last":
+            raise ValueError(f"{where}: Keras layer {layer.name!r} is stateful or channels_first;"
+                             " jaxseq's ConvLSTM layers are channels_last and not stateful.")
+        fields = ("filters", "kernel_size", "strides", "padding", "dilation_rate", "activation",
+                  "recurrent_activation", "use_bias", "unit_forget_bias", "dropout",
+                  "recurrent_dropout", "return_sequences", "return_state", "go_backwards",
+                  "unroll", "zero_output_for_mask")
+        return _CONVS[kind](**{f: cfg[f] for f in fields if f in cfg})
     if kind == "Dense":
         act = cfg["activation"]
         act = None if act in (None, "linear") else jax.nn.softmax if act == "softmax" else act
@@ -202,9 +214,10 @@ def _h5_tree(module, group, where: str) -> dict:
                              f"(found {sorted(g)}); is it from the matching Keras model?")
         return g[key]
 
-    if isinstance(module, (RNN, nn.Dense)):
-        vars_ = sub(sub(group, "cell"), "vars") if isinstance(module, RNN) else sub(group, "vars")
-        names = ("kernel", "recurrent_kernel") if isinstance(module, RNN) else ("kernel",)
+    if isinstance(module, (RNN, ConvLSTM, nn.Dense)):
+        dense = isinstance(module, nn.Dense)
+        vars_ = sub(group, "vars") if dense else sub(sub(group, "cell"), "vars")
+        names = ("kernel",) if dense else ("kernel", "recurrent_kernel")
         names = (*names, "bias") if module.use_bias else names
         if len(vars_) != len(names):
             raise ValueError(f"{where}: the weights file has {len(vars_)} arrays under "
@@ -226,7 +239,8 @@ def _h5_tree(module, group, where: str) -> dict:
         return {}
     raise TypeError(f"{where}: load_keras_weights does not know the layout of "
                     f"{type(module).__name__}; supported: jaxseq LSTM, GRU, SimpleRNN, "
-                    "Bidirectional, TimeDistributed, RepeatVector, flax Dense and Dropout.")
+                    "ConvLSTM1D, ConvLSTM2D, Bidirectional, TimeDistributed, RepeatVector, flax "
+                    "Dense and Dropout.")
 
 
 def load_keras_weights(path, model: Sequential, x) -> dict:
