@@ -8,6 +8,10 @@ Cases (all by default; pick with --cases):
                      framings): jaxseq.fit per epoch (warm) and the whole run from cold
                      (compilation included); Keras 3 model.fit (jax backend) alongside
   replicas           jaxseq.replicas.fit_replicas with 1 vs 32 seeds (many_to_many, tutorial data)
+  minimal            fwd+bwd of MinGRU / MinLSTM (sequential and parallel modes) vs GRU / LSTM,
+                     32x100x32x128 and 32x1000x32x128, with compile times
+  train              issue 13's workloads, per epoch: LSTM(32) forecaster and LSTM(64) mid-size,
+                     jaxseq.fit vs Keras fit vs torch eager; 16 replicas vs 16 fits
   cross_validation   5-fold x 10-seed cross_validate (one program) vs 50 fit + evaluate calls
   compile            first-call time (trace + lower + compile) of the jitted LSTM fwd+bwd at
                      T=10 and T=1000
@@ -63,7 +67,7 @@ from jaxseq import parallel  # noqa: E402
 
 DEFAULT_SIZES = "64x100x128x128,64x100x256x256,32x200x512x512"
 QUICK_SIZES = "4x6x3x5"
-ALL_CASES = ("lstm", "gru", "lstm_fwd", "gru_fwd", "tutorial", "train", "replicas",
+ALL_CASES = ("lstm", "gru", "lstm_fwd", "gru_fwd", "minimal", "tutorial", "train", "replicas",
              "cross_validation",
              "compile")
 TUTORIAL = {"one_to_one": (1000, 5), "many_to_one": (500, 1), "many_to_many": (1000, 1)}
@@ -425,6 +429,8 @@ def cv_case(*, quick: bool, cpu_devices: bool = False) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Training workloads where users live (issue 13): a forecaster and a mid-size model
 
+MINIMAL_SIZES = [(32, 100, 32, 128), (32, 1000, 32, 128)]  # issue 14's sizes, BxTxIxH
+
 # name -> (samples, time steps, features, units, batch size)
 WORKLOADS = {"forecaster": (204, 12, 1, 32, 16), "midsize": (64, 50, 8, 64, 32)}
 
@@ -512,6 +518,25 @@ def train_case(name: str, *, quick: bool, notes: list) -> dict:
     return {"case": "train", "workload": name, "shape": [n, t, f, h, bs], "flops": flops,
             "small_gemm_gflops": rate, "bound_s": flops / rate / 1e9,
             "per_epoch_s": per_epoch, "replicas": reps}
+
+
+def minimal_case(size, *, repeats: int) -> dict:
+    """fwd+bwd of MinGRU / MinLSTM (both modes; log-space and plain) next to jaxseq's GRU and
+    LSTM at one size BxTxIxH, return_sequences, float32; compile time of each."""
+    b, t, i, h = size
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((b, t, i)).astype(np.float32))
+    seq = dict(return_sequences=True)
+    layers = {"GRU": js.GRU(h, **seq), "LSTM": js.LSTM(h, **seq),
+              "MinGRU sequential": js.MinGRU(h, mode="sequential", **seq),
+              "MinGRU parallel": js.MinGRU(h, mode="parallel", **seq),
+              "MinGRU sequential plain": js.MinGRU(h, mode="sequential", log_space=False, **seq),
+              "MinLSTM sequential": js.MinLSTM(h, mode="sequential", **seq),
+              "MinLSTM parallel": js.MinLSTM(h, mode="parallel", **seq)}
+    stats = {}
+    fns = {name: _jax_case(layer, x, backward=True, stats=stats, name=name)
+           for name, layer in layers.items()}
+    return {"case": "minimal", "shape": list(size), "samples_s": measure(fns, repeats),
+            "jax_stats": stats}
 
 
 def compile_case(*, quick: bool, repeats: int) -> dict:
@@ -607,6 +632,11 @@ def targets(results: list[dict], peak: float) -> list[dict]:
                 out.append({"target": f"replicas {label} / {one} <= 3",
                             "value": warm[name] / warm[one], "limit": 3.0})
     for r in results:
+        if r["case"] == "minimal" and r["shape"][1] >= 1000:
+            m = {k: _median(v) for k, v in r["samples_s"].items()}
+            best = min((k for k in m if k.startswith("MinGRU")), key=m.get)
+            out.append({"target": f"minimal T={r['shape'][1]}: GRU / {best} >= 10",
+                        "value": m["GRU"] / m[best], "limit": 10.0, "higher_is_better": True})
         if r["case"] == "train":
             pe = {k: _median(v) for k, v in r["per_epoch_s"].items()}
             w, j = r["workload"], pe["jaxseq"]
@@ -656,6 +686,13 @@ def report(results: list[dict], peak: float, notes: list) -> str:
             for row in r["rows"]:
                 lines.append(f"  {row['name']:42s}{_median(row['warm_s']) * 1e3:9.1f} ms"
                              f"{row['cold_s']:8.2f} s cold")
+        elif r["case"] == "minimal":
+            lines.append(f"minGRU / minLSTM fwd+bwd {'x'.join(map(str, r['shape']))} (BxTxIxH), "
+                         "median ms, ratio to GRU, compile s:")
+            gru = _median(r["samples_s"]["GRU"])
+            for k, v in r["samples_s"].items():
+                lines.append(f"  {k:26s}{_median(v) * 1e3:9.2f}{_median(v) / gru:8.2f}x"
+                             f"{r['jax_stats'][k]['compile_s']:8.2f} s")
         elif r["case"] == "train":
             n, t, f, h, bs = r["shape"]
             lines.append(f"Training, {r['workload']}: LSTM({h}) + Dense(1), {n} x {t} x {f}, batch "
@@ -744,6 +781,10 @@ def main(argv=None) -> dict:
         elif case == "replicas":
             results.append(replicas_case(quick=args.quick, notes=notes,
                                          cpu_devices=args.cpu_devices is not None))
+        elif case == "minimal":
+            for size in ([(4, 8, 3, 5)] if args.quick else MINIMAL_SIZES):
+                results.append(minimal_case(size, repeats=repeats))
+                print(f"done minimal {'x'.join(map(str, size))}", flush=True)
         elif case == "train":
             for name in WORKLOADS:
                 results.append(train_case(name, quick=args.quick, notes=notes))

@@ -1,10 +1,12 @@
-"""Problem suite: LSTM, GRU and SimpleRNN on four sequence problems at two lengths, over seeds.
+"""Problem suite: LSTM, GRU, SimpleRNN, MinGRU and MinLSTM on four sequence problems, over seeds.
 
 Each (problem, length, cell) trains a small model (16 units + a Dense head) on the problem's
 training split for every seed at once (`jaxseq.replicas.fit_replicas`: one compiled program,
 `jax.vmap` over seeds), then scores each replica on the test split as skill against the
 problem's trivial baseline: skill = 1 - MSE / baseline MSE (1 = perfect, 0 = no better than
-the baseline, < 0 = worse). Problems (`jaxseq.problems`), the short and the long length:
+the baseline, < 0 = worse). MinGRU / MinLSTM run their default mode ("auto": the sequential
+loop on CPU). Problems (`jaxseq.problems`), the short and the long length (`--long` adds 200
+input steps for each; copy: 3 symbols + 197 blanks):
 
   echo     echo(length, lag=3): output the input 3 steps later       t = 10, 30
   adding   adding_problem(length): sum of the 2 marked values       t = 10, 30
@@ -48,7 +50,8 @@ import optax
 import jaxseq as js
 from jaxseq import evaluation, problems
 
-CELLS = {"LSTM": js.LSTM, "GRU": js.GRU, "SimpleRNN": js.SimpleRNN}
+CELLS = {"LSTM": js.LSTM, "GRU": js.GRU, "SimpleRNN": js.SimpleRNN, "MinGRU": js.MinGRU,
+         "MinLSTM": js.MinLSTM}
 UNITS = 16
 OPTIMIZER = optax.adam(5e-3)  # one object: programs are compiled once per model and shape
 
@@ -58,8 +61,11 @@ PROBLEMS: dict[str, tuple[Callable[..., problems.Split], str, tuple[int, int]]] 
     "echo": (lambda t, **kw: problems.echo(t, lag=3, **kw), "sequence", (10, 30)),
     "adding": (lambda t, **kw: problems.adding_problem(t, **kw), "last", (10, 30)),
     "copy": (lambda d, **kw: problems.copy_task(3, d, alphabet=4, **kw), "sequence", (3, 12)),
-    "sine": (lambda t, **kw: problems.sine_forecast(100, t, **kw), "last", (10, 30)),
+    "sine": (lambda t, **kw: problems.sine_forecast(max(100, t + 100), t, **kw), "last",
+             (10, 30)),
 }
+# `--long`: one more length per problem, 200 input steps (copy: 3 symbols + 197 blanks)
+LONG = {"echo": 200, "adding": 200, "copy": 197, "sine": 200}
 FULL = dict(n_train=500, n_test=200, epochs=40, batch_size=32, seeds=3)
 QUICK = dict(n_train=48, n_test=16, epochs=2, batch_size=16, seeds=2)
 
@@ -87,12 +93,12 @@ def train(model, split: problems.Split, *, seeds: list[int], epochs: int, batch_
 
 
 def run(settings: dict, lengths: tuple[int, ...] | None = None, cells=tuple(CELLS),
-        names=tuple(PROBLEMS), log=print) -> list[dict]:
+        names=tuple(PROBLEMS), log=print, long: bool = False) -> list[dict]:
     results = []
     seeds = list(range(settings["seeds"]))
     for name in names:
         make, head, default_lengths = PROBLEMS[name]
-        for length in lengths or default_lengths:
+        for length in (*(lengths or default_lengths), *((LONG[name],) if long else ())):
             split = make(length, n_train=settings["n_train"], n_test=settings["n_test"], seed=0)
             for cell in cells:
                 model = build(cell, head, split.y_train.shape[-1])
@@ -188,6 +194,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--cells", nargs="+", choices=list(CELLS), default=None,
                    help="default: all (LSTM only with --quick)")
     p.add_argument("--problems", nargs="+", choices=list(PROBLEMS), default=list(PROBLEMS))
+    p.add_argument("--long", action="store_true",
+                   help="also one long length per problem (200 input steps)")
     p.add_argument("--out", type=Path, default=Path("results"))
     args = p.parse_args(argv)
     settings = dict(QUICK if args.quick else FULL)
@@ -197,7 +205,7 @@ def main(argv=None) -> list[dict]:
     t0 = time.perf_counter()
     cells = args.cells or (["LSTM"] if args.quick else list(CELLS))
     results = run(settings, lengths=(4,) if args.quick else None, cells=tuple(cells),
-                  names=tuple(args.problems))
+                  names=tuple(args.problems), long=args.long)
     print()
     print(table(results))
     wins = winners(results)

@@ -360,3 +360,15 @@ def test_rollout_and_model_file(tmp_path):
     loaded, loaded_vars = js.load_model(tmp_path / "m.jaxseq")
     assert loaded == model  # the same layers and settings, hence the same function
     chex.assert_trees_all_equal(loaded_vars, jax.tree.map(np.asarray, dict(variables)))
+
+
+def test_auto_mode_is_the_sequential_loop_on_cpu():
+    x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 6, 3)).astype(np.float32))
+    auto = js.MinLSTM(4, return_sequences=True)
+    assert auto.mode == "auto"
+    params = auto.init(jax.random.PRNGKey(0), x)
+    seq = js.MinLSTM(4, return_sequences=True, mode="sequential")
+    lowered = jax.jit(auto.apply).lower(params, x).as_text()
+    assert "while" in lowered  # the loop, not the associative scan's log-depth slices
+    np.testing.assert_array_equal(jax.jit(auto.apply)(params, x),
+                                  jax.jit(seq.apply)(params, x))

@@ -30,6 +30,8 @@ LAYERS = {
     "simple_rnn": js.SimpleRNN(4),
     "bidirectional_lstm": js.Bidirectional(js.LSTM(3, return_sequences=True)),
     "time_distributed_dense": js.TimeDistributed(nn.Dense(2)),
+    "min_gru_auto": js.MinGRU(4, return_sequences=True),  # lowers the parallel scan here
+    "min_lstm_plain": js.MinLSTM(3, log_space=False),
 }
 
 
