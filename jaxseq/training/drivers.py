@@ -120,7 +120,8 @@ def drive(model, x, y, *, where, seed=0, seeds, state, epochs, batch_size, optim
                   reset_states=reset_states == "epoch",
                   metrics=metric_list, val_batch_size=validation_batch_size or batch_size,
                   sharding=sharding)
-    run = programs.loop_program(model, tx, static, replicated, per_split)
+    split_mesh = mesh if replicated and (per_split is None or per_split[2]) else None
+    run = programs.loop_program(model, tx, static, replicated, per_split, split_mesh)
     batches = -(-n // bs)
 
     history = History()

@@ -10,6 +10,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec
 
 from jaxseq.training import loop
 from jaxseq.training.compile import cached, jit
@@ -59,10 +60,16 @@ def per_split_loop(fn, inner: int, carry, key, first, last, data, val):
     return flat(carry), flat(logs)
 
 
-def loop_program(model, tx, static: dict, replicated: bool, per_split=None):
+def loop_program(model, tx, static: dict, replicated: bool, per_split=None, mesh=None):
     """The jitted loop; replicated: vmapped over replicas (data shared); with `per_split` =
     (inner, val in_axis, seeds_outer) over splits (each its own data) and seeds: replica r =
-    (split r // k, seed r % k) when seeds are inner, (seed r // S, split r % S) when outer."""
+    (split r // k, seed r % k) when seeds are inner, (seed r // S, split r % S) when outer.
+
+    mesh (replicated runs): the replica axis is split over the mesh with `jax.shard_map`, so
+    every device runs its own replicas' epoch loop with no cross-device step: a vmapped
+    `while_loop` runs while ANY replica is alive, which under plain sharding is an all-reduce
+    of every epoch's condition (with per_split only when seeds are outermost, so that each
+    shard holds whole seeds of every split)."""
     def build():
         fn = partial(loop.train_loop, **static)
         shared = (0, 0, None, None, None, None)
@@ -72,9 +79,13 @@ def loop_program(model, tx, static: dict, replicated: bool, per_split=None):
                 fn, (0, 0, None, None, 0, val_axis), shared, seeds_outer), inner)
         elif replicated:
             fn = jax.vmap(fn, in_axes=shared)
+        if mesh is not None:
+            rep, everywhere = PartitionSpec(mesh.axis_names[0]), PartitionSpec()
+            fn = jax.shard_map(fn, mesh=mesh, in_specs=(rep, rep, *(everywhere,) * 4),
+                               out_specs=(rep, rep), check_vma=False)
         return jit(fn, donate_argnums=(0,))
 
-    return cached("loop", model, tx, replicated, per_split,
+    return cached("loop", model, tx, replicated, per_split, mesh,
                   *sorted(static.items(), key=lambda kv: kv[0]), build=build)
 
 
