@@ -61,7 +61,7 @@ PROBLEMS: dict[str, tuple[Callable[..., problems.Split], str, tuple[int, int]]] 
     "echo": (lambda t, **kw: problems.echo(t, lag=3, **kw), "sequence", (10, 30)),
     "adding": (lambda t, **kw: problems.adding_problem(t, **kw), "last", (10, 30)),
     "copy": (lambda d, **kw: problems.copy_task(3, d, alphabet=4, **kw), "sequence", (3, 12)),
-    "sine": (lambda t, **kw: problems.sine_forecast(max(100, t + 100), t, **kw), "last",
+    "sine": (lambda t, **kw: problems.sine_forecast(max(100, 2 * t), t, **kw), "last",
              (10, 30)),
 }
 # `--long`: one more length per problem, 200 input steps (copy: 3 symbols + 197 blanks)

@@ -82,3 +82,8 @@ def test_compare_equals_scipy_and_never_overclaims():
     for res in (r, p, same):  # the verdict follows the interval, never the other way
         assert (res["ci95"][0] <= 0 <= res["ci95"][1]) == res["verdict"].startswith(
             "no difference")
+    # 3 repeats, clearly apart for the bootstrap, not for the t-test: no winner is named
+    few = evaluation.compare([0.30, 0.36, 0.30], [0.25, 0.29, 0.24])
+    t3 = stats.ttest_ind([0.30, 0.36, 0.30], [0.25, 0.29, 0.24], equal_var=False)
+    assert few["ci95"][0] > 0 and t3.pvalue >= 0.05
+    assert few["verdict"].startswith("not established") and "better" not in few["verdict"]

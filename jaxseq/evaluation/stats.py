@@ -35,13 +35,16 @@ def repeats_curve(scores, *, n_boot: int = 2000, seed: int = 0) -> dict[str, np.
 
 
 def compare(scores_a, scores_b, *, paired: bool = False, n_boot: int = 10_000, seed: int = 0,
-            lower_is_better: bool = True) -> dict:
+            lower_is_better: bool = True, alpha: float = 0.05) -> dict:
     """Compare two models' scores (errors by default: lower is better).
 
     Returns {"diff": mean(a) - mean(b), "ci95": bootstrap interval of the diff, "test",
     "statistic", "p_value" (Welch's t unpaired; paired t when `paired`, plus "wilcoxon_p"),
     "effect_size" (Cohen's d: pooled sd unpaired, sd of the differences paired), "verdict"}.
     `paired` needs the same splits and seeds, in the same order, for both models.
+    The verdict names a better model only when the interval excludes 0 AND the test's p-value
+    is below `alpha`; an interval that excludes 0 with p >= alpha (typical of 2-5 repeats,
+    whose bootstrap interval is too narrow) is reported as "not established".
     """
     from scipy import stats
 
@@ -72,6 +75,13 @@ def compare(scores_a, scores_b, *, paired: bool = False, n_boot: int = 10_000, s
     if lo <= 0.0 <= hi:
         verdict = (f"no difference the data support: the 95% interval of mean(A) - mean(B), "
                    f"[{lo:.4g}, {hi:.4g}], contains 0")
+    elif out["p_value"] >= alpha:
+        # A percentile bootstrap of a few repeats is too narrow (it cannot see variation the
+        # sample did not show): with 3 seeds it excludes 0 where the t-test gives p ~ 0.1.
+        verdict = (f"not established: the bootstrap interval of mean(A) - mean(B), "
+                   f"[{lo:.4g}, {hi:.4g}], excludes 0 but {out['test']} p = "
+                   f"{out['p_value']:.3g} >= {alpha}; with {min(a.size, b.size)} repeats the "
+                   "bootstrap interval is too narrow: run more repeats")
     else:
         better = "A" if (diff < 0) == lower_is_better else "B"
         verdict = (f"{better} is better by {abs(diff):.4g} on average (95% interval of "
