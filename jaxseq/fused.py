@@ -63,11 +63,6 @@ _KINDS = {LSTMCell: "lstm", GRUCell: "gru", SimpleRNNCell: "simple_rnn"}
 # T=5 LSTM(5) trains no faster fully unrolled. Larger steps only dilute the loop overhead more.
 AUTO_UNROLL = 1
 
-# Rows of the residual buffer (b, t, rows, u) the training forward writes once per step (one
-# write instead of one per residual: fewer operations in a small step's loop body); the
-# module doc lists them. The last row is h_prev.
-ROWS = {"lstm": 7, "gru": 6, "simple_rnn": 2}
-
 
 @dataclasses.dataclass(frozen=True)
 class Spec:
@@ -214,13 +209,12 @@ def _forward_variant(spec: Spec, x, kernel, xb, rk, rb, states, mask, rmask, *, 
                      in_loop: bool):
     """x (b, t, f) -> ((ys, final_states), residuals); residuals is None unless `save`.
 
-    ys (b, t, u) is in processing order; the residuals are ONE buffer (b, t, ROWS[kind], u) in
-    time order (aligned with x), its rows:
-      LSTM       k (4 rows) = [g ract'(i), c_prev ract'(f), i act'(g), act(c) ract'(o)],
-                 e = o act'(c), f, h_prev
-      GRU        k (3 rows) = [kz, kr, kh r], z, kh, h_prev with kz = (h_prev - h~)
-                 ract'(z), kh = (1 - z) act'(h~), kr = kh (h_prev @ rk_h + b_h) ract'(r)
-      SimpleRNN  act'(h_new), h_prev
+    ys (b, t, u) is in processing order; the residuals are in time order (aligned with x):
+      LSTM       (k (b, t, 4, u) = [g ract'(i), c_prev ract'(f), i act'(g), act(c) ract'(o)],
+                  e = o act'(c), f, h_prev)
+      GRU        (k (b, t, 3, u) = [kz, kr, kh r], z, kh, h_prev) with kz = (h_prev - h~)
+                  ract'(z), kh = (1 - z) act'(h~), kr = kh (h_prev @ rk_h + b_h) ract'(r)
+      SimpleRNN  (act'(h_new), h_prev)
     """
     act, dact = _ACT[spec.activation]
     _, dract = _ACT[spec.recurrent_activation]
@@ -253,7 +247,7 @@ def _forward_variant(spec: Spec, x, kernel, xb, rk, rb, states, mask, rmask, *, 
         return jnp.zeros((b, steps, *shape), dtype)
 
     if spec.kind == "lstm":
-        res0 = zeros(ROWS["lstm"], u) if save else ()
+        res0 = (zeros(4, u), zeros(u), zeros(u), zeros(u)) if save else ()
 
         def cell(h, c, xp_t):
             xin, inner = pre(xp_t, h)
@@ -268,7 +262,7 @@ def _forward_variant(spec: Spec, x, kernel, xb, rk, rb, states, mask, rmask, *, 
             return h_new, c_new, (k, o * dact(tc), fg, h)
 
     elif spec.kind == "gru":
-        res0 = zeros(ROWS["gru"], u) if save else ()
+        res0 = (zeros(3, u), zeros(u), zeros(u), zeros(u)) if save else ()
 
         def cell(h, c, xp_t):
             xin, inner = pre(xp_t, h)
@@ -283,7 +277,7 @@ def _forward_variant(spec: Spec, x, kernel, xb, rk, rb, states, mask, rmask, *, 
             return h_new, c, (jnp.stack([kz, kh * rh * dract(r), kh * r], axis=1), z, kh, h)
 
     else:
-        res0 = zeros(ROWS["simple_rnn"], u) if save else ()
+        res0 = (zeros(u), zeros(u)) if save else ()
 
         def cell(h, c, xp_t):
             xin, inner = pre(xp_t, h)
@@ -302,9 +296,7 @@ def _forward_variant(spec: Spec, x, kernel, xb, rk, rb, states, mask, rmask, *, 
             if spec.zero_output_for_mask and m_t is not None:
                 y = jnp.where(m_t[:, None], h_new, jnp.zeros_like(h_new))
             ys = _put(ys, y, t)
-        if save:  # every residual of the step in ONE write (b, rows, u)
-            res = _put(res, jnp.concatenate(
-                [v if v.ndim == 3 else v[:, None] for v in res_t], axis=1), tau)
+        res = tuple(_put(buf, v, tau) for buf, v in zip(res, res_t, strict=True))
         return h_t, c_t, ys, res
 
     c0 = states[1] if spec.kind == "lstm" else None
@@ -378,7 +370,7 @@ def _backward_variant(spec: Spec, x, kernel, rk, rb, states, mask, rmask, res, d
     # the slices) into the loop body and recomputes them every step.
     rk_t = jax.lax.optimization_barrier(rk_t)
     emit, zero_out = spec.emit, spec.zero_output_for_mask
-    h_prev = res[:, :, -1]  # res: the forward's residual buffer (b, t, ROWS, u)
+    h_prev = res[-1]
 
     def entry(dh, m_t, dy_t):
         """The incoming dh split into (gradient of h_new, gradient passed to h_prev)."""
@@ -404,46 +396,46 @@ def _backward_variant(spec: Spec, x, kernel, rk, rb, states, mask, rmask, res, d
         return (dh_prev if extra is None else dh_prev + extra), drm + hp_t * dhr
 
     if spec.kind == "lstm":
-        k = res[:, :, :4]
+        k, e, fg, _ = res
 
-        def step(dh, dc, drm, r_t, m_t, dy_t):
+        def step(dh, dc, drm, tau, m_t, dy_t):
             dhn, ph = entry(dh, m_t, dy_t)
             dcn = dc if m_t is None else jnp.where(m_t[:, None], dc, 0)
-            dcn = dcn + dhn * r_t[:, 4]
-            dc_prev = dcn * r_t[:, 5]
+            dcn = dcn + dhn * _at(e, tau)
+            dc_prev = dcn * _at(fg, tau)
             if m_t is not None:
                 dc_prev = dc_prev + jnp.where(m_t[:, None], 0, dc)
-            k_t = r_t[:, :4]
+            k_t = _at(k, tau)
             dh_prev, drm = through_rk(
                 lambda j: (dhn if j == 3 else dcn) * k_t[:, j],
                 lambda: jnp.where(_lane(4) == 3, dhn[:, None], dcn[:, None]) * k_t,
-                r_t[:, -1] if rmask is not None else None, ph, drm,
+                _at(h_prev, tau) if rmask is not None else None, ph, drm,
             )
             return dh_prev, dc_prev, drm, (dhn, dcn)
 
     elif spec.kind == "gru":
-        k, kh = res[:, :, :3], res[:, :, 4]
+        k, z, kh, _ = res
 
-        def step(dh, dc, drm, r_t, m_t, dy_t):
+        def step(dh, dc, drm, tau, m_t, dy_t):
             dhn, ph = entry(dh, m_t, dy_t)
-            direct = dhn * r_t[:, 3]
+            direct = dhn * _at(z, tau)
             if ph is not None:
                 direct = direct + ph
-            k_t = r_t[:, :3]
+            k_t = _at(k, tau)
             dh_prev, drm = through_rk(
                 lambda j: dhn * k_t[:, j], lambda: dhn[:, None] * k_t,
-                r_t[:, -1] if rmask is not None else None, direct, drm,
+                _at(h_prev, tau) if rmask is not None else None, direct, drm,
             )
             return dh_prev, dc, drm, (dhn,)
 
     else:
-        k = res[:, :, 0]
+        k, _ = res
 
-        def step(dh, dc, drm, r_t, m_t, dy_t):
+        def step(dh, dc, drm, tau, m_t, dy_t):
             dhn, ph = entry(dh, m_t, dy_t)
             dh_prev, drm = through_rk(
-                lambda j: dhn * r_t[:, 0], lambda: (dhn * r_t[:, 0])[:, None],
-                r_t[:, -1] if rmask is not None else None, ph, drm,
+                lambda j: dhn * _at(k, tau), lambda: (dhn * _at(k, tau))[:, None],
+                _at(h_prev, tau) if rmask is not None else None, ph, drm,
             )
             return dh_prev, dc, drm, (dhn,)
 
@@ -453,7 +445,7 @@ def _backward_variant(spec: Spec, x, kernel, rk, rb, states, mask, rmask, res, d
         tau = _time_index(spec, steps, t)
         m_t = None if mask is None else _at(mask, tau)
         dy_t = _at(dys, t) if emit else None
-        dh, dc, drm, outs = step(dh, dc, drm, _at(res, tau), m_t, dy_t)
+        dh, dc, drm, outs = step(dh, dc, drm, tau, m_t, dy_t)
         return dh, dc, drm, tuple(_put(buf, v, tau) for buf, v in zip(seqs, outs, strict=True))
 
     n_seqs = 2 if spec.kind == "lstm" else 1
