@@ -25,7 +25,7 @@ def _fit_alone(model, x, y, w, tr, te, seed, **kw):
                          batch_size=BS, verbose=0, metrics=["mae"], **kw)
     held = js.evaluate(model, state, x[te], y[te], sample_weight=w[te],
                        batch_size=min(BS, len(te)), metrics=["mae"], return_dict=True)
-    return hist, held
+    return hist, held, state
 
 
 CV_KW = dict(folds=4, seeds=[3, 8], epochs=EPOCHS, batch_size=BS, metrics=["mae"])
@@ -45,8 +45,14 @@ def test_every_replica_equals_its_own_fit(data, cv4):
     assert jax_leading(cv.states) == 8 and not cv.failed.any()
     for (i, j) in [(0, 1), (3, 0)]:  # one replica of each program
         tr, te = cv.splits[i]
-        hist, held = _fit_alone(model, x, y, w, tr, te, cv.seeds[j])
+        hist, held, state = _fit_alone(model, x, y, w, tr, te, cv.seeds[j])
         np.testing.assert_allclose(cv.history.loss[i, j], hist.loss, rtol=1e-5)
+        import jax
+
+        replica = jax.tree.map(lambda a, r=i * 2 + j: a[r], cv.states.params)
+        for got, want in zip(jax.tree.leaves(replica), jax.tree.leaves(state.params),
+                             strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(cv.scores["loss"][i, j], held["loss"], rtol=1e-5)
         np.testing.assert_allclose(cv.scores["mae"][i, j], held["mae"], rtol=1e-5)
     # seeds differ within a split, splits differ for one seed
@@ -84,9 +90,23 @@ def test_walk_forward_with_validation_split_equals_fit(data):
     for tr, te in cv.splits:
         assert tr.max() + 1 < te.min()  # no future data, and the gap
     tr, te = cv.splits[1]
-    hist, held = _fit_alone(model, x, y, w, tr, te, 1, validation_split=0.25)
+    hist, held, _ = _fit_alone(model, x, y, w, tr, te, 1, validation_split=0.25)
     np.testing.assert_allclose(cv.history.val_loss[1, 1], hist.val_loss, rtol=1e-5)
     np.testing.assert_allclose(cv.scores["loss"][1, 1], held["loss"], rtol=1e-5)
+
+
+def test_shared_validation_data_and_a_scikit_learn_splitter(data):
+    sklearn = pytest.importorskip("sklearn.model_selection")
+    model, x, y, w = data
+    val = (x[:5] + 0.5, y[:5])
+    cv = evaluation.cross_validate(model, x, y, sample_weight=w, splitter=sklearn.KFold(3),
+                                   validation_data=val, seeds=[2], epochs=EPOCHS, batch_size=BS)
+    assert cv.history.val_loss.shape == (3, 1, EPOCHS)
+    tr, te = cv.splits[2]
+    np.testing.assert_array_equal(te, np.arange(12, 18))  # KFold(3)'s last fold
+    state, hist = js.fit(model, x[tr], y[tr], sample_weight=w[tr], seed=2, epochs=EPOCHS,
+                         batch_size=BS, verbose=0, validation_data=val)
+    np.testing.assert_allclose(cv.history.val_loss[2, 0], hist.val_loss, rtol=1e-5)
 
 
 def test_failed_split_is_named_and_counted(data):
@@ -94,12 +114,12 @@ def test_failed_split_is_named_and_counted(data):
     y = y.copy()
     y[0] = 1e20  # finite, but its squared error overflows float32: split 1 trains on it
     splits = [(np.arange(6, 12), np.arange(12, 18)), (np.arange(0, 6), np.arange(12, 18))]
-    with pytest.warns(RuntimeWarning, match=r"2 of 4 \(split, seed\) runs: split 1 seed 0, "
-                                            r"split 1 seed 1"):
-        cv = evaluation.cross_validate(model, x, y, splitter=splits, seeds=2, epochs=EPOCHS,
-                                       batch_size=BS)
+    with pytest.warns(RuntimeWarning, match=r"2 of 4 \(split, seed\) runs: split 1 seed 5, "
+                                            r"split 1 seed 9"):
+        cv = evaluation.cross_validate(model, x, y, splitter=splits, seeds=[5, 9],
+                                       epochs=EPOCHS, batch_size=BS)
     assert cv.failed.tolist() == [[False, False], [True, True]]
-    assert cv.failures == [(1, 0), (1, 1)]
+    assert cv.failures == [(1, 5), (1, 9)]  # seed values, not their indices
     assert np.isnan(cv.scores["loss"][1]).all() and np.isfinite(cv.scores["loss"][0]).all()
     s = cv.summary(n_boot=100)["loss"]
     assert (s.n, s.n_nonfinite) == (2, 2)
@@ -133,11 +153,16 @@ def test_one_program_per_training_set_size(data, monkeypatch, kw, programs):
     ({"splitter": []}, "empty list"),
     ({"folds": 19}, "folds <= n_samples"),
     ({"seeds": [1, 1]}, "distinct"),
+    ({"seeds": 3, "mesh": "2 devices"}, "seeds divisible by the mesh size 2"),
     ({"validation_split": 0.2, "validation_data": "given"}, "both validation_data"),
 ])
 def test_errors_before_compiling(data, kw, match):
     model, x, y, _ = data
     if kw.get("validation_data") == "given":
         kw["validation_data"] = (x, y)
+    if kw.get("mesh") == "2 devices":
+        import jax
+
+        kw["mesh"] = js.parallel.make_mesh(jax.devices()[:2])
     with pytest.raises(ValueError, match=match):
         evaluation.cross_validate(model, x, y, epochs=1, **kw)

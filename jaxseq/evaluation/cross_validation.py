@@ -49,7 +49,8 @@ def make_splits(n_samples: int, splitter="kfold", *, folds: int = 5, n_splits: i
     """The (train, test) index pairs of `splitter`: "kfold" (`folds`, contiguous or with
     `shuffle_folds` seeded by `split_seed`), "walk_forward" (`n_splits`, `test_size`, `gap`,
     `max_train_size`), "shuffle_split" (`n_splits`, `test_size` default 0.1, `split_seed`), or
-    a sequence of (train, test) index arrays given by the caller (checked)."""
+    (train, test) index arrays given by the caller (a list, a generator, or a scikit-learn
+    splitter object: its `.split(X)`; checked)."""
     if isinstance(splitter, str):
         if splitter == "kfold":
             return splits_mod.kfold(n_samples, folds, shuffle=shuffle_folds, seed=split_seed)
@@ -61,6 +62,14 @@ def make_splits(n_samples: int, splitter="kfold", *, folds: int = 5, n_splits: i
                                             test_size=0.1 if test_size is None else test_size)
         raise ValueError(f"cross_validate expects splitter in {SPLITTERS} or a list of (train, "
                          f"test) index arrays; got {splitter!r}.")
+    if hasattr(splitter, "split") and not isinstance(splitter, (list, tuple)):
+        splitter = splitter.split(np.zeros((n_samples, 1)))  # e.g. scikit-learn's KFold(5)
+    try:
+        splitter = list(splitter)
+    except TypeError:
+        raise TypeError(f"cross_validate expects splitter as one of {SPLITTERS}, an object with "
+                        "a .split(X) method (scikit-learn's splitters) or an iterable of "
+                        f"(train, test) index arrays; got {type(splitter).__name__}.") from None
     pairs = []
     for i, pair in enumerate(splitter):
         tr, te = (np.asarray(a) for a in pair)
@@ -111,8 +120,15 @@ class CrossValidation:
         lines = [f"{len(self.splits)} splits x {len(self.seeds)} seeds, held-out scores:"]
         for k, s in self.summary(n_boot=1000).items():
             lines.append(f"  {k}: mean {s.mean:.6g} (std {s.std:.3g}, 95% CI {s.ci95[0]:.6g} "
-                         f"to {s.ci95[1]:.6g}; {s.n} runs, {s.n_nonfinite} failed)")
+                         f"to {s.ci95[1]:.6g}; {s.n} runs, {s.n_nonfinite} failed or "
+                         "non-finite)")
         return "\n".join(lines)
+
+
+def _named(flags: np.ndarray, seeds) -> str:
+    """'split i seed s, ...' for the True entries of a (splits, seeds) array."""
+    return ", ".join(f"split {i} seed {seeds[j]}" for i, j in zip(*np.nonzero(flags),
+                                                                   strict=True))
 
 
 def _take(data: Batch, idx) -> Batch:
@@ -186,6 +202,11 @@ def cross_validate(
         `validation_split` takes the last fraction of each split's training rows;
         `validation_data` is shared by all). Held-out scores use `loss` and `metrics` with
         Keras' `evaluate` (mini-batches of `batch_size`, the split's weights and mask).
+        `mesh`: the seeds are sharded over it (their number divisible by its size).
+        callbacks: run once per training program (one per distinct training-set size), their
+        `logs` arrays holding one value per replica of that program, in its internal order;
+        `stop_training` ends that program only. `EarlyStopping` stops each (split, seed) on
+        its own; its host-side attributes afterwards describe the last program only.
 
     Returns:
       a `CrossValidation`: `scores` (S, K) per name, `history` (S, K, E), `states`, `failed`,
@@ -208,12 +229,18 @@ def cross_validate(
     loss_fn, metric_list = losses.get_loss(loss, where), losses.get_metrics(metrics, where)
     if validation_data is not None and validation_split is not None:
         raise ValueError(f"{where} got both validation_data and validation_split; pass one.")
+    shared_val = data_mod.check_validation(model, validation_data, where)
+    if mesh is not None and len(seeds) % mesh.size:
+        raise ValueError(
+            f"{where} with a mesh expects a number of seeds divisible by the mesh size "
+            f"{mesh.size} (each device trains whole seeds of every split); got {len(seeds)} "
+            "seeds.")
     trains, vals, tests = [], [], []
-    for tr, te in pairs:
+    for i, (tr, te) in enumerate(pairs):
         train = _take(data, tr)
         val = None
         if validation_split is not None:
-            train, val = data_mod.split_validation(train, validation_split, where)
+            train, val = data_mod.split_validation(train, validation_split, f"{where} split {i}")
         trains.append(train)
         vals.append(val)
         tests.append(_take(data, te))
@@ -229,10 +256,13 @@ def cross_validate(
     failed = np.zeros((s, k), bool)
     states, histories = [None] * s, [None] * s
     # With a mesh, the replica axis is cut into equal contiguous shards: seeds outermost keeps
-    # every shard aligned with whole seeds when their number divides the mesh size.
-    outer = mesh is not None and k % mesh.size == 0
+    # every shard aligned with whole seeds (checked above: their number divides the mesh size).
+    outer = mesh is not None
     for members in groups.values():
-        val = None if vals[members[0]] is None else _stack([vals[i] for i in members])
+        val = shared_val if vals[members[0]] is None else _stack([vals[i] for i in members])
+        for cb in callbacks:  # a stop asked for in one program does not end the next one
+            if hasattr(cb, "stop_training"):
+                cb.stop_training = False
         with warnings.catch_warnings():  # failures are reported below, by (split, seed)
             warnings.filterwarnings("ignore", message=f"{where}: ", category=RuntimeWarning)
             state, history = drive(
@@ -265,10 +295,17 @@ def cross_validate(
     result = CrossValidation(scores=scores, history=history,
                              states=jax.tree.map(lambda *a: jax.numpy.concatenate(a), *states),
                              splits=pairs, seeds=tuple(seeds), failed=failed)
+    odd = ~failed & ~np.all([np.isfinite(v) for v in scores.values()], axis=0)
+    if odd.any():
+        warnings.warn(
+            f"{where}: {int(odd.sum())} run(s) trained to finite parameters but scored a "
+            f"non-finite held-out value: {_named(odd, seeds)}; summary() leaves them out and "
+            "counts them in n_nonfinite.",
+            RuntimeWarning, stacklevel=2)
     if failed.any():
         warnings.warn(
             f"{where}: training went non-finite in {int(failed.sum())} of {failed.size} (split, "
-            f"seed) runs: {', '.join(f'split {i} seed {sd}' for i, sd in result.failures)}. "
+            f"seed) runs: {_named(failed, seeds)}. "
             "Each kept its last finite state; its held-out scores are NaN and summary() counts "
             "it in n_nonfinite. Lower the learning rate or clip gradients.",
             RuntimeWarning, stacklevel=2)

@@ -48,6 +48,9 @@ def compare(scores_a, scores_b, *, paired: bool = False, n_boot: int = 10_000, s
     """
     from scipy import stats
 
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"compare expects alpha in (0, 1); got {alpha!r}.")
+
     a, b = np.asarray(scores_a, np.float64).ravel(), np.asarray(scores_b, np.float64).ravel()
     if a.size < 2 or b.size < 2 or not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
         raise ValueError("compare expects at least 2 finite scores per model.")
@@ -75,7 +78,7 @@ def compare(scores_a, scores_b, *, paired: bool = False, n_boot: int = 10_000, s
     if lo <= 0.0 <= hi:
         verdict = (f"no difference the data support: the 95% interval of mean(A) - mean(B), "
                    f"[{lo:.4g}, {hi:.4g}], contains 0")
-    elif out["p_value"] >= alpha:
+    elif not out["p_value"] < alpha:  # NaN p never names a winner
         # A percentile bootstrap of a few repeats is too narrow (it cannot see variation the
         # sample did not show): with 3 seeds it excludes 0 where the t-test gives p ~ 0.1.
         verdict = (f"not established: the bootstrap interval of mean(A) - mean(B), "
