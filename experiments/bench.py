@@ -31,7 +31,7 @@ sample. Runs unchanged on GPU/TPU (torch moves to CUDA when JAX runs on a GPU).
 
 Command (from the repository root, after `pip install -e ".[experiments,interop]"`):
 
-  python experiments/bench.py                    # everything, ~10 min on 2 CPU cores
+  python experiments/bench.py                    # everything, ~12 min on 2 CPU cores
   python experiments/bench.py --cases lstm,gru --sizes 64x100x128x128 --repeats 7
   python experiments/bench.py --quick --out /tmp/bench   # tiny sizes: a smoke test
 
