@@ -2,7 +2,8 @@
 
 The script runs as users run it, in a subprocess, with LLVM at -O0 (XLA_FLAGS): compilation is
 this test's cost, and the tiny sizes time nothing worth optimizing. The cases that train
-(tutorial, replicas) are left out: they time jaxseq.fit, whose own tests are elsewhere.
+(tutorial, train, replicas, cross_validation) are left out: they time jaxseq.fit and
+cross_validate, whose own tests are elsewhere.
 """
 
 import importlib.util
@@ -49,7 +50,7 @@ def test_bench_layer_and_compile_cases(tmp_path):
     numbers are consistent with each other: positive times, every ratio and target value the
     quotient of the medians it comes from, `met` the comparison with its limit, the printed
     table the JSON's numbers."""
-    proc = _bench("--quick", "--cases", "lstm,gru_fwd,compile", "--repeats", "3",
+    proc = _bench("--quick", "--cases", "lstm,gru_fwd,compile,minimal", "--repeats", "3",
                   "--out", str(tmp_path / "res"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     data = json.loads((tmp_path / "res" / "bench.json").read_text())
@@ -57,8 +58,8 @@ def test_bench_layer_and_compile_cases(tmp_path):
     assert {"jax", "flax", "jaxseq", "torch", "keras"} <= set(data["versions"])
     assert data["xla_flags"] == FAST_COMPILE
     assert data["repeats"] == 3
-    assert [r["case"] for r in data["results"]] == ["lstm", "gru_fwd", "compile"]
-    assert set(data["case_wall_s"]) == {"lstm", "gru_fwd", "compile"}
+    assert [r["case"] for r in data["results"]] == ["lstm", "gru_fwd", "compile", "minimal"]
+    assert set(data["case_wall_s"]) == {"lstm", "gru_fwd", "compile", "minimal"}
     assert 0 < sum(data["case_wall_s"].values()) <= data["total_wall_s"]
 
     peak = data["matmul_peak"]
@@ -71,7 +72,14 @@ def test_bench_layer_and_compile_cases(tmp_path):
 
     have_torch = not data["versions"]["torch"].startswith(("ImportError", "ModuleNotFound"))
     peers = ["torch"] * have_torch + ["flax", "jaxseq"]  # --quick: no "jaxseq [scan]"
-    lstm, gru_fwd, compile_case = data["results"]
+    lstm, gru_fwd, compile_case, minimal = data["results"]
+    assert minimal["shape"] == [4, 8, 3, 5]
+    assert {"GRU", "LSTM", "MinGRU sequential", "MinGRU parallel", "MinLSTM sequential"} <= set(
+        minimal["samples_s"])
+    for name, samples in minimal["samples_s"].items():
+        assert len(samples) == 3 and all(s > 0 for s in samples)
+        assert minimal["jax_stats"][name]["compile_s"] > 0
+        assert re.search(rf"  {re.escape(name)}\s+{_median(samples) * 1e3:.2f}\s", proc.stdout)
     medians = {}
     for r, gates, passes, title in [(lstm, 4, 3, "LSTM fwd+bwd"), (gru_fwd, 3, 1, "GRU forward")]:
         b, t, i, h = r["size"]
