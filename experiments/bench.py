@@ -457,7 +457,7 @@ def small_gemm_rate(b: int, k: int, n: int, quick: bool) -> float:
     return 2 * b * k * n * steps / statistics.median(t) / 1e9
 
 
-def epoch_flops(n: int, t: int, f: int, h: int, bs: int) -> int:
+def epoch_flops(n: int, t: int, f: int, h: int) -> int:
     """LSTM fwd+bwd FLOPs of one epoch: per step and sample, the forward products x·W and
     h·U (2·4h·(f+h)), the backward's input/state gradients and weight gradients (twice that)."""
     return 3 * 2 * 4 * h * (f + h) * t * n
@@ -524,7 +524,7 @@ def train_case(name: str, *, quick: bool, notes: list, cpu_devices: bool = False
     samples = measure(runs, 3 if quick else 5, warmup=1)
     per_epoch = {k: [v / per[k] for v in vs] for k, vs in samples.items()}
     rate = small_gemm_rate(bs, h, 4 * h, quick)
-    flops = epoch_flops(n, t, f, h, bs)
+    flops = epoch_flops(n, t, f, h)
     return {"case": "train", "workload": name, "shape": [n, t, f, h, bs], "flops": flops,
             "small_gemm_gflops": rate, "bound_s": flops / rate / 1e9,
             "per_epoch_s": per_epoch, "replicas": reps}

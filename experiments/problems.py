@@ -51,7 +51,7 @@ import numpy as np
 import optax
 
 import jaxseq as js
-from jaxseq import evaluation, problems
+from jaxseq import evaluation, problems, replicas
 
 CELLS = {"LSTM": js.LSTM, "GRU": js.GRU, "SimpleRNN": js.SimpleRNN, "MinGRU": js.MinGRU,
          "MinLSTM": js.MinLSTM}
@@ -81,16 +81,8 @@ def build(cell: str, head: str, out_features: int) -> js.Sequential:
 
 def train(model, split: problems.Split, *, seeds: list[int], epochs: int, batch_size: int
           ) -> np.ndarray:
-    """Test MSE of one replica per seed (replicas if available, else one `fit` per seed)."""
+    """Test MSE of one replica per seed (all seeds in one `fit_replicas` program)."""
     kw = dict(epochs=epochs, batch_size=batch_size, optimizer=OPTIMIZER)
-    try:
-        from jaxseq import replicas
-    except ImportError:  # pragma: no cover - the replicas module predates this script
-        out = []
-        for s in seeds:
-            state, _ = js.fit(model, split.x_train, split.y_train, seed=s, verbose=0, **kw)
-            out.append(js.evaluate(model, state.params, split.x_test, split.y_test))
-        return np.asarray(out)
     states, _ = replicas.fit_replicas(model, split.x_train, split.y_train, seeds=seeds, **kw)
     return replicas.scores(model, states.params, split.x_test, split.y_test)["mse"]
 

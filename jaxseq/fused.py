@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxseq import contracts
-from jaxseq.cells import _ACTIVATIONS, CellBase, GRUCell, LSTMCell, SimpleRNNCell
+from jaxseq.cells import _ACTIVATIONS, CellBase, GRUCell, LSTMCell, SimpleRNNCell, matmul_last
 from jaxseq.typing import Array
 
 IMPLEMENTATIONS = ("auto", "scan", "fused")
@@ -227,7 +227,7 @@ def _forward_variant(spec: Spec, x, kernel, xb, rk, rb, states, mask, rmask, *, 
     if in_loop:
         xp, w_cat = x, jnp.concatenate([kernel, rk], axis=0)
     else:
-        xp = (x.reshape(b * steps, f) @ kernel).reshape(b, steps, n * u)
+        xp = matmul_last(x, kernel)
 
     def pre(xp_t, h):
         """(x-part, h-part) of the pre-activations, each (b, n, u); the h-part is a scalar 0

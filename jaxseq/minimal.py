@@ -65,12 +65,6 @@ Initializer = Callable[..., Array]
 MODES = ("auto", "parallel", "sequential")
 
 
-def softplus(v: Array) -> Array:
-    """log(1 + e^v), stably; finite inputs only (simpler than jax.nn.softplus's logaddexp,
-    which also handles infinities)."""
-    return jnp.maximum(v, 0) + jnp.log1p(jnp.exp(-jnp.abs(v)))
-
-
 def sigmoid_pair(v: Array) -> tuple[Array, Array]:
     """(sigmoid(v), sigmoid(-v)) from one exponential, each to full relative precision."""
     e = jnp.exp(-jnp.abs(v))
@@ -87,7 +81,7 @@ def g(v: Array) -> Array:
 
 def log_g(v: Array) -> Array:
     """log g(v) without forming g(v) where it is small: -softplus(-v) below 0."""
-    return jnp.where(v >= 0, jnp.log(jax.nn.relu(v) + 0.5), -softplus(-v))
+    return jnp.where(v >= 0, jnp.log(jax.nn.relu(v) + 0.5), -jax.nn.softplus(-v))
 
 
 def _linear_pair(e1, e2):
@@ -338,7 +332,7 @@ class MinGRU(MinimalRNN):
     @nn.nowrap
     def log_coefficients(self, k):
         kz, kh = k[..., :self.units], k[..., self.units:]
-        sp = softplus(kz)
+        sp = jax.nn.softplus(kz)
         return -sp, kz - sp, kh  # log(1 - z) = -softplus(k_z), log z = k_z - softplus(k_z)
 
 
@@ -356,7 +350,7 @@ class MinLSTM(MinimalRNN):
         """(d = log i - log f, candidate pre-activation): f' = σ(-d), i' = σ(d)."""
         u = self.units
         kf, ki, kh = k[..., :u], k[..., u:2 * u], k[..., 2 * u:]
-        return softplus(-kf) - softplus(-ki), kh  # log σ(v) = -softplus(-v)
+        return jax.nn.softplus(-kf) - jax.nn.softplus(-ki), kh  # log σ(v) = -jax.nn.softplus(-v)
 
     @nn.nowrap
     def coefficients(self, k):
@@ -367,5 +361,5 @@ class MinLSTM(MinimalRNN):
     @nn.nowrap
     def log_coefficients(self, k):
         d, kh = self._split(k)
-        sp = softplus(d)
+        sp = jax.nn.softplus(d)
         return -sp, d - sp, kh

@@ -25,7 +25,7 @@ from jaxseq.training.drivers import fit_replicas
 from jaxseq.training.state import History, ModelFn, as_variables
 from jaxseq.typing import Inputs, Targets
 
-__all__ = ["Summary", "fit_replicas", "scores", "skill", "summarize"]
+__all__ = ["Summary", "bootstrap_means", "fit_replicas", "scores", "skill", "summarize"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -46,6 +46,13 @@ class Summary:
     n_nonfinite: int
 
 
+def bootstrap_means(values: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    """(n_boot,) means of resamples with replacement of `values` (1-D), from
+    `np.random.default_rng(seed)`."""
+    rng = np.random.default_rng(seed)
+    return values[rng.integers(0, values.size, (n_boot, values.size))].mean(axis=1)
+
+
 def summarize(values, *, n_boot: int = 10_000, seed: int = 0, failed=None) -> Summary:
     """Summary statistics of per-replica scores (replicas,); a 95% percentile-bootstrap interval
     of the mean from `n_boot` resamples (seeded). Replicas flagged in `failed` (bool
@@ -59,8 +66,7 @@ def summarize(values, *, n_boot: int = 10_000, seed: int = 0, failed=None) -> Su
     if finite.size == 0:
         nan = float("nan")
         return Summary(nan, nan, nan, nan, nan, (nan, nan), 0, bad)
-    rng = np.random.default_rng(seed)
-    means = finite[rng.integers(0, finite.size, (n_boot, finite.size))].mean(axis=1)
+    means = bootstrap_means(finite, n_boot, seed)
     lo, hi = np.percentile(means, [2.5, 97.5])
     return Summary(
         mean=float(finite.mean()),

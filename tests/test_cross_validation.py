@@ -3,6 +3,7 @@ splitters' (scikit-learn's) index sets; a failed split is named and counted, nev
 
 import warnings
 
+import jax
 import numpy as np
 import pytest
 
@@ -47,8 +48,6 @@ def test_every_replica_equals_its_own_fit(data, cv4):
         tr, te = cv.splits[i]
         hist, held, state = _fit_alone(model, x, y, w, tr, te, cv.seeds[j])
         np.testing.assert_allclose(cv.history.loss[i, j], hist.loss, rtol=1e-5)
-        import jax
-
         replica = jax.tree.map(lambda a, r=i * 2 + j: a[r], cv.states.params)
         for got, want in zip(jax.tree.leaves(replica), jax.tree.leaves(state.params),
                              strict=True):
@@ -60,8 +59,6 @@ def test_every_replica_equals_its_own_fit(data, cv4):
 
 
 def test_mesh_puts_seeds_outermost_and_changes_nothing(data, cv4):
-    import jax
-
     model, x, y, w = data
     mesh = js.parallel.make_mesh(jax.devices()[:2])  # 4 splits x 2 seeds: seeds outermost
     cv = evaluation.cross_validate(model, x, y, sample_weight=w, mesh=mesh, **CV_KW)
@@ -73,8 +70,6 @@ def test_mesh_puts_seeds_outermost_and_changes_nothing(data, cv4):
 
 
 def jax_leading(tree):
-    import jax
-
     return {a.shape[0] for a in jax.tree.leaves(tree)}.pop()
 
 
@@ -161,8 +156,6 @@ def test_errors_before_compiling(data, kw, match):
     if kw.get("validation_data") == "given":
         kw["validation_data"] = (x, y)
     if kw.get("mesh") == "2 devices":
-        import jax
-
         kw["mesh"] = js.parallel.make_mesh(jax.devices()[:2])
     with pytest.raises(ValueError, match=match):
         evaluation.cross_validate(model, x, y, epochs=1, **kw)

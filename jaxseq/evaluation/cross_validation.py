@@ -131,10 +131,6 @@ def _named(flags: np.ndarray, seeds) -> str:
                                                                    strict=True))
 
 
-def _take(data: Batch, idx) -> Batch:
-    return Batch(*(None if a is None else np.asarray(a)[idx] for a in data))
-
-
 def _stack(batches: Sequence[Batch]) -> Batch:
     return Batch(*(None if parts[0] is None else np.stack(parts)
                    for parts in zip(*batches, strict=True)))
@@ -205,8 +201,9 @@ def cross_validate(
         `mesh`: the seeds are sharded over it (their number divisible by its size).
         callbacks: run once per training program (one per distinct training-set size), their
         `logs` arrays holding one value per replica of that program, in its internal order;
-        `stop_training` ends that program only. `EarlyStopping` stops each (split, seed) on
-        its own; its host-side attributes afterwards describe the last program only.
+        `stop_training` ends that program only (each run resets it, as every `fit` does).
+        `EarlyStopping` stops each (split, seed) on its own; its host-side attributes
+        afterwards describe the last program only.
 
     Returns:
       a `CrossValidation`: `scores` (S, K) per name, `history` (S, K, E), `states`, `failed`,
@@ -237,13 +234,13 @@ def cross_validate(
             "seeds.")
     trains, vals, tests = [], [], []
     for i, (tr, te) in enumerate(pairs):
-        train = _take(data, tr)
+        train = loop.take(data, tr)
         val = None
         if validation_split is not None:
             train, val = data_mod.split_validation(train, validation_split, f"{where} split {i}")
         trains.append(train)
         vals.append(val)
-        tests.append(_take(data, te))
+        tests.append(loop.take(data, te))
     groups: dict[tuple, list[int]] = {}
     for i, (tr, va, te) in enumerate(zip(trains, vals, tests, strict=True)):
         size = (len(tr.x), None if va is None else len(va.x), len(te.x))
@@ -260,9 +257,6 @@ def cross_validate(
     outer = mesh is not None
     for members in groups.values():
         val = shared_val if vals[members[0]] is None else _stack([vals[i] for i in members])
-        for cb in callbacks:  # a stop asked for in one program does not end the next one
-            if hasattr(cb, "stop_training"):
-                cb.stop_training = False
         with warnings.catch_warnings():  # failures are reported below, by (split, seed)
             warnings.filterwarnings("ignore", message=f"{where}: ", category=RuntimeWarning)
             state, history = drive(
@@ -276,7 +270,7 @@ def cross_validate(
                 per_split=(_stack([trains[i] for i in members]), val, outer))
         g = len(members)
         held = _held_out(model, state, _stack([tests[i] for i in members]), g if outer else k,
-                         outer, batch_size=min(batch_size, len(tests[members[0]].x)),
+                         outer, batch_size=batch_size,
                          loss_fn=loss_fn, metric_list=metric_list)
         # rows[a, j]: the replica of the group's a-th split and seed j
         rows = np.arange(g * k).reshape((k, g) if outer else (g, k))

@@ -13,10 +13,7 @@ import math
 
 import numpy as np
 
-
-def _bootstrap_means(values: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return values[rng.integers(0, values.size, (n_boot, values.size))].mean(axis=1)
+from jaxseq.replicas import bootstrap_means
 
 
 def repeats_curve(scores, *, n_boot: int = 2000, seed: int = 0) -> dict[str, np.ndarray]:
@@ -29,7 +26,7 @@ def repeats_curve(scores, *, n_boot: int = 2000, seed: int = 0) -> dict[str, np.
     n = np.arange(1, v.size + 1)
     means = np.cumsum(v) / n
     sem = np.array([v[:k].std(ddof=1) / math.sqrt(k) if k > 1 else np.nan for k in n])
-    lo, hi = np.array([np.percentile(_bootstrap_means(v[:k], n_boot, seed), [2.5, 97.5])
+    lo, hi = np.array([np.percentile(bootstrap_means(v[:k], n_boot, seed), [2.5, 97.5])
                        for k in n]).T
     return {"n": n, "mean": means, "sem": sem, "ci_low": lo, "ci_high": hi}
 
@@ -54,18 +51,18 @@ def compare(scores_a, scores_b, *, paired: bool = False, n_boot: int = 10_000, s
     a, b = np.asarray(scores_a, np.float64).ravel(), np.asarray(scores_b, np.float64).ravel()
     if a.size < 2 or b.size < 2 or not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
         raise ValueError("compare expects at least 2 finite scores per model.")
-    rng = np.random.default_rng(seed)
     if paired:
         if a.size != b.size:
             raise ValueError(f"compare(paired=True) expects as many scores for both models; "
                              f"got {a.size} and {b.size}.")
         d = a - b
-        boot = d[rng.integers(0, d.size, (n_boot, d.size))].mean(axis=1)
+        boot = bootstrap_means(d, n_boot, seed)
         t = stats.ttest_rel(a, b)
         out = {"test": "paired t", "statistic": float(t.statistic), "p_value": float(t.pvalue),
                "wilcoxon_p": float(stats.wilcoxon(a, b).pvalue),
                "effect_size": float(d.mean() / d.std(ddof=1))}
     else:
+        rng = np.random.default_rng(seed)  # one stream for both resamples
         boot = (a[rng.integers(0, a.size, (n_boot, a.size))].mean(axis=1)
                 - b[rng.integers(0, b.size, (n_boot, b.size))].mean(axis=1))
         t = stats.ttest_ind(a, b, equal_var=False)

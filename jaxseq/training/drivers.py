@@ -120,8 +120,8 @@ def drive(model, x, y, *, where, seed=0, seeds, state, epochs, batch_size, optim
                   reset_states=reset_states == "epoch",
                   metrics=metric_list, val_batch_size=validation_batch_size or batch_size,
                   sharding=sharding)
-    split_mesh = mesh if replicated and (per_split is None or per_split[2]) else None
-    run = programs.loop_program(model, tx, static, replicated, per_split, split_mesh)
+    run = programs.loop_program(model, tx, static, replicated, per_split,
+                                mesh if replicated else None)
     batches = -(-n // bs)
 
     history = History()
@@ -158,7 +158,8 @@ def drive(model, x, y, *, where, seed=0, seeds, state, epochs, batch_size, optim
                 carry, key = parallel.replicate((carry, key), mesh)
             train_d, val_d = parallel.replicate((train_d, val_d), mesh)
         for cb in [*([stopper] if stopper else []), *host]:
-            cb.on_train_begin(state)
+            cb.stop_training = False  # as Keras' fit: a stop asked for in an earlier run ends
+            cb.on_train_begin(state)  # that run only
         progress = hooks.Progress(epochs, verbose, first)
         failure = None
         finished = not np.asarray(parallel.to_host(carry.alive)).any()
