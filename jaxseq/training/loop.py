@@ -231,7 +231,8 @@ EPOCH_BUFFER = 1024  # the most epochs one call of `train_loop` runs (its log bu
 def train_loop(carry: LoopState, key, first, last, data: Batch, val: Batch | None, *,
                batch_size: int, shuffle: bool = True, loss="mse", metrics: Sequence = (),
                val_batch_size: int | None = None, sharding=None, reset_states: bool = False,
-               buffer: int = EPOCH_BUFFER) -> tuple[LoopState, dict[str, Array]]:
+               buffer: int = EPOCH_BUFFER, axis_name: str | tuple[str, ...] | None = None,
+               ) -> tuple[LoopState, dict[str, Array]]:
     """Epochs first, first + 1, ... while below `last`, below `first + buffer`, and alive.
 
     first, last: int32 scalars, runtime values: the epoch count and the chunking never
@@ -240,6 +241,15 @@ def train_loop(carry: LoopState, key, first, last, data: Batch, val: Batch | Non
     keeps the previous state) and `alive` turns off, as it does when early stopping fires.
     Returns (carry, logs), each log of shape (buffer,), entry i for epoch first + i: the names
     of `log_names` (NaN where no epoch ran), "ran", "finite", "bad_batch", "bad_loss".
+
+    axis_name: the name (or names) of the `jax.vmap` axes this loop is mapped over (replicas),
+    as `jax.lax.psum` takes it. The loop then runs while ANY replica is alive, with one epoch
+    counter for all (a `psum` of the alive flags), and a replica that stopped keeps its carry
+    and logs as a plain vmap would. Same results; what changes is the program: without it,
+    vmap batches the loop's condition, so every epoch selects each replica's whole carry
+    (the (buffer,) logs included) and writes the logs with a per-replica scatter; with it the
+    logs are written in place. Measured (`experiments/bench.py --cases replicas`): the
+    tutorial's 32 replicas, where an epoch is one step, see README.
     """
     loss_fn, metrics = _resolve(loss, metrics)
     names = log_names(metrics, val is not None)
@@ -274,18 +284,26 @@ def train_loop(carry: LoopState, key, first, last, data: Batch, val: Batch | Non
             "finite": jnp.ones((buffer,), bool), "bad_batch": jnp.full((buffer,), -1, jnp.int32),
             "bad_loss": nan}
 
+    def any_alive(carry):
+        if axis_name is None:
+            return carry.alive
+        return jax.lax.psum(carry.alive.astype(jnp.int32), axis_name) > 0
+
     def cond(c):
-        carry, epoch, _ = c
-        return (epoch < last) & (epoch < first + buffer) & carry.alive
+        _, epoch, _, alive = c
+        return (epoch < last) & (epoch < first + buffer) & alive
 
     def body(c):
-        carry, epoch, logs = c
-        carry, out = run(carry, epoch)
+        carry, epoch, logs, _ = c
+        new, out = run(carry, epoch)
         i = epoch - first
+        if axis_name is not None:  # a replica that stopped runs along: keep what it had
+            new = select(carry.alive, new, carry)
+            out = select(carry.alive, out, {k: v[i] for k, v in logs.items()})
         logs = {k: v.at[i].set(out[k].astype(v.dtype)) for k, v in logs.items()}
-        return carry, epoch + 1, logs
+        return new, epoch + 1, logs, any_alive(new)
 
     first = jnp.asarray(first, jnp.int32)
-    carry, _, logs = jax.lax.while_loop(cond, body, (carry, first, logs))
+    carry, _, logs, _ = jax.lax.while_loop(cond, body, (carry, first, logs, any_alive(carry)))
     return carry, logs
 

@@ -20,6 +20,12 @@ __all__ = ["by_split", "flat", "init_program", "init_state", "loop_program", "ov
            "per_split_loop", "stack_seeds"]
 
 
+# The vmap axes of the replica programs, named so that `train_loop` can run one epoch counter
+# for all of them (`train_loop(axis_name=...)`).
+REPLICA_AXIS = "replica"
+SPLIT_AXES = ("split", "seed")
+
+
 def init_program(model, tx, replicated: bool, batch_size: int, data_axis=None):
     def build():
         fn = partial(create_train_state, model, tx, batch_size=batch_size)
@@ -49,9 +55,13 @@ def flat(tree):
 
 def over_splits(fn, own, shared, seeds_outer: bool):
     """`fn` vmapped over splits (`own` in_axes: each split its own data) and seeds (`shared`:
-    the split's data shared), seeds the outer axis or the inner one."""
-    return (jax.vmap(jax.vmap(fn, in_axes=own), in_axes=shared) if seeds_outer else
-            jax.vmap(jax.vmap(fn, in_axes=shared), in_axes=own))
+    the split's data shared), seeds the outer axis or the inner one; the axes are named
+    `SPLIT_AXES`."""
+    split, seed = SPLIT_AXES
+    if seeds_outer:
+        return jax.vmap(jax.vmap(fn, in_axes=own, axis_name=split), in_axes=shared,
+                        axis_name=seed)
+    return jax.vmap(jax.vmap(fn, in_axes=shared, axis_name=seed), in_axes=own, axis_name=split)
 
 
 def per_split_loop(fn, inner: int, carry, key, first, last, data, val):
@@ -76,9 +86,11 @@ def loop_program(model, tx, static: dict, replicated: bool, per_split=None, mesh
         if per_split is not None:
             inner, val_axis, seeds_outer = per_split
             fn = partial(per_split_loop, over_splits(
-                fn, (0, 0, None, None, 0, val_axis), shared, seeds_outer), inner)
+                partial(fn, axis_name=SPLIT_AXES), (0, 0, None, None, 0, val_axis), shared,
+                seeds_outer), inner)
         elif replicated:
-            fn = jax.vmap(fn, in_axes=shared)
+            fn = jax.vmap(partial(fn, axis_name=REPLICA_AXIS), in_axes=shared,
+                          axis_name=REPLICA_AXIS)
         if mesh is not None:
             rep, everywhere = PartitionSpec(mesh.axis_names[0]), PartitionSpec()
             fn = jax.shard_map(fn, mesh=mesh, in_specs=(rep, rep, *(everywhere,) * 4),
