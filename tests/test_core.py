@@ -106,6 +106,35 @@ def test_the_core_composes_with_vmap_scan_and_eval_shape():
     assert float(ev["loss"]) < float(losses[0])  # three steps on one batch lowered its loss
 
 
+def test_train_loop_with_an_axis_name_equals_the_plain_vmap():
+    # Replicas under vmap: with axis_name the loop runs one epoch counter for all (a psum of
+    # the alive flags) and a stopped replica keeps what it had; the plain vmap batches the
+    # loop's condition instead (and selects every replica's whole carry). Same states and logs.
+    x, y = _data()
+    model = js.Sequential((js.LSTM(3), nn.Dense(1)))
+    keys = jax.random.split(jax.random.PRNGKey(0), 3)
+    states = jax.vmap(lambda k: training.create_train_state(model, TX, x, k))(keys)
+    stop = jax.vmap(lambda s: training.callbacks.stop_state(
+        None, (s.params, s.model_state), ("loss",)))(states)
+    alive = jnp.asarray([True, False, True])  # replica 1 stopped before this call
+    carry = training.LoopState(states, alive, stop)
+    data = Batch(x, y, np.ones((7,), np.float32))
+    args = (carry, keys, jnp.int32(2), jnp.int32(6), data, None)
+    axes = (0, 0, None, None, None, None)
+    loop = partial(training.train_loop, batch_size=3, metrics=("mae",), buffer=8)
+    plain = jax.jit(jax.vmap(loop, in_axes=axes))
+    named = jax.jit(jax.vmap(partial(loop, axis_name="r"), in_axes=axes, axis_name="r"))
+    (c1, l1), (c2, l2) = plain(*args), named(*args)
+    # two programs, fused differently by XLA: equal to float32 rounding, not bitwise
+    chex.assert_trees_all_close(c1, c2, rtol=1e-6, atol=1e-8)
+    chex.assert_trees_all_close(l1, l2, rtol=1e-6, atol=1e-8)
+    np.testing.assert_array_equal(l2["ran"], [[1, 1, 1, 1, 0, 0, 0, 0], [0] * 8,
+                                              [1, 1, 1, 1, 0, 0, 0, 0]])
+    assert np.all(np.isnan(l2["loss"][1])) and np.all(np.isfinite(l2["loss"][0, :4]))
+    chex.assert_trees_all_equal(jax.tree.map(lambda a: a[1], c2.state), jax.tree.map(
+        lambda a: a[1], states))  # the stopped replica is untouched
+
+
 @pytest.fixture
 def no_persistent_cache():
     """Compile counts need real compiles: no hits from the run's shared persistent cache."""
