@@ -44,7 +44,16 @@ import jax
 import jax.numpy as jnp
 
 from jaxseq import contracts
-from jaxseq.cells import _ACTIVATIONS, CellBase, GRUCell, LSTMCell, SimpleRNNCell, matmul_last
+from jaxseq.cells import (
+    _ACTIVATIONS,
+    CellBase,
+    GRUCell,
+    LSTMCell,
+    SimpleRNNCell,
+    matmul,
+    matmul_last,
+    matmul_t,
+)
 from jaxseq.typing import Array
 
 IMPLEMENTATIONS = ("auto", "scan", "fused")
@@ -234,11 +243,11 @@ def _forward_variant(spec: Spec, x, kernel, xb, rk, rb, states, mask, rmask, *, 
         when the x-part holds the sum."""
         hr = h if rmask is None else h * rmask
         if in_loop:
-            z = jnp.concatenate([xp_t, hr], axis=1) @ w_cat
+            z = matmul(jnp.concatenate([xp_t, hr], axis=1), w_cat)
             z = z if xb is None else z + xb[None, :]
             return z.reshape(b, n, u), jnp.zeros((), z.dtype)
         xin = xp_t if xb is None else xp_t + xb[None, :]
-        inner = hr @ rk
+        inner = matmul(hr, rk)
         if rb is not None:
             inner = inner + rb[None, :]
         return xin.reshape(b, n, u), inner.reshape(b, n, u)
@@ -385,11 +394,11 @@ def _backward_variant(spec: Spec, x, kernel, rk, rb, states, mask, rmask, res, d
         d inner comes as `dgate(j)` -> (b, u) for gate j, or `dgates()` -> (b, n, u) (one
         elementwise expression: no concatenation)."""
         if split:
-            dhr = dgate(0) @ rk_t[0]
+            dhr = matmul(dgate(0), rk_t[0])
             for j in range(1, n):
-                dhr = dhr + dgate(j) @ rk_t[j]
+                dhr = dhr + matmul(dgate(j), rk_t[j])
         else:
-            dhr = dgates().reshape(b, n * u) @ rk_t
+            dhr = matmul(dgates().reshape(b, n * u), rk_t)
         if rmask is None:
             return dhr if extra is None else dhr + extra, drm
         dh_prev = dhr * rmask
@@ -472,9 +481,9 @@ def _backward_variant(spec: Spec, x, kernel, rk, rb, states, mask, rmask, res, d
     hr_prev = h_prev if rmask is None else h_prev * rmask[:, None]
     # ONE product each, contracting batch and time together.
     x2 = x.reshape(b * steps, f)
-    dx = (dxp @ kernel.T).reshape(b, steps, f)
-    dkernel = x2.T @ dxp
-    drk = hr_prev.reshape(b * steps, u).T @ dinner
+    dx = matmul(dxp, kernel.T).reshape(b, steps, f)
+    dkernel = matmul_t(x2, dxp)
+    drk = matmul_t(hr_prev.reshape(b * steps, u), dinner)
     dxb = dxp.sum(axis=0)
     drb = None if rb is None else dinner.sum(axis=0)
     return dx, dkernel, dxb, drk, drb, dstates, drmask

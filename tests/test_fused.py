@@ -454,3 +454,25 @@ def test_residual_bytes_equal_what_the_forward_saves(kind, dtype):
     measured = sum(a.size * a.dtype.itemsize for a in saved)
     assert fused.residual_bytes(spec, t=t, b=b, u=u, itemsize=jnp.dtype(dtype).itemsize) \
         == measured
+
+
+@pytest.mark.parametrize("m, k, n", [(4, 5, 20), (16, 8, 8), (20, 5, 20), (16, 32, 128)])
+def test_step_products_equal_float64_and_tiny_ones_are_not_dots(m, k, n):
+    # cells.matmul / matmul_t: a tiny product (m*k*n <= SMALL_PRODUCT) is multiply + sum, a
+    # larger one the dot; both equal the float64 product, alone and under vmap (replicas).
+    from jaxseq.cells import SMALL_PRODUCT, matmul, matmul_t
+
+    rng = np.random.default_rng(m * k * n)
+    a, w = rng.normal(size=(3, m, k)), rng.normal(size=(3, k, n))
+    g = rng.normal(size=(3, m, n))
+    f32 = lambda *xs: [jnp.asarray(x, jnp.float32) for x in xs]
+    a32, w32, g32 = f32(a, w, g)
+    for f, args, want in ((matmul, (a32, w32), a @ w),
+                          (matmul_t, (a32, g32), np.swapaxes(a, 1, 2) @ g)):
+        np.testing.assert_allclose(jax.vmap(f)(*args), want, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(f(args[0][1], args[1][1]), want[1], rtol=1e-5, atol=1e-5)
+        dots = str(jax.make_jaxpr(f)(args[0][0], args[1][0])).count("dot_general")
+        assert dots == (0 if m * k * n <= SMALL_PRODUCT else 1)
+    # bfloat16 always takes the dot (it accumulates in float32; a bf16 sum would not)
+    bf = jnp.asarray(a[0], jnp.bfloat16), jnp.asarray(w[0], jnp.bfloat16)
+    assert str(jax.make_jaxpr(matmul)(*bf)).count("dot_general") == 1

@@ -18,10 +18,10 @@ def _replica(tree, i):
     return jax.tree.map(lambda a: a[i], tree)
 
 
-def _assert_replica_equals_fit(states, history, i, state, h):
+def _assert_replica_equals_fit(states, history, i, state, h, rtol=1e-6):
     # Batched matmuls may sum in another order than unbatched ones: float32 rounding,
     # documented as 1e-6 relative in jaxseq.training.fit.
-    chex.assert_trees_all_close(_replica(states.params, i), state.params, rtol=1e-6, atol=1e-7)
+    chex.assert_trees_all_close(_replica(states.params, i), state.params, rtol=rtol, atol=1e-7)
     for k, v in h.history.items():
         ran = np.isfinite(history.history[k][i])
         assert ran.sum() == len(v), f"{k}: replica {i} ran {ran.sum()} epochs, fit {len(v)}"
@@ -81,7 +81,11 @@ def test_replicas_have_every_option_of_fit():
     for i, seed in enumerate(SEEDS):
         ref = stop()
         state, h = js.fit(model, x, y, seed=seed, verbose=0, callbacks=[ref], **kw)
-        _assert_replica_equals_fit(states, history, i, state, h)
+        # 1e-5 on the parameters: mae's gradient is a sign, so a rounding-level difference in
+        # a residual near 0 flips a term, and this GRU(3)'s tiny products are multiply + sum
+        # fusions (`cells.matmul`) that XLA vectorizes (and contracts to FMAs) differently
+        # batched than alone: measured 2.9e-6 relative after 12 epochs at lr 0.05.
+        _assert_replica_equals_fit(states, history, i, state, h, rtol=1e-5)
         assert es.stopped_epoch[i] == ref.stopped_epoch and es.best_epoch[i] == ref.best_epoch
         stopped.append(ref.stopped_epoch)
     assert any(0 < e < 11 for e in stopped)  # the stopping rule really stopped some replica

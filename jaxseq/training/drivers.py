@@ -5,7 +5,7 @@ host hooks (progress, callbacks, checkpoints) -> result. `fit_replicas` runs the
 `train_loop`, `jax.vmap`-ed over a leading replica axis of the state, the key and the
 early-stopping carry; data and settings are shared. Replica i therefore follows exactly the
 computation of `fit(..., seed=seeds[i])`, to float32 rounding (XLA may order batched sums
-differently; the tests check 1e-6 relative).
+differently; the tests check 1e-6 relative, 1e-5 for a GRU(3) trained with mae).
 
 What is compiled depends only on: the model, the optimizer object, loss and metrics, the
 (capped) batch size, shuffle, the validation batch size, the mesh, and array shapes. The number
