@@ -639,8 +639,8 @@ def targets(results: list[dict], peak: float) -> list[dict]:
             one = "fit (1 seed)"
             for name in [k for k in warm if k.startswith(many[:-1]) and one in warm]:
                 label = name.removeprefix("fit_replicas ")
-                out.append({"target": f"replicas {label} / {one} <= 3",
-                            "value": warm[name] / warm[one], "limit": 3.0})
+                out.append({"target": f"replicas {label} / {one} <= 2",  # issue 13
+                            "value": warm[name] / warm[one], "limit": 2.0})
     for r in results:
         if r["case"] == "minimal" and r["shape"][1] >= 1000:
             m = {k: _median(v) for k, v in r["samples_s"].items()}
