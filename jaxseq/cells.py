@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxseq import contracts
+from jaxseq.products import matmul
 from jaxseq.typing import Array, PRNGKey
 
 Initializer = Callable[..., Array]
@@ -62,39 +63,6 @@ def get_activation(activation: str | Callable[[Array], Array] | None) -> Callabl
 def expand_to(v: Array, ndim: int) -> Array:
     """Leading unit axes so `v` broadcasts explicitly (the tests forbid rank promotion)."""
     return v.reshape((1,) * (ndim - v.ndim) + v.shape)
-
-
-# m * k * n at or below which a 2-D product is computed as an elementwise multiply and a sum
-# (`matmul`, `matmul_t`). Measured on XLA:CPU (2-core AMD EPYC, jax 0.10.2): a tiny dot costs
-# a fixed ~0.5 us alone and several us inside a training program, where the multiply and sum
-# is one loop fusion that XLA fuses with its neighbours; `fit` of LSTM(5), 5 steps, batch 4:
-# 59 -> 33 us a step. Under `jax.vmap` (replicas) the sum stays one fusion, where a batched
-# dot runs one small GEMM per replica. Above it the dot wins (m=16, k=8, n=32: 0.99 vs 1.11 us).
-SMALL_PRODUCT = 2048
-
-
-def _small(m: int, k: int, n: int, *operands) -> bool:
-    return (m * k * n <= SMALL_PRODUCT
-            and jnp.result_type(*operands) in (jnp.float32, jnp.float64))
-
-
-def matmul(a: Array, w: Array) -> Array:
-    """a (m, k) @ w (k, n) -> (m, n); a tiny product (m*k*n <= `SMALL_PRODUCT`, float32/64) as
-    multiply and sum over k (the same sums, in another order: equal to float rounding). Other
-    dtypes (bfloat16, float16) always take the dot, which accumulates in higher precision."""
-    m, k = a.shape
-    if _small(m, k, w.shape[1], a, w):
-        return jnp.sum(a[:, :, None] * w[None], axis=1)
-    return a @ w
-
-
-def matmul_t(a: Array, b: Array) -> Array:
-    """a.T @ b: a (m, k), b (m, n) -> (k, n), contracting the rows (a weight gradient); tiny
-    ones as multiply and sum over m, as `matmul`."""
-    m, k = a.shape
-    if _small(m, k, b.shape[1], a, b):
-        return jnp.sum(a[:, :, None] * b[:, None, :], axis=0)
-    return a.T @ b
 
 
 def matmul_last(x: Array, w: Array) -> Array:

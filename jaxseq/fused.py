@@ -44,16 +44,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxseq import contracts
-from jaxseq.cells import (
-    _ACTIVATIONS,
-    CellBase,
-    GRUCell,
-    LSTMCell,
-    SimpleRNNCell,
-    matmul,
-    matmul_last,
-    matmul_t,
-)
+from jaxseq.cells import _ACTIVATIONS, CellBase, GRUCell, LSTMCell, SimpleRNNCell
+from jaxseq.products import fused_matmul as matmul
+from jaxseq.products import fused_matmul_t as matmul_t
 from jaxseq.typing import Array
 
 IMPLEMENTATIONS = ("auto", "scan", "fused")
@@ -236,7 +229,7 @@ def _forward_variant(spec: Spec, x, kernel, xb, rk, rb, states, mask, rmask, *, 
     if in_loop:
         xp, w_cat = x, jnp.concatenate([kernel, rk], axis=0)
     else:
-        xp = matmul_last(x, kernel)
+        xp = matmul(x.reshape(b * steps, -1), kernel).reshape(b, steps, -1)
 
     def pre(xp_t, h):
         """(x-part, h-part) of the pre-activations, each (b, n, u); the h-part is a scalar 0

@@ -458,9 +458,9 @@ def test_residual_bytes_equal_what_the_forward_saves(kind, dtype):
 
 @pytest.mark.parametrize("m, k, n", [(4, 5, 20), (16, 8, 8), (20, 5, 20), (16, 32, 128)])
 def test_step_products_equal_float64_and_tiny_ones_are_not_dots(m, k, n):
-    # cells.matmul / matmul_t: a tiny product (m*k*n <= SMALL_PRODUCT) is multiply + sum, a
+    # products.matmul / matmul_t: a tiny product (m*k*n <= SMALL_PRODUCT) is multiply + sum, a
     # larger one the dot; both equal the float64 product, alone and under vmap (replicas).
-    from jaxseq.cells import SMALL_PRODUCT, matmul, matmul_t
+    from jaxseq.products import SMALL_PRODUCT, matmul, matmul_t
 
     rng = np.random.default_rng(m * k * n)
     a, w = rng.normal(size=(3, m, k)), rng.normal(size=(3, k, n))
@@ -476,3 +476,35 @@ def test_step_products_equal_float64_and_tiny_ones_are_not_dots(m, k, n):
     # bfloat16 always takes the dot (it accumulates in float32; a bf16 sum would not)
     bf = jnp.asarray(a[0], jnp.bfloat16), jnp.asarray(w[0], jnp.bfloat16)
     assert str(jax.make_jaxpr(matmul)(*bf)).count("dot_general") == 1
+
+
+def test_stacked_products_count_every_replica_and_differentiate():
+    # products.fused_matmul(_t): under vmap (nested too) the size rule counts all replicas'
+    # products together: 3 x (4, 5) @ (5, 20) = 1200 multiply-adds is one multiply + sum,
+    # 10 x = 4000 (and 2 x 5 nested) the batched dot. Values and gradients equal float64.
+    from jaxseq.products import SMALL_PRODUCT, fused_matmul, fused_matmul_t
+
+    assert 3 * 400 <= SMALL_PRODUCT < 10 * 400
+    rng = np.random.default_rng(0)
+    a, w = rng.normal(size=(10, 4, 5)), rng.normal(size=(10, 5, 20))
+    g = rng.normal(size=(10, 4, 20))
+    a32, w32, g32 = (jnp.asarray(v, jnp.float32) for v in (a, w, g))
+    for f, second, want in ((fused_matmul, w32, a @ w),
+                            (fused_matmul_t, g32, np.swapaxes(a, 1, 2) @ g)):
+        for r, fn in ((3, jax.vmap(f)), (10, jax.vmap(f)),
+                      (10, lambda x, y, f=f: jax.vmap(jax.vmap(f))(
+                          x.reshape(2, 5, *x.shape[1:]), y.reshape(2, 5, *y.shape[1:])))):
+            out = fn(a32[:r], second[:r]).reshape(r, *want.shape[1:])
+            np.testing.assert_allclose(out, want[:r], rtol=1e-5, atol=1e-5)
+            dots = str(jax.make_jaxpr(fn)(a32[:r], second[:r])).count("dot_general")
+            assert dots == (0 if r * 400 <= SMALL_PRODUCT else 1)
+    # reverse mode, alone and under vmap: d/da sum((a @ w) * g) = g @ w.T, d/dw = a.T @ g
+    loss = lambda x, y, z: jnp.sum(fused_matmul(x, y) * z)
+    da, dw = jax.vmap(jax.grad(loss, argnums=(0, 1)))(a32, w32, g32)
+    np.testing.assert_allclose(da, g @ np.swapaxes(w, 1, 2), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dw, np.swapaxes(a, 1, 2) @ g, rtol=1e-5, atol=1e-5)
+    loss_t = lambda x, y, z: jnp.sum(fused_matmul_t(x, y) * z)
+    k = rng.normal(size=(5, 20))
+    da, dg = jax.grad(loss_t, argnums=(0, 1))(a32[0], g32[0], jnp.asarray(k, jnp.float32))
+    np.testing.assert_allclose(da, g[0] @ k.T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dg, a[0] @ k, rtol=1e-5, atol=1e-5)
