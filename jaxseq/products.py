@@ -31,14 +31,17 @@ from jaxseq.typing import Array
 
 __all__ = ["SMALL_PRODUCT", "fused_matmul", "fused_matmul_t", "matmul", "matmul_t"]
 
-# Multiply-adds at most: m * k * n, times the replicas for stacked products. Measured for the
-# stacked ones (one process, 5 interleaved rounds): 32 tutorial replicas 144 / 148 / 132 ms and
-# cross-validation 5 x 10 (200 epochs) 729 / 766 / 1178 ms at limits 2048 / 8192 / 65536.
+# Multiply-adds at most (m * k * n) of one product taken as multiply + sum, and of the stacked
+# products of all replicas together (`fused_matmul`). Measured for the stacked limit (one
+# process, 5 interleaved rounds, 32 tutorial replicas / cross-validation 5 x 10 at 200 epochs):
+# 2048: 139-144 / 729-747 ms, 16384: 121 / 762 ms, 65536: 132 / 1178 ms.
 SMALL_PRODUCT = 2048
+SMALL_STACKED = 16384
 
 
 def _small(count: int, *operands) -> bool:
-    return count <= SMALL_PRODUCT and jnp.result_type(*operands) in (jnp.float32, jnp.float64)
+    limit = SMALL_PRODUCT if operands[0].ndim == 2 else SMALL_STACKED
+    return count <= limit and jnp.result_type(*operands) in (jnp.float32, jnp.float64)
 
 
 def _nn(a: Array, w: Array) -> Array:

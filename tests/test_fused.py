@@ -480,24 +480,24 @@ def test_step_products_equal_float64_and_tiny_ones_are_not_dots(m, k, n):
 
 def test_stacked_products_count_every_replica_and_differentiate():
     # products.fused_matmul(_t): under vmap (nested too) the size rule counts all replicas'
-    # products together: 3 x (4, 5) @ (5, 20) = 1200 multiply-adds is one multiply + sum,
-    # 10 x = 4000 (and 2 x 5 nested) the batched dot. Values and gradients equal float64.
-    from jaxseq.products import SMALL_PRODUCT, fused_matmul, fused_matmul_t
+    # products together: 3 x (8, 5) @ (5, 20) = 2400 multiply-adds is one multiply + sum,
+    # 30 x = 24000 (and 5 x 6 nested) the batched dot. Values and gradients equal float64.
+    from jaxseq.products import SMALL_STACKED, fused_matmul, fused_matmul_t
 
-    assert 3 * 400 <= SMALL_PRODUCT < 10 * 400
+    assert 3 * 800 <= SMALL_STACKED < 30 * 800
     rng = np.random.default_rng(0)
-    a, w = rng.normal(size=(10, 4, 5)), rng.normal(size=(10, 5, 20))
-    g = rng.normal(size=(10, 4, 20))
+    a, w = rng.normal(size=(30, 8, 5)), rng.normal(size=(30, 5, 20))
+    g = rng.normal(size=(30, 8, 20))
     a32, w32, g32 = (jnp.asarray(v, jnp.float32) for v in (a, w, g))
     for f, second, want in ((fused_matmul, w32, a @ w),
                             (fused_matmul_t, g32, np.swapaxes(a, 1, 2) @ g)):
-        for r, fn in ((3, jax.vmap(f)), (10, jax.vmap(f)),
-                      (10, lambda x, y, f=f: jax.vmap(jax.vmap(f))(
-                          x.reshape(2, 5, *x.shape[1:]), y.reshape(2, 5, *y.shape[1:])))):
+        for r, fn in ((3, jax.vmap(f)), (30, jax.vmap(f)),
+                      (30, lambda x, y, f=f: jax.vmap(jax.vmap(f))(
+                          x.reshape(5, 6, *x.shape[1:]), y.reshape(5, 6, *y.shape[1:])))):
             out = fn(a32[:r], second[:r]).reshape(r, *want.shape[1:])
             np.testing.assert_allclose(out, want[:r], rtol=1e-5, atol=1e-5)
             dots = str(jax.make_jaxpr(fn)(a32[:r], second[:r])).count("dot_general")
-            assert dots == (0 if r * 400 <= SMALL_PRODUCT else 1)
+            assert dots == (0 if r * 800 <= SMALL_STACKED else 1)
     # reverse mode, alone and under vmap: d/da sum((a @ w) * g) = g @ w.T, d/dw = a.T @ g
     loss = lambda x, y, z: jnp.sum(fused_matmul(x, y) * z)
     da, dw = jax.vmap(jax.grad(loss, argnums=(0, 1)))(a32, w32, g32)
