@@ -12,8 +12,10 @@ n=32: 0.99 vs 1.11 us alone; in `fit`, thresholds of 8192 and 32768 lost).
   they decide by the size of ALL the products together (`jax.custom_batching.custom_vmap`): 50
   replicas of a (8, 5) @ (5, 20) product are a 40,000-element multiply and sum, slower than the
   batched dot (cross-validation of the tutorial model, 5 splits x 10 seeds: 1.6 s against
-  1.0 s), where 32 replicas of (1, 5) @ (5, 20) are faster as one. They serve the fused path,
-  whose `custom_vjp` calls them directly (custom_vmap functions have no autodiff of their own).
+  1.0 s), where 32 replicas of (1, 5) @ (5, 20) are faster as one. They serve the fused path
+  (its `custom_vjp` calls them; differentiable through a `custom_jvp` on plain products).
+  Weights shared by all replicas (only `a` mapped) make ONE (r*m, k) @ (k, n) product, under the
+  one-product limit.
 
 Every form computes the same sums in another order: equal to float rounding. Only float32 and
 float64 take the multiply and sum; other dtypes (bfloat16, float16) always take the dot, which
@@ -99,29 +101,31 @@ def _stacked(product):
 _nn_stacked, _tn_stacked = _stacked(_nn), _stacked(_tn)
 
 
-def _t(x: Array) -> Array:
-    return jnp.swapaxes(x, -1, -2)
-
-
-# Reverse-mode autodiff (custom_vmap has none of its own; the fused path's reference tests
-# differentiate its forward): the products' own transposes, through the same rules.
-@jax.custom_vjp
+# Autodiff: a custom_jvp whose tangents are the plain products (`_nn` / `_tn`: linear, so JAX
+# transposes them for reverse mode, and differentiable to any order), while the primal keeps
+# the batching rule. custom_vmap alone has no reverse mode, and a custom_vjp here would stop
+# forward-over-reverse through the fused path's backward (`jax.hessian` of a model).
+@jax.custom_jvp
 def fused_matmul(a: Array, w: Array) -> Array:
-    """`matmul` (and any leading axes shared by both operands) whose size rule counts the
-    products of every `jax.vmap`-ed replica together. Reverse-mode differentiable only."""
+    """`matmul` whose size rule counts the products of every `jax.vmap`-ed replica together.
+    a (m, k), w (k, n); under vmap the mapped axes lead both."""
     return _nn_stacked(a, w)
 
 
-fused_matmul.defvjp(lambda a, w: (_nn_stacked(a, w), (a, w)),
-                    lambda res, g: (fused_matmul(g, _t(res[1])), fused_matmul_t(res[0], g)))
+@fused_matmul.defjvp
+def _fused_matmul_jvp(primals, tangents):
+    (a, w), (da, dw) = primals, tangents
+    return fused_matmul(a, w), _nn(da, w) + _nn(a, dw)  # the primal again: any order
 
 
-@jax.custom_vjp
+@jax.custom_jvp
 def fused_matmul_t(a: Array, b: Array) -> Array:
-    """`matmul_t` (and any leading axes shared by both operands) whose size rule counts the
-    products of every `jax.vmap`-ed replica together. Reverse-mode differentiable only."""
+    """`matmul_t` whose size rule counts the products of every `jax.vmap`-ed replica together.
+    a (m, k), b (m, n); under vmap the mapped axes lead both."""
     return _tn_stacked(a, b)
 
 
-fused_matmul_t.defvjp(lambda a, b: (_tn_stacked(a, b), (a, b)),
-                      lambda res, g: (fused_matmul(res[1], _t(g)), fused_matmul(res[0], g)))
+@fused_matmul_t.defjvp
+def _fused_matmul_t_jvp(primals, tangents):
+    (a, b), (da, db) = primals, tangents
+    return fused_matmul_t(a, b), _tn(da, b) + _tn(a, db)

@@ -498,6 +498,16 @@ def test_stacked_products_count_every_replica_and_differentiate():
             np.testing.assert_allclose(out, want[:r], rtol=1e-5, atol=1e-5)
             dots = str(jax.make_jaxpr(fn)(a32[:r], second[:r])).count("dot_general")
             assert dots == (0 if r * 800 <= SMALL_STACKED else 1)
+    # only the first operand mapped (weights shared), and a second derivative of each product
+    np.testing.assert_allclose(jax.vmap(fused_matmul, in_axes=(0, None))(a32[:3], w32[0]),
+                               a[:3] @ w[0], rtol=1e-5, atol=1e-5)
+    with jax.enable_x64(True):  # float64: the two orders of summation agree to ~1e-12
+        for f, ref in ((fused_matmul, jnp.matmul), (fused_matmul_t, lambda x, y: x.T @ y)):
+            other = jnp.asarray(w[0] if f is fused_matmul else g[0])
+            gg = [jax.grad(lambda x, h=h, o=other: jnp.sum(jax.grad(
+                lambda u: jnp.sum(jnp.tanh(h(u, o))))(x) ** 2))(jnp.asarray(a[0]))
+                for h in (f, ref)]
+            np.testing.assert_allclose(gg[0], gg[1], rtol=1e-10)
     # reverse mode, alone and under vmap: d/da sum((a @ w) * g) = g @ w.T, d/dw = a.T @ g
     loss = lambda x, y, z: jnp.sum(fused_matmul(x, y) * z)
     da, dw = jax.vmap(jax.grad(loss, argnums=(0, 1)))(a32, w32, g32)
@@ -508,3 +518,19 @@ def test_stacked_products_count_every_replica_and_differentiate():
     da, dg = jax.grad(loss_t, argnums=(0, 1))(a32[0], g32[0], jnp.asarray(k, jnp.float32))
     np.testing.assert_allclose(da, g[0] @ k.T, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(dg, a[0] @ k, rtol=1e-5, atol=1e-5)
+
+
+def test_hessians_and_second_derivatives_through_the_fused_path():
+    # The fused backward's products (products.fused_matmul) differentiate in forward mode
+    # (forward-over-reverse: jax.hessian) and reverse mode (reverse-over-reverse), as the scan
+    # path does; both Hessians equal.
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 3, 1)), jnp.float32)
+    layers = {impl: js.LSTM(2, implementation=impl) for impl in ("fused", "scan")}
+    params = layers["scan"].init(jax.random.PRNGKey(0), x)["params"]
+    hess = {impl: jax.hessian(lambda v, m=m: jnp.sum(m.apply({"params": params}, v) ** 2))(x)
+            for impl, m in layers.items()}
+    np.testing.assert_allclose(hess["fused"], hess["scan"], rtol=1e-4, atol=1e-5)
+    gg = {impl: jax.grad(lambda v, m=m: jnp.sum(jax.grad(
+        lambda u: jnp.sum(m.apply({"params": params}, u) ** 2))(v) ** 2))(x)
+        for impl, m in layers.items()}
+    np.testing.assert_allclose(gg["fused"], gg["scan"], rtol=1e-4, atol=1e-5)
