@@ -98,34 +98,28 @@ def _stacked(product):
     return f
 
 
-_nn_stacked, _tn_stacked = _stacked(_nn), _stacked(_tn)
+def _fused(product, doc: str):
+    """`_stacked(product)` made differentiable: a custom_jvp whose tangents are the plain
+    products (linear, so JAX transposes them for reverse mode; differentiable to any order, the
+    primal recomputed through this same function), while the primal keeps the batching rule.
+    custom_vmap alone has no reverse mode, and a custom_vjp here would stop forward-over-reverse
+    through the fused path's backward (`jax.hessian` of a model)."""
+    stacked = _stacked(product)
+
+    @jax.custom_jvp
+    def f(a, b):
+        return stacked(a, b)
+
+    @f.defjvp
+    def jvp(primals, tangents):
+        (a, b), (da, db) = primals, tangents
+        return f(a, b), product(da, b) + product(a, db)
+
+    f.__doc__ = doc
+    return f
 
 
-# Autodiff: a custom_jvp whose tangents are the plain products (`_nn` / `_tn`: linear, so JAX
-# transposes them for reverse mode, and differentiable to any order), while the primal keeps
-# the batching rule. custom_vmap alone has no reverse mode, and a custom_vjp here would stop
-# forward-over-reverse through the fused path's backward (`jax.hessian` of a model).
-@jax.custom_jvp
-def fused_matmul(a: Array, w: Array) -> Array:
-    """`matmul` whose size rule counts the products of every `jax.vmap`-ed replica together.
-    a (m, k), w (k, n); under vmap the mapped axes lead both."""
-    return _nn_stacked(a, w)
-
-
-@fused_matmul.defjvp
-def _fused_matmul_jvp(primals, tangents):
-    (a, w), (da, dw) = primals, tangents
-    return fused_matmul(a, w), _nn(da, w) + _nn(a, dw)  # the primal again: any order
-
-
-@jax.custom_jvp
-def fused_matmul_t(a: Array, b: Array) -> Array:
-    """`matmul_t` whose size rule counts the products of every `jax.vmap`-ed replica together.
-    a (m, k), b (m, n); under vmap the mapped axes lead both."""
-    return _tn_stacked(a, b)
-
-
-@fused_matmul_t.defjvp
-def _fused_matmul_t_jvp(primals, tangents):
-    (a, b), (da, db) = primals, tangents
-    return fused_matmul_t(a, b), _tn(da, b) + _tn(a, db)
+fused_matmul = _fused(_nn, """`matmul` whose size rule counts the products of every `jax.vmap`-ed
+replica together. a (m, k), w (k, n); under vmap the mapped axes lead both.""")
+fused_matmul_t = _fused(_tn, """`matmul_t` whose size rule counts the products of every
+`jax.vmap`-ed replica together. a (m, k), b (m, n); under vmap the mapped axes lead both.""")
