@@ -65,15 +65,14 @@ def expand_to(v: Array, ndim: int) -> Array:
     return v.reshape((1,) * (ndim - v.ndim) + v.shape)
 
 
-def matmul_last(x: Array, w: Array) -> Array:
-    """x (..., f) @ w (f, n) -> (..., n) as ONE 2-D product on (prod(...), f). XLA:CPU computes
-    the gradient of a 3-D product (its weight gradient contracts two axes) 1.5-2x slower than
-    that of the same product on the flattened 2-D operand (measured, fwd+bwd: 85.9 vs 41.2 ms
-    at (64, 100, 128) @ (128, 512), 139 vs 79 ms at (32, 1000, 32) @ (32, 256), 2.7 vs 1.8 ms
-    at (32, 50, 64) @ (64, 256); even at tiny sizes); every input projection goes through here."""
-    if x.ndim == 2:
-        return matmul(x, w)
-    return matmul(x.reshape(-1, x.shape[-1]), w).reshape(*x.shape[:-1], w.shape[-1])
+def matmul_last(x: Array, w: Array, product: Callable = matmul) -> Array:
+    """x (..., f) @ w (f, n) -> (..., n) as ONE 2-D `product` on (prod(...), f). XLA:CPU
+    computes the gradient of a 3-D product (its weight gradient contracts two axes) 1.5-2x
+    slower than that of the same product on the flattened 2-D operand (measured, fwd+bwd: 85.9
+    vs 41.2 ms at (64, 100, 128) @ (128, 512), 139 vs 79 ms at (32, 1000, 32) @ (32, 256), 2.7
+    vs 1.8 ms at (32, 50, 64) @ (64, 256); even at tiny sizes); every input projection goes
+    through here (the fused path's with `products.fused_matmul`)."""
+    return product(x.reshape(-1, x.shape[-1]), w).reshape(*x.shape[:-1], w.shape[-1])
 
 
 def _forget_bias_init(bias_init: Initializer, units: int) -> Initializer:

@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxseq import contracts
-from jaxseq.cells import _ACTIVATIONS, CellBase, GRUCell, LSTMCell, SimpleRNNCell
+from jaxseq.cells import _ACTIVATIONS, CellBase, GRUCell, LSTMCell, SimpleRNNCell, matmul_last
 from jaxseq.products import fused_matmul as matmul
 from jaxseq.products import fused_matmul_t as matmul_t
 from jaxseq.typing import Array
@@ -229,7 +229,7 @@ def _forward_variant(spec: Spec, x, kernel, xb, rk, rb, states, mask, rmask, *, 
     if in_loop:
         xp, w_cat = x, jnp.concatenate([kernel, rk], axis=0)
     else:
-        xp = matmul(x.reshape(b * steps, -1), kernel).reshape(b, steps, -1)
+        xp = matmul_last(x, kernel, matmul)
 
     def pre(xp_t, h):
         """(x-part, h-part) of the pre-activations, each (b, n, u); the h-part is a scalar 0

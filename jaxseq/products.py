@@ -46,32 +46,22 @@ def _small(count: int, *operands) -> bool:
     return count <= limit and jnp.result_type(*operands) in (jnp.float32, jnp.float64)
 
 
-def _nn(a: Array, w: Array) -> Array:
-    """(..., m, k) @ (..., k, n), same leading axes."""
+def matmul(a: Array, w: Array) -> Array:
+    """a (..., m, k) @ w (..., k, n) -> (..., m, n), the same leading axes on both; a tiny
+    product (`_small`) as multiply and sum over k."""
     count = math.prod(a.shape) * w.shape[-1]
     if _small(count, a, w):
         return jnp.sum(a[..., :, :, None] * w[..., None, :, :], axis=-2)
     return jnp.matmul(a, w)
 
 
-def _tn(a: Array, b: Array) -> Array:
-    """(..., m, k)^T @ (..., m, n) -> (..., k, n): contracts the rows (a weight gradient)."""
+def matmul_t(a: Array, b: Array) -> Array:
+    """a.T @ b: a (..., m, k), b (..., m, n) -> (..., k, n), contracting the rows (a weight
+    gradient); a tiny product as multiply and sum over m."""
     count = math.prod(a.shape) * b.shape[-1]
     if _small(count, a, b):
         return jnp.sum(a[..., :, :, None] * b[..., :, None, :], axis=-3)
     return jnp.matmul(jnp.swapaxes(a, -1, -2), b)
-
-
-def matmul(a: Array, w: Array) -> Array:
-    """a (m, k) @ w (k, n) -> (m, n); a tiny product (m*k*n <= `SMALL_PRODUCT`) as multiply
-    and sum over k."""
-    return _nn(a, w)
-
-
-def matmul_t(a: Array, b: Array) -> Array:
-    """a.T @ b: a (m, k), b (m, n) -> (k, n), contracting the rows; tiny ones as multiply and
-    sum over m."""
-    return _tn(a, b)
 
 
 def _stacked(product):
@@ -86,7 +76,7 @@ def _stacked(product):
     @f.def_vmap
     def rule(axis_size, in_batched, a, b):
         a_batched, b_batched = in_batched
-        if a_batched and not b_batched and product is _nn and b.ndim == 2 and a.ndim == 3:
+        if a_batched and not b_batched and product is matmul and b.ndim == 2 and a.ndim == 3:
             r, m, k = a.shape  # shared weights: one (r*m, k) @ (k, n) product
             return f(a.reshape(r * m, k), b).reshape(r, m, b.shape[-1]), True
         if not a_batched:
@@ -119,7 +109,7 @@ def _fused(product, doc: str):
     return f
 
 
-fused_matmul = _fused(_nn, """`matmul` whose size rule counts the products of every `jax.vmap`-ed
+fused_matmul = _fused(matmul, """`matmul` whose size rule counts the products of every `jax.vmap`-ed
 replica together. a (m, k), w (k, n); under vmap the mapped axes lead both.""")
-fused_matmul_t = _fused(_tn, """`matmul_t` whose size rule counts the products of every
+fused_matmul_t = _fused(matmul_t, """`matmul_t` whose size rule counts the products of every
 `jax.vmap`-ed replica together. a (m, k), b (m, n); under vmap the mapped axes lead both.""")

@@ -285,26 +285,23 @@ def train_loop(carry: LoopState, key, first, last, data: Batch, val: Batch | Non
             "finite": jnp.ones((buffer,), bool), "bad_batch": jnp.full((buffer,), -1, jnp.int32),
             "bad_loss": nan}
 
-    def any_alive(carry):
-        if axis_name is None:
-            return carry.alive
-        return jax.lax.psum(carry.alive.astype(jnp.int32), axis_name) > 0
-
     def cond(c):
-        _, epoch, _, alive = c
+        carry, epoch, _ = c
+        alive = carry.alive if axis_name is None else (  # any replica: one unbatched flag
+            jax.lax.psum(carry.alive.astype(jnp.int32), axis_name) > 0)
         return (epoch < last) & (epoch < first + buffer) & alive
 
     def body(c):
-        carry, epoch, logs, _ = c
+        carry, epoch, logs = c
         new, out = run(carry, epoch)
         i = epoch - first
         if axis_name is not None:  # a replica that stopped runs along: keep what it had
             new = select(carry.alive, new, carry)
             out = select(carry.alive, out, {k: v[i] for k, v in logs.items()})
         logs = {k: v.at[i].set(out[k].astype(v.dtype)) for k, v in logs.items()}
-        return new, epoch + 1, logs, any_alive(new)
+        return new, epoch + 1, logs
 
     first = jnp.asarray(first, jnp.int32)
-    carry, _, logs, _ = jax.lax.while_loop(cond, body, (carry, first, logs, any_alive(carry)))
+    carry, _, logs = jax.lax.while_loop(cond, body, (carry, first, logs))
     return carry, logs
 
