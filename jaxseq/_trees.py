@@ -7,6 +7,8 @@ rebuilds `like`'s structure. Used by checkpoints and params files (`jaxseq.check
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -103,36 +105,79 @@ def host_arrays(tree) -> dict[str, np.ndarray]:
     return {k: np.asarray(v) for k, v in jax.device_get(flatten(tree)).items()}
 
 
-def write_msgpack(path, content: dict) -> None:
-    """`content` (dicts of numbers, strings, NumPy arrays) to `path`, atomically and durably
-    (a temporary file, fsync, rename)."""
+def write_msgpack(path: str, fmt: str, version: int, payload: dict, where: str) -> None:
+    """Write `payload` (dicts of numbers, strings, NumPy arrays) to `path` atomically and
+    durably (a temporary file beside it, fsync, rename), as a header `{"format", "version",
+    "sha256", "payload"}` whose `payload` is the msgpack bytes of `payload` and `sha256` their
+    digest (`hashlib`), checked by `read_msgpack`. On any failure the temporary file is removed
+    and nothing is left at `path` that was not there before."""
     from flax import serialization
 
-    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"{where}: {path!r} is a directory; pass a file path.")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise FileNotFoundError(f"{where}: the directory {parent!r} of {path!r} does not "
+                                "exist; create it first.")
+    body = serialization.msgpack_serialize(payload)
+    data = serialization.msgpack_serialize({"format": fmt, "version": version,
+                                            "sha256": hashlib.sha256(body).hexdigest(),
+                                            "payload": body})
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(serialization.msgpack_serialize(content))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise OSError(err.errno, f"{where} could not write {path!r}: "
+                      f"{err.strerror or err}. Nothing was written.") from err
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
 
 
-def read_msgpack(path, fmt: str, what: str) -> dict:
-    """The dict stored at `path` by `write_msgpack`, whose "format" is `fmt`; anything else (a
-    pickle, a corrupt or foreign file) is a ValueError naming `what` the file should be."""
-    from flax import serialization
+def read_msgpack(path: str, fmt: str, what: str) -> tuple[int, dict]:
+    """-> (version, payload) of the file `write_msgpack` wrote at `path` with format `fmt`.
 
-    path = os.fspath(path)
+    Version 1 files (no digest: the payload's entries sit in the header dict) are returned as
+    they are. Anything else (a pickle, a corrupt or foreign file, a payload whose SHA-256 does
+    not match the header's) is a ValueError naming `what` the file should be."""
     with open(path, "rb") as f:
         data = f.read()
+    content = _restore(data, path, what)
+    if not isinstance(content, dict) or content.get("format") != fmt:
+        raise ValueError(f"{path!r} is not a jaxseq {what} file (no {fmt!r} header).")
+    version = content.get("version")
+    if version == 1:
+        return 1, content
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValueError(f"{path!r}: the {what} file's header is corrupt (version {version!r}).")
+    body, digest = content.get("payload"), content.get("sha256")
+    if not isinstance(body, bytes) or not isinstance(digest, str):
+        raise ValueError(f"{path!r}: the {what} file's header is corrupt (no payload digest).")
+    if hashlib.sha256(body).hexdigest() != digest:
+        raise ValueError(f"{path!r} is corrupt: the SHA-256 digest of its payload does not match "
+                         f"the one in its header (the file changed after it was written). "
+                         f"Nothing was loaded; use another copy of the {what} file.")
+    payload = _restore(body, path, what)
+    if not isinstance(payload, dict):
+        raise ValueError(f"{path!r}: the {what} file's payload is not a record.")
+    return version, payload
+
+
+def _restore(data: bytes, path: str, what: str):
+    from flax import serialization
+
     try:
-        content = serialization.msgpack_restore(data)
+        return serialization.msgpack_restore(data)
     except Exception as err:
         raise ValueError(f"{path!r} is not a jaxseq {what} file (not msgpack: "
                          f"{type(err).__name__}). Files are never unpickled.") from err
-    if not isinstance(content, dict) or content.get("format") != fmt:
-        raise ValueError(f"{path!r} is not a jaxseq {what} file (no {fmt!r} header).")
-    return content
 
 
 def nest(flat: Mapping[str, Any], path: str) -> dict:

@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax.training.train_state import TrainState
 
+from jaxseq import contracts
 from jaxseq._trees import (
     check_tree,
     flatten,
@@ -59,7 +60,7 @@ from jaxseq.training.state import History, split_seed
 FORMAT = "jaxseq.checkpoint"
 PARAMS_FORMAT = "jaxseq.params"
 VERSION = 2  # 2: one training key, model_state, early stopping settings in the carry
-PARAMS_VERSION = 1
+PARAMS_VERSION = 2  # 2: the payload travels with its SHA-256 digest
 
 
 def _ocp():
@@ -281,9 +282,12 @@ def resume(checkpointer: Checkpointer, epoch: int, state: TrainState, key, stop_
 
 
 def save_params(path, params) -> None:
-    """Write `params` (any tree of arrays) to one msgpack file at `path`, atomically."""
-    write_msgpack(path, {"format": PARAMS_FORMAT, "version": PARAMS_VERSION,
-                         "params": host_arrays(params)})
+    """Write `params` (any tree of arrays) to one msgpack file at `path` (str or os.PathLike),
+    atomically, with a SHA-256 digest of its payload that `load_params` verifies. A failed write
+    leaves nothing behind and raises OSError naming the path."""
+    path = contracts.check_path(path, "path", "save_params")
+    write_msgpack(path, PARAMS_FORMAT, PARAMS_VERSION, {"params": host_arrays(params)},
+                  "save_params")
 
 
 def load_params(path, *, like=None):
@@ -292,15 +296,17 @@ def load_params(path, *, like=None):
     like: a tree of the expected structure (e.g. `model.init(key, x)["params"]`); the file must
     hold exactly its paths, shapes and dtypes (else ValueError naming the first mismatching path
     and both shapes), and the result has its structure. Without `like`, nested dicts keyed by
-    the path components. Anything that is not a jaxseq params file raises ValueError.
+    the path components. Anything that is not a jaxseq params file, and a file whose payload
+    does not match its digest (changed or damaged after it was written), raises ValueError.
+    Version 1 files (written without a digest) are read as they are.
     """
-    path = os.fspath(path)
-    content = read_msgpack(path, PARAMS_FORMAT, "params")
+    path = contracts.check_path(path, "path", "load_params")
+    version, content = read_msgpack(path, PARAMS_FORMAT, "params")
+    if version > PARAMS_VERSION:
+        raise ValueError(f"{path!r} has params format version {version}; this jaxseq reads "
+                         f"versions 1 to {PARAMS_VERSION}. Upgrade jaxseq to read it.")
     if not isinstance(content.get("params"), dict):
         raise ValueError(f"{path!r} is not a jaxseq params file (no params record).")
-    if content.get("version") != PARAMS_VERSION:
-        raise ValueError(f"{path!r} has params format version {content.get('version')}; this "
-                         f"jaxseq reads version {PARAMS_VERSION}.")
     flat = content["params"]
     nested = nest(flat, path)  # checks every entry is a numeric array
     if like is not None:

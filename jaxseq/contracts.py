@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -143,6 +144,18 @@ def check_positive_int(value, name: str, where: str) -> None:
         raise TypeError(f"{where} expects {name} to be a positive int; got {value!r}.")
     if value < 1:
         raise ValueError(f"{where} expects {name} >= 1; got {value}.")
+
+
+def check_path(path, name: str, where: str) -> str:
+    """A file or directory path: a non-empty `str` or `os.PathLike` of str -> the str path.
+    bytes paths are refused (their text would become part of the file name)."""
+    text = os.fspath(path) if isinstance(path, os.PathLike) else path
+    if not isinstance(text, str):
+        raise TypeError(f"{where} expects {name} to be a path (str or os.PathLike); got "
+                        f"{type(path).__name__}{' (decode it first)' if isinstance(text, bytes) else ''}.")
+    if not text:
+        raise ValueError(f"{where} expects {name} to be a path; got an empty string.")
+    return text
 
 
 def check_choice(value, choices: Sequence, name: str, where: str) -> None:

@@ -22,17 +22,19 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxseq._trees import host_arrays, nest, read_msgpack, write_msgpack
+from jaxseq import contracts
+from jaxseq._trees import check_tree, flatten, host_arrays, nest, read_msgpack, write_msgpack
 from jaxseq.cells import _ACTIVATIONS
 from jaxseq.conv_lstm import ConvLSTM1D, ConvLSTM2D
 from jaxseq.layers import Dense, Dropout, Masking
 from jaxseq.minimal import MinGRU, MinLSTM
 from jaxseq.models import Sequential
+from jaxseq.typing import STATE_COLLECTION
 from jaxseq.recurrent import GRU, LSTM, Bidirectional, SimpleRNN
 from jaxseq.wrappers import RepeatVector, TimeDistributed
 
 FORMAT = "jaxseq.model"
-VERSION = 1
+VERSION = 2  # 2: payload with its SHA-256 digest; the input spec
 REGISTRY: dict[str, type[nn.Module]] = {
     cls.__name__: cls for cls in (Sequential, LSTM, GRU, SimpleRNN, MinGRU, MinLSTM,
                                   Bidirectional, ConvLSTM1D, ConvLSTM2D, TimeDistributed,
@@ -80,49 +82,178 @@ def _module(module: nn.Module, where: str) -> dict:
     return {"__module__": _NAMES[cls], "fields": fields}
 
 
-def _decode(value):
-    if isinstance(value, dict):
-        if "__module__" in value:
-            cls = REGISTRY.get(value["__module__"])
-            if cls is None:
-                raise ValueError(f"load_model: unknown layer {value['__module__']!r} in the "
-                                 "file (written by another jaxseq?).")
-            return cls(**{k: _decode(v) for k, v in value["fields"].items()})
-        if "__seq__" in value:
-            return tuple(_decode(v) for v in value["__seq__"])
-        if "__dtype__" in value:
-            return jnp.dtype(value["__dtype__"])
-        if "__activation__" in value:
-            return value["__activation__"]
-    return value
+_SIMPLE = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,),
+           "None": (type(None),), "NoneType": (type(None),), "nn.Module": (nn.Module,)}
+_POSITIVE = frozenset({"units", "filters", "n", "features"})  # counts: >= 1
+_RATES = frozenset({"dropout", "recurrent_dropout", "rate"})  # fractions: [0, 1]
 
 
-def save_model(path, model: nn.Module, variables) -> None:
-    """Write `model` (jaxseq layers/builders) and `variables` (a variables dict, a params dict
-    or a TrainState) to one file at `path`, atomically. Raises TypeError for a layer or a
-    field value a model file cannot hold."""
+def _annotations(cls) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        for name, ann in getattr(klass, "__annotations__", {}).items():
+            out[name] = ann.__name__ if isinstance(ann, type) else str(ann)
+    return out
+
+
+def _check_field(cls, name: str, value, annotation: str | None, where: str) -> None:
+    """A decoded field value must have its annotated type (when the annotation is a union of
+    simple types) and, for counts and rates, a value in range."""
+    tokens = [t.strip() for t in (annotation or "").split("|")]
+    kinds = [_SIMPLE.get(t) for t in tokens]
+    if annotation and all(kinds):
+        allowed = tuple(k for ks in kinds for k in ks)
+        if isinstance(value, bool) and bool not in allowed or not isinstance(value, allowed):
+            raise ValueError(f"{where}.{name} is {value!r}; a {cls.__name__} takes {annotation}.")
+    if name in _POSITIVE and isinstance(value, int) and value < 1:
+        raise ValueError(f"{where}.{name} is {value}; a {cls.__name__} needs {name} >= 1.")
+    if name in _RATES and isinstance(value, (int, float)) and not 0 <= value <= 1:
+        raise ValueError(f"{where}.{name} is {value}; a {cls.__name__} needs {name} in [0, 1].")
+
+
+def _decode(value, where: str):
+    """The JSON architecture record -> modules and values, every node checked: known layer
+    names, known fields of the right types and ranges, well-formed tags."""
+    if isinstance(value, list):
+        raise ValueError(f"{where} is a bare list; the record stores sequences as __seq__.")
+    if not isinstance(value, dict):
+        return value
+    if "__module__" in value:
+        name, fields = value.get("__module__"), value.get("fields")
+        cls = REGISTRY.get(name) if isinstance(name, str) else None
+        if cls is None:
+            raise ValueError(f"{where}: unknown layer {name!r} (this jaxseq knows "
+                             f"{sorted(REGISTRY)}).")
+        if set(value) != {"__module__", "fields"} or not isinstance(fields, dict):
+            raise ValueError(f"{where}: a {name} record has keys {sorted(value)}; expected "
+                             "__module__ and fields.")
+        known = {f.name for f in dataclasses.fields(cls) if f.init and f.name not in _SKIP
+                 and not f.name.endswith("_init")}
+        annotations = _annotations(cls)
+        kwargs = {}
+        for field, raw in fields.items():
+            if field not in known:
+                raise ValueError(f"{where}: {name} has no field {field!r}.")
+            kwargs[field] = _decode(raw, f"{where}.{field}")
+            _check_field(cls, field, kwargs[field], annotations.get(field), where)
+        try:
+            return cls(**kwargs)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{where}: {name}({kwargs}) cannot be built: {err}") from err
+    tags = [k for k in ("__seq__", "__dtype__", "__activation__") if k in value]
+    if len(tags) != 1 or len(value) != 1:
+        raise ValueError(f"{where}: an unknown record {str(value)[:60]!r}.")
+    tag, inner = tags[0], value[tags[0]]
+    if tag == "__seq__":
+        if not isinstance(inner, list):
+            raise ValueError(f"{where}: __seq__ holds {type(inner).__name__}, not a list.")
+        return tuple(_decode(v, f"{where}[{i}]") for i, v in enumerate(inner))
+    if tag == "__dtype__":
+        try:
+            return jnp.dtype(inner)
+        except TypeError as err:
+            raise ValueError(f"{where}: unknown dtype {inner!r}.") from err
+    if not isinstance(inner, str) or inner not in _ACTIVATIONS:
+        raise ValueError(f"{where}: unknown activation {inner!r}.")
+    return inner
+
+
+def _input_spec(x) -> dict | None:
+    if x is None:
+        return None
+    shape = contracts.shape_of(x)
+    if not shape:
+        raise ValueError(f"save_model expects x with a batch axis; got shape {shape}.")
+    dtype = getattr(x, "dtype", None)
+    dtype = jnp.dtype(dtype if dtype is not None else contracts.as_array(x, "x",
+                                                                          "save_model").dtype)
+    return {"shape": list(shape[1:]), "dtype": dtype.name}
+
+
+def save_model(path, model: nn.Module, variables, *, x=None) -> None:
+    """Write `model` (jaxseq layers/builders) and its variables to one file at `path`.
+
+    Args:
+      path: a file path (str or os.PathLike).
+      model: the linen Module, built from the layers of `REGISTRY`.
+      variables: a variables dict, a params dict or a `TrainState`.
+      x: optional example inputs (batch, ...) or a `jax.ShapeDtypeStruct`: the shape of one
+        sample and the dtype are recorded, and `load_model` then checks that the weights are
+        exactly those the model builds for such inputs (names, shapes, dtypes).
+
+    The write is atomic (a temporary file, then a rename; removed on failure) and the payload
+    carries its SHA-256 digest, verified on load.
+
+    Raises:
+      TypeError for a path that is not str / os.PathLike, or a layer or a field value a model
+      file cannot hold; ValueError for an empty path or a directory; OSError (naming the path)
+      when the file cannot be written.
+    """
     from jaxseq.training.state import as_variables
 
+    path = contracts.check_path(path, "path", "save_model")
     architecture = json.dumps(_module(model, type(model).__name__))
     variables = as_variables(variables, "save_model")
-    write_msgpack(path, {"format": FORMAT, "version": VERSION, "architecture": architecture,
-                         "variables": host_arrays(dict(variables))})
+    write_msgpack(path, FORMAT, VERSION, {"architecture": architecture,
+                                          "variables": host_arrays(dict(variables)),
+                                          "input": _input_spec(x)}, "save_model")
 
 
 def load_model(path) -> tuple[nn.Module, dict[str, Any]]:
     """Read a file of `save_model` -> (model, variables) (every collection, as nested dicts).
-    Raises ValueError for a foreign, corrupt or newer-version file."""
-    path = os.fspath(path)
-    content = read_msgpack(path, FORMAT, "model")
-    version = content.get("version")
-    if not isinstance(version, int) or version > VERSION or version < 1:
+
+    The architecture record is validated node by node (known layer names and fields, types,
+    counts >= 1, rates in [0, 1]); when the file records its input (`save_model(..., x=...)`),
+    the weights must be exactly those the rebuilt model creates for it.
+
+    Raises:
+      TypeError for a path that is not str / os.PathLike; ValueError naming the file for a
+      foreign or corrupt file (its payload's digest does not match), a newer format version,
+      an invalid architecture record, or weights that do not fit the model.
+    """
+    path = contracts.check_path(path, "path", "load_model")
+    version, content = read_msgpack(path, FORMAT, "model")
+    if version > VERSION:
         raise ValueError(f"{path!r} has model format version {version!r}; this jaxseq reads "
                          f"versions 1 to {VERSION}. Upgrade jaxseq to read it.")
     try:
-        model = _decode(json.loads(content["architecture"]))
+        record = json.loads(content["architecture"])
     except (KeyError, TypeError, json.JSONDecodeError) as err:
         raise ValueError(f"{path!r}: the architecture record is corrupt ({err}).") from err
-    return model, _tuples(nest(content.get("variables", {}), path))
+    try:
+        model = _decode(record, "model")
+    except ValueError as err:
+        raise ValueError(f"{path!r}: the architecture record is invalid: {err}") from err
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"{path!r}: the architecture record holds no model.")
+    if not isinstance(content.get("variables", {}), dict):
+        raise ValueError(f"{path!r}: the variables record is corrupt.")
+    variables = _tuples(nest(content.get("variables", {}), path))
+    spec = content.get("input")
+    if spec is not None:
+        _check_weights(path, model, variables, spec)
+    return model, variables
+
+
+def _check_weights(path: str, model: nn.Module, variables: dict, spec) -> None:
+    """The variables must be exactly those `model.init` creates for inputs like `spec`."""
+    import jax
+
+    try:
+        x = jax.ShapeDtypeStruct((1, *map(int, spec["shape"])), jnp.dtype(spec["dtype"]))
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path!r}: the input record is corrupt ({err}).") from err
+    try:
+        want = jax.eval_shape(lambda s: model.init(jax.random.PRNGKey(0), s), x)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path!r}: the model in the file cannot be built for its recorded "
+                         f"input {x.shape} {x.dtype}: {err}") from err
+    want = {k: v for k, v in flatten(dict(want)).items()}
+    got = flatten(variables)
+    if STATE_COLLECTION in variables:  # kept states have the batch of their last call
+        want = {k: v for k, v in want.items() if not k.startswith(STATE_COLLECTION + "/")}
+        got = {k: v for k, v in got.items() if not k.startswith(STATE_COLLECTION + "/")}
+    check_tree(want, got, where=f"load_model({path!r})")
 
 
 def _tuples(node):
