@@ -36,7 +36,10 @@ else) is rejected with a ValueError, never unpickled.
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import os
+import shutil
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -55,11 +58,12 @@ from jaxseq._trees import (
     unflatten,
     write_msgpack,
 )
-from jaxseq.training.state import History, split_seed
+from jaxseq.training.state import CheckpointSaveError, History, split_seed
 
 FORMAT = "jaxseq.checkpoint"
 PARAMS_FORMAT = "jaxseq.params"
-VERSION = 2  # 2: one training key, model_state, early stopping settings in the carry
+VERSION = 3  # 3: the arrays' digest in the meta record; 2: one training key, model_state
+READ_VERSIONS = (2, 3)  # version 2 has no digest
 PARAMS_VERSION = 2  # 2: the payload travels with its SHA-256 digest
 
 
@@ -89,41 +93,108 @@ class Checkpoint(NamedTuple):
     early_stopping: dict
 
 
-def _as_dir(directory) -> str:
-    path = os.fspath(directory)
+def _as_dir(directory, where: str) -> str:
+    path = contracts.check_path(directory, "checkpoint_dir", where)
     if os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(f"{path!r} is a file, not a checkpoint directory.")
+        raise ValueError(f"{where}: {path!r} is a file, not a checkpoint directory.")
     return os.path.abspath(path)
 
 
-class Checkpointer:
-    """The orbax `CheckpointManager` of one training directory (used by `fit`)."""
+LOCK_NAME = ".jaxseq-writer.lock"
+STOP_REASONS = (None, "early_stopping", "non_finite")
 
-    def __init__(self, directory, *, keep: int | None = None, create: bool = True):
+
+def digest(arrays: Mapping[str, Any]) -> str:
+    """SHA-256 of a flat {path: array} tree (paths, dtypes, shapes and bytes, in path order):
+    stored in a checkpoint's meta record, so that a restore proves its arrays and its record
+    come from the same save."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(np.asarray(arrays[name]))
+        h.update(f"{name}|{a.dtype.name}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _cause(err: BaseException) -> str:
+    """One line for why a write failed (the OS error behind orbax's and tensorstore's texts)."""
+    chain, seen = [], set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    text = " ".join(str(e) for e in chain)
+    for e in chain:
+        if isinstance(e, OSError) and e.errno:
+            return os.strerror(e.errno).lower()
+    if "RESOURCE_EXHAUSTED" in text or "No space left" in text:
+        return "no space left on the device"
+    if "PERMISSION_DENIED" in text or "Permission denied" in text or "Read-only" in text:
+        return "permission denied (is the directory read-only?)"
+    first = str(chain[0]).strip().splitlines()[0] if str(chain[0]).strip() else ""
+    return f"{type(chain[0]).__name__}: {first[:160]}"
+
+
+class Checkpointer:
+    """The orbax `CheckpointManager` of one training directory.
+
+    writer=True (what `fit` uses): the directory is created if needed and locked for this
+    Checkpointer's lifetime (`filelock` on `LOCK_NAME` inside it: an OS lock, released by the
+    OS when the process ends, killed or not, so it never blocks the next run); a second writer,
+    in this process or another, gets a `RuntimeError` naming the directory before it trains.
+    Readers (`restore`, `latest_epoch`) take no lock."""
+
+    def __init__(self, directory, *, keep: int | None = None, writer: bool = True,
+                 where: str = "fit"):
         ocp = _ocp()
-        self.directory = _as_dir(directory)
-        if not create and not os.path.isdir(self.directory):
+        self.directory = _as_dir(directory, where)
+        self.lock = None
+        if not writer and not os.path.isdir(self.directory):
             raise FileNotFoundError(f"No checkpoint directory at {self.directory!r}.")
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=create, enable_async_checkpointing=False,
-        )
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers={
-            "state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
+        if writer:
+            self.lock = _lock(self.directory, where)
+        try:
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=keep, create=writer, enable_async_checkpointing=False,
+            )
+            self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers={
+                "state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
+        except BaseException:
+            if self.lock is not None:
+                self.lock.release()
+            raise
 
     def latest(self) -> int | None:
         """The epoch of the newest complete checkpoint (temporary directories don't count)."""
         return self.manager.latest_step()
 
-    def save(self, epoch: int, tree: Mapping[str, Any], record: dict) -> None:
-        """Write {path: array} and the JSON record as checkpoint `epoch` (atomic, synchronous)."""
+    def save(self, epoch: int, tree: Mapping[str, Any], record: dict, *,
+             replace: bool = False) -> None:
+        """Write {path: array} and the JSON record as checkpoint `epoch` (atomic, synchronous;
+        `replace`: the checkpoint of that epoch exists and is written anew, e.g. to record why
+        training stopped). The record gets the arrays' `digest`. A failed save leaves no
+        temporary directory and raises `CheckpointSaveError` naming the path and the cause."""
         ocp = _ocp()
         arrays = {k: np.asarray(v) for k, v in jax.device_get(dict(tree)).items()}
-        record = {"format": FORMAT, "version": VERSION, "epoch": int(epoch), **record}
-        self.manager.save(int(epoch), args=ocp.args.Composite(
-            state=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(record)), force=True)
-        self.manager.wait_until_finished()
+        record = {"format": FORMAT, "version": VERSION, "epoch": int(epoch),
+                  "digest": digest(arrays), **record}
+        try:
+            if replace and epoch in self.manager.all_steps():
+                self.manager.delete(int(epoch))
+            self.manager.save(int(epoch), args=ocp.args.Composite(
+                state=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(record)),
+                force=True)
+            self.manager.wait_until_finished()
+        except Exception as err:
+            for leftover in glob.glob(os.path.join(glob.escape(self.directory),
+                                                   f"{int(epoch)}.orbax-checkpoint-tmp*")):
+                shutil.rmtree(leftover, ignore_errors=True)
+            raise CheckpointSaveError(
+                f"The checkpoint after epoch {epoch} could not be saved in {self.directory!r}: "
+                f"{_cause(err)}.", path=self.directory, epoch=int(epoch)) from err
 
     def record(self, epoch: int) -> dict:
+        """The checked JSON record of checkpoint `epoch`."""
         ocp = _ocp()
         try:
             record = self.manager.restore(epoch, args=ocp.args.Composite(
@@ -133,14 +204,21 @@ class Checkpointer:
         if not isinstance(record, dict) or record.get("format") != FORMAT:
             raise ValueError(f"{self._path(epoch)} is not a jaxseq checkpoint (its meta record "
                              f"is {str(record)[:80]!r}).")
-        if record.get("version") != VERSION:
+        if record.get("version") not in READ_VERSIONS:
             raise ValueError(f"{self._path(epoch)} has checkpoint format version "
-                             f"{record.get('version')}; this jaxseq reads version {VERSION}.")
+                             f"{record.get('version')}; this jaxseq reads versions "
+                             f"{list(READ_VERSIONS)}.")
+        problem = _record_problem(record, epoch)
+        if problem:
+            raise ValueError(f"The checkpoint {self._path(epoch)} has an invalid meta record: "
+                             f"{problem}. Delete it to resume from an earlier one.")
         return record
 
     def arrays(self, epoch: int, expected: Mapping[str, Any], *, where: str,
-               ignore_extra: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
-        """Check the saved tree against `expected` ({path: like-array}), then read it."""
+               ignore_extra: tuple[str, ...] = (), record: dict | None = None
+               ) -> dict[str, np.ndarray]:
+        """Check the saved tree against `expected` ({path: like-array}), then read it; with the
+        `record` of a version that stores it, the arrays' digest must match the record's."""
         ocp = _ocp()
         try:
             meta = self.manager.item_metadata(epoch)["state"]
@@ -156,10 +234,20 @@ class Checkpointer:
             raise self._unreadable(epoch, err) from err
         check_tree(expected, arrays, where=f"{where} ({self._path(epoch)})",
                    ignore_extra=ignore_extra)
+        if record is not None and "digest" in record and digest(arrays) != record["digest"]:
+            raise ValueError(f"The checkpoint {self._path(epoch)} is inconsistent: its arrays "
+                             "are not those its meta record was saved with (two runs wrote to "
+                             "one directory, or a file was changed). Delete it to resume from "
+                             "an earlier one.")
         return dict(arrays)
 
     def close(self) -> None:
-        self.manager.close()
+        try:
+            self.manager.close()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+                self.lock = None
 
     def _path(self, epoch: int) -> str:
         return os.path.join(self.directory, str(epoch))
@@ -168,6 +256,48 @@ class Checkpointer:
         return ValueError(f"The checkpoint {self._path(epoch)} is unreadable or corrupt "
                           f"({type(err).__name__}: {str(err)[:200]}). Delete it to resume from "
                           "an earlier one.")
+
+
+def _lock(directory: str, where: str):
+    try:
+        import filelock
+    except ImportError as err:  # pragma: no cover - the [checkpoint] extra
+        raise ImportError("Checkpoints need filelock: pip install 'jaxseq[checkpoint]'."
+                          ) from err
+    os.makedirs(directory, exist_ok=True)
+    lock = filelock.FileLock(os.path.join(directory, LOCK_NAME), timeout=0)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise RuntimeError(
+            f"{where}: the checkpoint directory {directory!r} is in use by another run (a "
+            "training process, in this process or another, holds its writer lock). A checkpoint "
+            "directory takes one run at a time: pass another checkpoint_dir, or wait until that "
+            "run ends and pass resume=True to continue it.") from None
+    return lock
+
+
+def _record_problem(record: dict, epoch: int) -> str | None:
+    """What is wrong with a checkpoint's meta record, or None."""
+    def count(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    if record.get("epoch") != epoch or not count(record.get("epoch")):
+        return f"epoch is {record.get('epoch')!r}, its directory says {epoch}"
+    step = record.get("step")
+    if not (count(step) or isinstance(step, list) and step and all(map(count, step))):
+        return f"step is {step!r} (expected a count >= 0, or one per replica)"
+    history = record.get("history")
+    if not isinstance(history, dict) or "loss" not in history or not all(
+            isinstance(v, list) for v in history.values()):
+        return "history is not {name: [values per epoch]} with a loss"
+    if record.get("stopped") not in STOP_REASONS:
+        return f"stopped is {record.get('stopped')!r} (expected one of {STOP_REASONS})"
+    if not isinstance(record.get("settings", {}), dict):
+        return "settings is not a record"
+    if "digest" in record and not isinstance(record["digest"], str):
+        return "digest is not a string"
+    return None
 
 
 def training_tree(state: TrainState, key, stop_state=()) -> dict[str, Any]:
@@ -196,10 +326,10 @@ def history_record(history: History) -> dict[str, list]:
 
 def latest_epoch(directory) -> int | None:
     """The epoch of the newest complete checkpoint in `directory`, or None if there is none."""
-    path = _as_dir(directory)
+    path = _as_dir(directory, "latest_epoch")
     if not os.path.isdir(path):
         return None
-    checkpointer = Checkpointer(path, create=False)
+    checkpointer = Checkpointer(path, writer=False, where="latest_epoch")
     try:
         return checkpointer.latest()
     finally:
@@ -215,7 +345,7 @@ def restore(directory, like: TrainState, *, epoch: int | None = None) -> Checkpo
     `early_stopping["early_stopping/best_params/..."]`). Raises FileNotFoundError when there is
     no complete checkpoint, ValueError on a mismatching tree or a corrupt checkpoint.
     """
-    checkpointer = Checkpointer(directory, create=False)
+    checkpointer = Checkpointer(directory, writer=False, where="restore")
     try:
         if epoch is None:
             epoch = checkpointer.latest()
@@ -229,7 +359,7 @@ def restore(directory, like: TrainState, *, epoch: int | None = None) -> Checkpo
         expected = training_tree(like, key)
         record = checkpointer.record(epoch)
         arrays = checkpointer.arrays(epoch, expected, where="restore",
-                                     ignore_extra=("early_stopping/",))
+                                     ignore_extra=("early_stopping/",), record=record)
     finally:
         checkpointer.close()
     state = _state_from(like, arrays, record)
@@ -270,7 +400,7 @@ def resume(checkpointer: Checkpointer, epoch: int, state: TrainState, key, stop_
     record = checkpointer.record(epoch)
     check_settings(record, settings, checkpointer.directory)
     expected = training_tree(state, key, stop_state)
-    arrays = checkpointer.arrays(epoch, expected, where="fit(resume=True)")
+    arrays = checkpointer.arrays(epoch, expected, where="fit(resume=True)", record=record)
     state = _state_from(state, arrays, record)
     if stop_state:
         stop_state = unflatten(stop_state, arrays, "early_stopping/")

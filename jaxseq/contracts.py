@@ -151,8 +151,9 @@ def check_path(path, name: str, where: str) -> str:
     bytes paths are refused (their text would become part of the file name)."""
     text = os.fspath(path) if isinstance(path, os.PathLike) else path
     if not isinstance(text, str):
+        hint = " (decode it to str first)" if isinstance(text, bytes) else ""
         raise TypeError(f"{where} expects {name} to be a path (str or os.PathLike); got "
-                        f"{type(path).__name__}{' (decode it first)' if isinstance(text, bytes) else ''}.")
+                        f"{type(path).__name__}{hint}.")
     if not text:
         raise ValueError(f"{where} expects {name} to be a path; got an empty string.")
     return text

@@ -12,6 +12,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 from jaxseq import contracts
 from jaxseq.cells import Initializer, get_activation
@@ -29,12 +30,30 @@ class Dense(nn.Dense):
     kernel_init: Initializer = nn.initializers.glorot_uniform()
     bias_init: Initializer = nn.initializers.zeros_init()
 
+    def __post_init__(self):
+        if isinstance(self.features, bool) or not isinstance(self.features, (int, np.integer)):
+            raise TypeError(f"Dense expects units (features) to be a positive int; got "
+                            f"{self.features!r}.")
+        if self.features < 1:
+            raise ValueError(f"Dense expects units (features) >= 1; got {self.features} (Keras "
+                             "raises the same: a layer needs at least one unit).")
+        super().__post_init__()
+
     @property
     def units(self) -> int:
         return self.features
 
     def __call__(self, x: Array) -> Array:
-        x = jnp.asarray(x)
+        x = jnp.asarray(contracts.as_array(x, "x", "Dense"))
+        if x.ndim < 1:
+            raise ValueError("Dense expects x of shape (..., features); got a scalar.")
+        if self.has_variable("params", "kernel"):
+            fan_in = self.get_variable("params", "kernel").shape[0]
+            if x.shape[-1] != fan_in:
+                raise ValueError(f"Dense expects x with {fan_in} features (its kernel is "
+                                 f"({fan_in}, {self.features})); got x of shape {x.shape}. "
+                                 "Pass inputs like those the layer was built for, or build "
+                                 "the params anew for these.")
         if x.ndim > 2:  # one 2-D product: its gradient is faster on XLA:CPU (`matmul_last`)
             y = nn.Dense.__call__(self, x.reshape(-1, x.shape[-1]))
             y = y.reshape(*x.shape[:-1], y.shape[-1])
@@ -45,7 +64,19 @@ class Dense(nn.Dense):
 
 class Dropout(nn.Dropout):
     """Keras' `Dropout(rate)`: inverted dropout in training (`deterministic=False`, an rng named
-    "dropout"), the identity in inference. A `Sequential` passes `deterministic` to it."""
+    "dropout"), the identity in inference. A `Sequential` passes `deterministic` to it.
+
+    rate: the fraction of inputs dropped, a float in [0, 1] (Keras' range,
+    `keras/src/layers/regularization/dropout.py`); else ValueError / TypeError at construction.
+    """
+
+    def __post_init__(self):
+        if isinstance(self.rate, bool) or not isinstance(self.rate, (int, float, np.floating)):
+            raise TypeError(f"Dropout expects rate to be a float in [0, 1]; got {self.rate!r}.")
+        if not 0.0 <= self.rate <= 1.0:
+            raise ValueError(f"Dropout expects rate in [0, 1] (the fraction of inputs "
+                             f"dropped); got {self.rate}.")
+        super().__post_init__()
 
 
 class Masking(nn.Module):

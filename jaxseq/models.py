@@ -45,6 +45,13 @@ class Sequential(nn.Module):
 
     layers: Sequence
 
+    def __post_init__(self):
+        # A list (the Keras habit) is stored as a tuple: the model is then hashable, so an equal
+        # model reuses the compiled programs of the first.
+        if isinstance(self.layers, list):
+            object.__setattr__(self, "layers", tuple(self.layers))
+        super().__post_init__()
+
     @nn.nowrap
     def compute_mask(self, x, mask=None):
         """The mask the leading mask-making layers (`js.Masking`) compute from the inputs x,

@@ -53,7 +53,10 @@ def make_mesh(devices=None, axis_name: str = AXIS) -> Mesh:
 
 
 def check_mesh(mesh: Mesh, where: str) -> str:
-    if not isinstance(mesh, Mesh) or len(mesh.axis_names) != 1:
+    if not isinstance(mesh, Mesh):
+        raise TypeError(f"{where} expects mesh to be a 1-D jax.sharding.Mesh (e.g. "
+                        f"jaxseq.parallel.make_mesh()) or None; got {type(mesh).__name__}.")
+    if len(mesh.axis_names) != 1:
         raise ValueError(
             f"{where} expects a 1-D jax.sharding.Mesh (e.g. jaxseq.parallel.make_mesh()); got "
             f"{mesh!r}."

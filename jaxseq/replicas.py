@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from jaxseq import contracts
 from jaxseq.training import data as data_mod
 from jaxseq.training.compile import cached, jit
 from jaxseq.training.drivers import fit_replicas
@@ -46,6 +47,29 @@ class Summary:
     n_nonfinite: int
 
 
+def as_scores(values, name: str, where: str) -> np.ndarray:
+    """Scores (any shape of real numbers) -> a float64 1-D array; anything else (strings,
+    objects, complex numbers, None) is a TypeError naming the argument."""
+    if values is None or isinstance(values, (str, bytes)):
+        raise TypeError(f"{where} expects {name} to be an array of numbers; got "
+                        f"{type(values).__name__}.")
+    try:
+        a = np.asarray(values)
+        if a.dtype.kind not in "biuf":
+            raise TypeError(a.dtype)
+        return a.astype(np.float64).ravel()
+    except (TypeError, ValueError):
+        raise TypeError(f"{where} expects {name} to be an array of real numbers; got "
+                        f"{str(values)[:60]!r}.") from None
+
+
+def check_bootstrap(n_boot, seed, where: str) -> None:
+    """`n_boot` a positive int; `seed` an int (NumPy's generator seed)."""
+    contracts.check_positive_int(n_boot, "n_boot", where)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise TypeError(f"{where} expects seed to be an int >= 0; got {seed!r}.")
+
+
 def bootstrap_means(values: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
     """(n_boot,) means of resamples with replacement of `values` (1-D), from
     `np.random.default_rng(seed)`."""
@@ -57,7 +81,8 @@ def summarize(values, *, n_boot: int = 10_000, seed: int = 0, failed=None) -> Su
     """Summary statistics of per-replica scores (replicas,); a 95% percentile-bootstrap interval
     of the mean from `n_boot` resamples (seeded). Replicas flagged in `failed` (bool
     (replicas,)) and non-finite values are counted in `n_nonfinite`, then left out."""
-    v = np.asarray(values, np.float64).ravel()
+    v = as_scores(values, "values", "summarize")
+    check_bootstrap(n_boot, seed, "summarize")
     keep = np.isfinite(v)
     if failed is not None:
         keep &= ~np.asarray(failed, bool).ravel()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any
 
 import flax.linen as nn
@@ -29,8 +28,8 @@ from jaxseq.conv_lstm import ConvLSTM1D, ConvLSTM2D
 from jaxseq.layers import Dense, Dropout, Masking
 from jaxseq.minimal import MinGRU, MinLSTM
 from jaxseq.models import Sequential
-from jaxseq.typing import STATE_COLLECTION
 from jaxseq.recurrent import GRU, LSTM, Bidirectional, SimpleRNN
+from jaxseq.typing import STATE_COLLECTION
 from jaxseq.wrappers import RepeatVector, TimeDistributed
 
 FORMAT = "jaxseq.model"

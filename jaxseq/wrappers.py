@@ -64,6 +64,7 @@ class TimeDistributed(nn.Module):
             raise TypeError(
                 f"TimeDistributed expects a flax.linen Module; got {type(self.layer).__name__}."
             )
+        x = contracts.as_array(x, "x", "TimeDistributed")  # lists, as every jaxseq layer
         shape = contracts.check_rank_at_least(
             x, 3, "TimeDistributed", "(batch, time, ...) with at least 3 axes"
         )

@@ -26,7 +26,7 @@ import jax
 import numpy as np
 import optax
 
-from jaxseq import contracts
+from jaxseq import contracts, parallel
 from jaxseq.evaluation import splits as splits_mod
 from jaxseq.replicas import Summary, summarize
 from jaxseq.training import callbacks as cbs
@@ -72,7 +72,16 @@ def make_splits(n_samples: int, splitter="kfold", *, folds: int = 5, n_splits: i
                         f"(train, test) index arrays; got {type(splitter).__name__}.") from None
     pairs = []
     for i, pair in enumerate(splitter):
-        tr, te = (np.asarray(a) for a in pair)
+        try:
+            tr, te = pair
+        except (TypeError, ValueError):
+            raise ValueError(f"cross_validate: split {i} of splitter must be a (train, test) "
+                             f"pair of index arrays; got {str(pair)[:80]!r}.") from None
+        try:
+            tr, te = np.asarray(tr), np.asarray(te)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"cross_validate: split {i}'s indices are not arrays "
+                             f"({err}).") from None
         for name, a in (("train", tr), ("test", te)):
             if a.ndim != 1 or a.size == 0 or not np.issubdtype(a.dtype, np.integer) or (
                     a.min() < 0 or a.max() >= n_samples):
@@ -227,6 +236,8 @@ def cross_validate(
     if validation_data is not None and validation_split is not None:
         raise ValueError(f"{where} got both validation_data and validation_split; pass one.")
     shared_val = data_mod.check_validation(model, validation_data, where)
+    if mesh is not None:
+        parallel.check_mesh(mesh, where)
     if mesh is not None and len(seeds) % mesh.size:
         raise ValueError(
             f"{where} with a mesh expects a number of seeds divisible by the mesh size "

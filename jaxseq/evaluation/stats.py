@@ -13,14 +13,15 @@ import math
 
 import numpy as np
 
-from jaxseq.replicas import bootstrap_means
+from jaxseq.replicas import as_scores, bootstrap_means, check_bootstrap
 
 
 def repeats_curve(scores, *, n_boot: int = 2000, seed: int = 0) -> dict[str, np.ndarray]:
     """For n = 1..N repeats (scores in the order they were run): the mean of the first n, its
     standard error (std ddof=1 / sqrt(n); NaN for n = 1) and a 95% percentile-bootstrap
     interval of that mean. Where the interval stops narrowing, more repeats buy little."""
-    v = np.asarray(scores, np.float64).ravel()
+    v = as_scores(scores, "scores", "repeats_curve")
+    check_bootstrap(n_boot, seed, "repeats_curve")
     if v.size < 1 or not np.all(np.isfinite(v)):
         raise ValueError("repeats_curve expects finite scores (leave failed runs out first).")
     n = np.arange(1, v.size + 1)
@@ -45,10 +46,12 @@ def compare(scores_a, scores_b, *, paired: bool = False, n_boot: int = 10_000, s
     """
     from scipy import stats
 
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating)):
+        raise TypeError(f"compare expects alpha to be a float in (0, 1); got {alpha!r}.")
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"compare expects alpha in (0, 1); got {alpha!r}.")
-
-    a, b = np.asarray(scores_a, np.float64).ravel(), np.asarray(scores_b, np.float64).ravel()
+    check_bootstrap(n_boot, seed, "compare")
+    a, b = as_scores(scores_a, "scores_a", "compare"), as_scores(scores_b, "scores_b", "compare")
     if a.size < 2 or b.size < 2 or not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
         raise ValueError("compare expects at least 2 finite scores per model.")
     if paired:

@@ -7,7 +7,6 @@ checkpoint cadence are host logic).
 from __future__ import annotations
 
 import math
-import os
 import sys
 from collections.abc import Sequence
 
@@ -124,9 +123,8 @@ def check_run_options(where: str, *, epochs, batch_size, validation_batch_size,
                       epochs_per_chunk, shuffle, verbose, on_nan, checkpoint_dir=None) -> None:
     """The scalar options of `fit` / `fit_replicas`, checked before anything else."""
     contracts.check_positive_int(epochs, "epochs", where)
-    if checkpoint_dir is not None and not isinstance(checkpoint_dir, (str, os.PathLike)):
-        raise TypeError(f"{where} expects checkpoint_dir to be a path (str or os.PathLike); got "
-                        f"{type(checkpoint_dir).__name__}.")
+    if checkpoint_dir is not None:
+        contracts.check_path(checkpoint_dir, "checkpoint_dir", where)
     contracts.check_positive_int(batch_size, "batch_size", where)
     for name, value in (("validation_batch_size", validation_batch_size),
                         ("epochs_per_chunk", epochs_per_chunk)):

@@ -82,9 +82,14 @@ def jit(fn: Callable, *, once: bool = False, **kwargs) -> Jitted:
 
 
 def _key(obj) -> Any:
+    """A cache key part: the value with its type, all the way down tuples (a NamedTuple such as
+    optax's `GradientTransformation(init, update)` equals its `GradientTransformationExtraArgs`
+    twin as a tuple, yet compiles differently); unhashable objects by identity."""
+    if isinstance(obj, tuple):
+        return ("t", type(obj), tuple(_key(o) for o in obj))
     try:
         hash(obj)
-        return ("h", obj)
+        return ("h", type(obj), obj)
     except TypeError:
         return ("id", id(obj))
 

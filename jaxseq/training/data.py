@@ -236,6 +236,7 @@ def check_params(model, params, x, where: str, *, replicas: bool = False) -> Non
                             "js.skill)")
         else:
             continue
+        _check_features_fit(model, params, x, where, replicas)
         raise ValueError(f"{where}: the params do not fit this model: {problem}. Pass the "
                          "params (or the state) trained for this model, built with the same "
                          "units and layers.")
@@ -243,6 +244,30 @@ def check_params(model, params, x, where: str, *, replicas: bool = False) -> Non
     if extra:
         raise ValueError(f"{where}: the params do not fit this model: {extra[0]!r} is not a "
                          "parameter of it. Pass the params trained for this model.")
+
+
+def _check_features_fit(model, params, x, where: str, replicas: bool) -> None:
+    """When params that do not fit the model for x WOULD fit it for x with another number of
+    features (the last axis), the fault is x: say so (called on the error path only)."""
+    shape = contracts.shape_of(x)
+    if not shape:
+        return
+    got = jax.tree_util.tree_flatten_with_path(params)[0]
+    sizes = sorted({int(d) for _, leaf in got for d in np.shape(leaf)[int(replicas):]} - {
+        shape[-1]})
+    for features in sizes:
+        other = jax.ShapeDtypeStruct((*shape[:-1], features), _dtype(x))
+        try:
+            want = _expected_params(model, other)
+        except Exception:  # noqa: BLE001 - a candidate the model cannot take
+            continue
+        fits = jax.tree.structure(want) == jax.tree.structure(params) and all(
+            tuple(np.shape(a))[int(replicas):] == tuple(b.shape)
+            for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(want), strict=True))
+        if fits:
+            raise ValueError(f"{where}: x has {shape[-1]} features (its last axis; x has shape "
+                             f"{shape}), but the params were trained for inputs with {features}. "
+                             f"Pass x with {features} features, as in training.")
 
 
 def warn_non_finite(x, mask, where: str) -> None:

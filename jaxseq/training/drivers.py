@@ -36,6 +36,7 @@ from jaxseq.training import loop, losses, programs
 from jaxseq.training.programs import init_state
 from jaxseq.training.state import (
     DEFAULT_OPTIMIZER,
+    CheckpointSaveError,
     History,
     NonFiniteLossError,
     TrainState,
@@ -69,6 +70,10 @@ def drive(model, x, y, *, where, seed=0, seeds, state, epochs, batch_size, optim
     stopper, host = hooks.split_callbacks(callbacks, where)
     if state is not None:
         check_state(state, model, where)
+        if not bool(loop.all_finite(state.params)):
+            raise ValueError(f"{where}: state= holds non-finite parameters (NaN or Inf); "
+                             "training cannot start from them. Pass the last finite state (a "
+                             "NonFiniteLossError's .state is one), or initialize anew.")
     tx = state.tx if state is not None else get_optimizer(optimizer, where)
     if state is not None and optimizer is not None and optimizer is not state.tx:
         raise ValueError(f"{where}: state= carries its own optimizer (state.tx); do not pass "
@@ -135,7 +140,7 @@ def drive(model, x, y, *, where, seed=0, seeds, state, epochs, batch_size, optim
             shuffle=bool(shuffle), validation=val is not None, logs=list(names),
             loss=loss if isinstance(loss, str) else None,
             early_stopping=stopper.config() if stopper else None)
-        saver = checkpointing.Checkpointer(checkpoint_dir, keep=keep)
+        saver = checkpointing.Checkpointer(checkpoint_dir, keep=keep, where=where)
     try:
         if saver is not None and (latest := saver.latest()) is not None:
             if not resume:
@@ -184,15 +189,27 @@ def drive(model, x, y, *, where, seed=0, seeds, state, epochs, batch_size, optim
             alive = np.asarray(parallel.to_host(carry.alive))
             finished = stop_requested or not alive.any() or (
                 not replicated and failure is not None)
-            if saver is not None and first != saved and (
-                    first % every == 0 or finished or first >= epochs):
+            # A stop found in the chunk after a save rewrites that save with its reason.
+            restate = finished and failure is not None and first == saved > 0
+            if saver is not None and (restate or first != saved and (
+                    first % every == 0 or finished or first >= epochs)):
                 early = np.asarray(parallel.to_host(carry.stop.stopped)).any()
                 why = "non_finite" if failure else "early_stopping" if early else None
-                saver.save(first, checkpointing.training_tree(
-                    carry.state, key, carry.stop if stopper else ()),
-                           dict(step=np.asarray(parallel.to_host(carry.state.step)).tolist(),
-                                history=checkpointing.history_record(history), stopped=why,
-                                settings=settings))
+                try:
+                    saver.save(first, checkpointing.training_tree(
+                        carry.state, key, carry.stop if stopper else ()),
+                               dict(step=np.asarray(parallel.to_host(carry.state.step)).tolist(),
+                                    history=checkpointing.history_record(history),
+                                    stopped=why, settings=settings), replace=restate)
+                except CheckpointSaveError as err:
+                    progress.close()
+                    raise CheckpointSaveError(
+                        f"{where}: {err} Training stopped after {first} epoch(s); nothing "
+                        "trained is lost: this error's .state and .history hold the run as "
+                        f"fit(epochs={first}) returns it (save them, or pass state= to go on).",
+                        path=err.path, epoch=first, state=cbs.restore_best(carry.stop,
+                                                                          carry.state),
+                        history=history) from err.__cause__
                 saved = first
         progress.close()
     finally:

@@ -25,6 +25,7 @@ nb = batches per epoch.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -38,6 +39,20 @@ from jaxseq.training.data import Batch
 from jaxseq.training.state import TrainState
 from jaxseq.training.state import reset_states as zero_states
 from jaxseq.typing import Array
+
+
+def takes_extra_args(tx) -> bool:
+    """Whether `tx.update` takes optax's extra arguments (`value=` the loss, for e.g.
+    `optax.contrib.reduce_on_plateau`): a `GradientTransformationExtraArgs`, or any
+    transformation whose update accepts `**extra_args` or `value` (optax's wrappers that
+    forward them, such as `optax.MultiSteps(...).gradient_transformation()`)."""
+    if isinstance(tx, optax.GradientTransformationExtraArgs):
+        return True
+    try:
+        parameters = inspect.signature(tx.update).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.kind is p.VAR_KEYWORD or p.name == "value" for p in parameters)
 
 
 def all_finite(tree) -> Array:
@@ -83,9 +98,7 @@ def train_step(state: TrainState, batch: Batch, key, valid=None, *, loss="mse",
         return terms["loss"], (terms, model_state)
 
     grads, (terms, model_state) = jax.grad(objective, has_aux=True)(state.params)
-    extra = {}
-    if isinstance(state.tx, optax.GradientTransformationExtraArgs):
-        extra["value"] = terms["loss"]  # e.g. optax.contrib.reduce_on_plateau
+    extra = {"value": terms["loss"]} if takes_extra_args(state.tx) else {}
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params, **extra)
     state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                           opt_state=opt_state, model_state=model_state)

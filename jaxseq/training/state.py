@@ -97,8 +97,8 @@ DEFAULT_OPTIMIZER = optax.adam(1e-3)  # Keras' Adam default; shared so compilati
 
 def get_optimizer(optimizer, where: str) -> optax.GradientTransformation:
     """None (one shared `optax.adam(1e-3)`), a Keras name ("adam", "adamw", "sgd", "rmsprop":
-    Keras' exact update and defaults, `jaxseq.training.optimizers`) or an optax
-    GradientTransformation."""
+    Keras' exact update and defaults, `jaxseq.training.optimizers`), an optax
+    GradientTransformation, or an `optax.MultiSteps` (its `.gradient_transformation()`)."""
     from jaxseq.training import optimizers
 
     if optimizer is None:
@@ -109,6 +109,8 @@ def get_optimizer(optimizer, where: str) -> optax.GradientTransformation:
                              f"{tuple(optimizers.KERAS_OPTIMIZERS)} (Keras' names and defaults) "
                              f"or an optax GradientTransformation; got {optimizer!r}.")
         return optimizers.keras_optimizer(optimizer.lower())
+    if isinstance(optimizer, optax.MultiSteps):  # optax's docs pass the object itself
+        return optimizer.gradient_transformation()  # equal for every call: one compilation
     if not isinstance(optimizer, optax.GradientTransformation):
         raise TypeError(f"{where} expects optimizer to be an optax GradientTransformation (e.g. "
                         "optax.adam(1e-3)), a Keras name ('adam', 'adamw', 'sgd', 'rmsprop') or "
@@ -116,11 +118,27 @@ def get_optimizer(optimizer, where: str) -> optax.GradientTransformation:
     return optimizer
 
 
+MAX_REPLICAS = 65_536  # replicas of one program: more is a sign of a wrong argument
+
+
 def check_seeds(seeds, where: str = "fit_replicas") -> list[int]:
+    """`seeds`: an int n (meaning `range(n)`, 1 <= n <= MAX_REPLICAS) or a sequence of distinct
+    ints in the int32 range -> the list of seeds; else TypeError / ValueError naming seeds."""
     if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
         contracts.check_positive_int(seeds, "seeds (an int: the number of replicas)", where)
+        if seeds > MAX_REPLICAS:
+            raise ValueError(f"{where} expects seeds (the number of replicas) <= {MAX_REPLICAS}; "
+                             f"got {seeds}. Every replica trains in one program: run large "
+                             "sweeps in groups, or pass the seeds as a list.")
         seeds = range(int(seeds))
+    if isinstance(seeds, (str, bytes, dict, set)) or not hasattr(seeds, "__iter__"):
+        raise TypeError(f"{where} expects seeds to be an int (the number of replicas) or a list "
+                        f"of distinct int seeds; got {type(seeds).__name__} {seeds!r}.")
+    if hasattr(seeds, "__len__") and len(seeds) > MAX_REPLICAS:
+        raise ValueError(f"{where} expects at most {MAX_REPLICAS} seeds; got {len(seeds)}.")
     seeds = list(seeds)
+    if len(seeds) > MAX_REPLICAS:
+        raise ValueError(f"{where} expects at most {MAX_REPLICAS} seeds; got {len(seeds)}.")
     if not seeds:
         raise ValueError(f"{where} expects at least one seed; got an empty seeds.")
     for s in seeds:
@@ -248,3 +266,15 @@ class NonFiniteLossError(FloatingPointError):
         super().__init__(message)
         self.epoch, self.batch, self.state, self.history = epoch, batch, state, history
         self.replicas = replicas
+
+
+class CheckpointSaveError(OSError):
+    """A training checkpoint could not be written (disk full, directory removed or read-only).
+
+    The run stops there, and nothing trained is lost: `state` and `history` are what `fit` (or
+    `fit_replicas`) would have returned had it been asked for exactly `epoch` epochs. `path` is
+    the checkpoint directory. No temporary directory of the failed save is left behind."""
+
+    def __init__(self, message: str, *, path: str, epoch: int, state=None, history=None):
+        super().__init__(message)
+        self.path, self.epoch, self.state, self.history = path, epoch, state, history
