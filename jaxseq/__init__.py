@@ -25,6 +25,7 @@ from jaxseq.saving import load_model, save_model
 from jaxseq.summary import summary, summary_rows
 from jaxseq.training import (
     Callback,
+    CheckpointSaveError,
     EarlyStopping,
     History,
     NonFiniteLossError,
@@ -48,6 +49,7 @@ __all__ = [
     "RNN",
     "Bidirectional",
     "Callback",
+    "CheckpointSaveError",
     "ConvLSTM1D",
     "ConvLSTM2D",
     "Dense",

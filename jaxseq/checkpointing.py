@@ -128,7 +128,7 @@ def _cause(err: BaseException) -> str:
         if isinstance(e, OSError) and e.errno:
             return os.strerror(e.errno).lower()
     if "RESOURCE_EXHAUSTED" in text or "No space left" in text:
-        return "no space left on the device"
+        return "no space left on device"
     if "PERMISSION_DENIED" in text or "Permission denied" in text or "Read-only" in text:
         return "permission denied (is the directory read-only?)"
     first = str(chain[0]).strip().splitlines()[0] if str(chain[0]).strip() else ""

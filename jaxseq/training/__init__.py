@@ -27,6 +27,7 @@ from jaxseq.training.loop import (
 )
 from jaxseq.training.predict import evaluate, predict
 from jaxseq.training.state import (
+    CheckpointSaveError,
     History,
     ModelFn,
     NonFiniteLossError,
@@ -36,6 +37,7 @@ from jaxseq.training.state import (
 )
 
 __all__ = [
+    "CheckpointSaveError",
     "DEFAULT_OPTIMIZER",
     "Batch",
     "Callback",
