@@ -147,8 +147,13 @@ def read_msgpack(path: str, fmt: str, what: str) -> tuple[int, dict]:
     Version 1 files (no digest: the payload's entries sit in the header dict) are returned as
     they are. Anything else (a pickle, a corrupt or foreign file, a payload whose SHA-256 does
     not match the header's) is a ValueError naming `what` the file should be."""
-    with open(path, "rb") as f:
-        data = f.read()
+    if os.path.isdir(path):
+        raise ValueError(f"{path!r} is a directory, not a jaxseq {what} file.")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"No {what} file at {path!r}.") from None
     content = _restore(data, path, what)
     if not isinstance(content, dict) or content.get("format") != fmt:
         raise ValueError(f"{path!r} is not a jaxseq {what} file (no {fmt!r} header).")

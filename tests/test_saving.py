@@ -70,7 +70,8 @@ def test_refused_files_and_models(tmp_path):
     content = serialization.msgpack_restore(path.read_bytes())
     newer = tmp_path / "newer.jaxseq"
     newer.write_bytes(serialization.msgpack_serialize({**content, "version": saving.VERSION + 1}))
-    with pytest.raises(ValueError, match=rf"format version {saving.VERSION + 1}; this jaxseq reads versions 1 to {saving.VERSION}"):
+    with pytest.raises(ValueError, match=rf"format version {saving.VERSION + 1}; this jaxseq "
+                                         rf"reads versions 1 to {saving.VERSION}"):
         js.load_model(newer)
     corrupt = tmp_path / "corrupt.jaxseq"
     corrupt.write_bytes(path.read_bytes()[:40])

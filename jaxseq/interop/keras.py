@@ -151,6 +151,9 @@ def from_keras(layer_or_model) -> dict:
 def to_keras(params, layer_or_model):
     """Write jaxseq `params` into a built Keras layer or Sequential (in place, bitwise) and
     return it. Every shape is checked before anything is written."""
+    if not isinstance(params, Mapping):
+        raise TypeError(f"to_keras expects params to be jaxseq params (a dict of arrays); got "
+                        f"{type(params).__name__}.")
     tree = _variables(layer_or_model, "to_keras")
     pairs = list(_pairs(tree, params, "", "to_keras", ("in Keras", "params give")))
     for _, var, value in pairs:

@@ -171,6 +171,9 @@ def to_torch(params, module):
     import torch
 
     where = "to_torch"
+    if not hasattr(params, "keys"):
+        raise TypeError(f"{where} expects params to be jaxseq params (a dict of arrays); got "
+                        f"{type(params).__name__}.")
     kind = _kind(module, where)
     _, plan = _spec(module, where)
     updates: dict[str, np.ndarray] = {}
