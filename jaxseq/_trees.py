@@ -96,6 +96,37 @@ def unflatten(like, flat: Mapping[str, Any], prefix: str = ""):
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
+def digest(arrays: Mapping[str, Any]) -> str:
+    """SHA-256 of a flat {path: array} tree (paths, dtypes, shapes and bytes, in path order):
+    stored in a checkpoint's meta record, so that a restore proves its arrays and its record
+    come from the same save."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(np.asarray(arrays[name]))
+        h.update(f"{name}|{a.dtype.name}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def failure_cause(err: BaseException) -> str:
+    """One line for why a write failed (the OS error behind orbax's and tensorstore's texts)."""
+    chain, seen = [], set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    text = " ".join(str(e) for e in chain)
+    for e in chain:
+        if isinstance(e, OSError) and e.errno:
+            return os.strerror(e.errno).lower()
+    if "RESOURCE_EXHAUSTED" in text or "No space left" in text:
+        return "no space left on device"
+    if "PERMISSION_DENIED" in text or "Permission denied" in text or "Read-only" in text:
+        return "permission denied (is the directory read-only?)"
+    first = str(chain[0]).strip().splitlines()[0] if str(chain[0]).strip() else ""
+    return f"{type(chain[0]).__name__}: {first[:160]}"
+
+
 # ---------------------------------------------------------------------------------------------
 # msgpack files (flax's array encoding: no pickle, no code executed on load)
 
@@ -134,7 +165,7 @@ def write_msgpack(path: str, fmt: str, version: int, payload: dict, where: str) 
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise OSError(err.errno, f"{where} could not write {path!r}: "
-                      f"{err.strerror or err}. Nothing was written.") from err
+                      f"{failure_cause(err)}. Nothing was written.") from err
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(tmp)
@@ -162,10 +193,10 @@ def read_msgpack(path: str, fmt: str, what: str) -> tuple[int, dict]:
         return 1, content
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise ValueError(f"{path!r}: the {what} file's header is corrupt (version {version!r}).")
-    body, digest = content.get("payload"), content.get("sha256")
-    if not isinstance(body, bytes) or not isinstance(digest, str):
+    body, expected = content.get("payload"), content.get("sha256")
+    if not isinstance(body, bytes) or not isinstance(expected, str):
         raise ValueError(f"{path!r}: the {what} file's header is corrupt (no payload digest).")
-    if hashlib.sha256(body).hexdigest() != digest:
+    if hashlib.sha256(body).hexdigest() != expected:
         raise ValueError(f"{path!r} is corrupt: the SHA-256 digest of its payload does not match "
                          f"the one in its header (the file changed after it was written). "
                          f"Nothing was loaded; use another copy of the {what} file.")

@@ -18,26 +18,34 @@ A checkpoint is one orbax step directory named by the number of epochs completed
   loop's compiled early-stopping state `early_stopping/...` (settings, best value, wait, best
   parameters). Under `fit_replicas` every array has a leading replica axis.
   The tree is stored flat, keyed by path strings (`params/lstm/kernel`, `opt_state/0/mu/...`).
-- `meta/`: JSON (orbax `JsonSave`): format and version, `epoch`, optimizer `step`, the per-epoch
-  `history`, why training `stopped` (None, "early_stopping", "non_finite"), and the `settings`
-  that exact resume depends on (seed, effective batch size, number of samples, shuffle,
-  validation, loss name, early-stopping rule). Resuming with other settings raises.
+- `meta/`: JSON (orbax `JsonSave`): format and version, `epoch`, the arrays' `digest`,
+  optimizer `step`, the per-epoch `history`, why training `stopped` (None, "early_stopping",
+  "non_finite"), and the `settings` that exact resume depends on (seed, effective batch size,
+  number of samples, shuffle, validation, loss name, early-stopping rule). Resuming with
+  other settings raises.
 
 Saves are synchronous and atomic (orbax writes `d/<epoch>.orbax-checkpoint-tmp`, then renames
-it): a process killed mid-save leaves a temporary directory that is never restored. Restoring
-checks the tree against the model's before reading data: a mismatch raises a ValueError naming
-the first mismatching path and both shapes; a corrupt or foreign file raises ValueError.
+it): a process killed mid-save leaves a temporary directory that is never restored. A save that
+fails (disk full, directory gone) removes its temporary directory and stops `fit` with a
+`CheckpointSaveError` that carries the state and history trained so far. A directory has one
+writer at a time: `fit` holds an OS file lock (`filelock`, on `d/.jaxseq-writer.lock`) while it
+trains, so a second run on the same directory is refused before it trains; the OS releases the
+lock when the process ends, killed or not. The meta record holds the SHA-256 digest of the
+arrays it was saved with, so a restore proves that record and arrays come from one save.
+Restoring checks the record's fields and the tree against the model's before reading data: a
+mismatch raises a ValueError naming the first mismatching path and both shapes; a corrupt,
+inconsistent or foreign checkpoint raises ValueError.
 
 Weights for sharing: `save_params(path, params)` writes one msgpack file (flax's array
-encoding: dtype name, shape, raw bytes); `load_params(path, like=params)` reads it back and
-checks it against `like` the same way. msgpack cannot execute code; a pickle (or anything
+encoding: dtype name, shape, raw bytes) whose payload travels with its SHA-256 digest;
+`load_params(path, like=params)` verifies the digest, reads it back and checks it against
+`like` the same way. msgpack cannot execute code; a pickle (or anything
 else) is rejected with a ValueError, never unpickled.
 """
 
 from __future__ import annotations
 
 import glob
-import hashlib
 import os
 import shutil
 from collections.abc import Mapping
@@ -51,20 +59,25 @@ from flax.training.train_state import TrainState
 from jaxseq import contracts
 from jaxseq._trees import (
     check_tree,
+    digest,
+    failure_cause,
     flatten,
-    host_arrays,
-    nest,
-    read_msgpack,
     unflatten,
-    write_msgpack,
+)
+from jaxseq.saving import (  # weights for sharing live with the model files; named here too
+    PARAMS_FORMAT,
+    PARAMS_VERSION,
+    load_params,
+    save_params,
 )
 from jaxseq.training.state import CheckpointSaveError, History, split_seed
 
+__all__ = ["PARAMS_FORMAT", "PARAMS_VERSION", "Checkpoint", "Checkpointer", "digest",
+           "latest_epoch", "load_params", "restore", "resume", "save_params", "training_tree"]
+
 FORMAT = "jaxseq.checkpoint"
-PARAMS_FORMAT = "jaxseq.params"
 VERSION = 3  # 3: the arrays' digest in the meta record; 2: one training key, model_state
 READ_VERSIONS = (2, 3)  # version 2 has no digest
-PARAMS_VERSION = 2  # 2: the payload travels with its SHA-256 digest
 
 
 def _ocp():
@@ -102,37 +115,6 @@ def _as_dir(directory, where: str) -> str:
 
 LOCK_NAME = ".jaxseq-writer.lock"
 STOP_REASONS = (None, "early_stopping", "non_finite")
-
-
-def digest(arrays: Mapping[str, Any]) -> str:
-    """SHA-256 of a flat {path: array} tree (paths, dtypes, shapes and bytes, in path order):
-    stored in a checkpoint's meta record, so that a restore proves its arrays and its record
-    come from the same save."""
-    h = hashlib.sha256()
-    for name in sorted(arrays):
-        a = np.ascontiguousarray(np.asarray(arrays[name]))
-        h.update(f"{name}|{a.dtype.name}|{a.shape}|".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
-def _cause(err: BaseException) -> str:
-    """One line for why a write failed (the OS error behind orbax's and tensorstore's texts)."""
-    chain, seen = [], set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        chain.append(err)
-        err = err.__cause__ or err.__context__
-    text = " ".join(str(e) for e in chain)
-    for e in chain:
-        if isinstance(e, OSError) and e.errno:
-            return os.strerror(e.errno).lower()
-    if "RESOURCE_EXHAUSTED" in text or "No space left" in text:
-        return "no space left on device"
-    if "PERMISSION_DENIED" in text or "Permission denied" in text or "Read-only" in text:
-        return "permission denied (is the directory read-only?)"
-    first = str(chain[0]).strip().splitlines()[0] if str(chain[0]).strip() else ""
-    return f"{type(chain[0]).__name__}: {first[:160]}"
 
 
 class Checkpointer:
@@ -191,7 +173,7 @@ class Checkpointer:
                 shutil.rmtree(leftover, ignore_errors=True)
             raise CheckpointSaveError(
                 f"The checkpoint after epoch {epoch} could not be saved in {self.directory!r}: "
-                f"{_cause(err)}.", path=self.directory, epoch=int(epoch)) from err
+                f"{failure_cause(err)}.", path=self.directory, epoch=int(epoch)) from err
 
     def record(self, epoch: int) -> dict:
         """The checked JSON record of checkpoint `epoch`."""
@@ -405,41 +387,3 @@ def resume(checkpointer: Checkpointer, epoch: int, state: TrainState, key, stop_
     if stop_state:
         stop_state = unflatten(stop_state, arrays, "early_stopping/")
     return state, jnp.asarray(arrays["key"]), stop_state, history_from(record)
-
-
-# ---------------------------------------------------------------------------------------------
-# Weights for sharing
-
-
-def save_params(path, params) -> None:
-    """Write `params` (any tree of arrays) to one msgpack file at `path` (str or os.PathLike),
-    atomically, with a SHA-256 digest of its payload that `load_params` verifies. A failed write
-    leaves nothing behind and raises OSError naming the path."""
-    path = contracts.check_path(path, "path", "save_params")
-    write_msgpack(path, PARAMS_FORMAT, PARAMS_VERSION, {"params": host_arrays(params)},
-                  "save_params")
-
-
-def load_params(path, *, like=None):
-    """Read parameters written by `save_params`.
-
-    like: a tree of the expected structure (e.g. `model.init(key, x)["params"]`); the file must
-    hold exactly its paths, shapes and dtypes (else ValueError naming the first mismatching path
-    and both shapes), and the result has its structure. Without `like`, nested dicts keyed by
-    the path components. Anything that is not a jaxseq params file, and a file whose payload
-    does not match its digest (changed or damaged after it was written), raises ValueError.
-    Version 1 files (written without a digest) are read as they are.
-    """
-    path = contracts.check_path(path, "path", "load_params")
-    version, content = read_msgpack(path, PARAMS_FORMAT, "params")
-    if version > PARAMS_VERSION:
-        raise ValueError(f"{path!r} has params format version {version}; this jaxseq reads "
-                         f"versions 1 to {PARAMS_VERSION}. Upgrade jaxseq to read it.")
-    if not isinstance(content.get("params"), dict):
-        raise ValueError(f"{path!r} is not a jaxseq params file (no params record).")
-    flat = content["params"]
-    nested = nest(flat, path)  # checks every entry is a numeric array
-    if like is not None:
-        check_tree(flatten(like), flat, where=f"load_params({path!r})")
-        return unflatten(like, flat)
-    return nested

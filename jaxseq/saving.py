@@ -1,15 +1,18 @@
 """Whole-model files: `save_model(path, model, variables)` / `load_model(path)`.
 
-One msgpack file (flax's array encoding; no pickle, no code executed on load) holds:
-  - "format": "jaxseq.model", "version": the format version (`VERSION`);
+One msgpack file (flax's array encoding; no pickle, no code executed on load) holds a header
+{"format": "jaxseq.model", "version": `VERSION`, "sha256": the payload's digest, "payload"},
+and in the payload:
   - "architecture": the model as JSON: for each module its jaxseq class name and its
     dataclass fields (numbers, strings, dtypes by name, activations by Keras name, nested
     modules); initializers are not stored (the weights replace what they would draw);
-  - "variables": every variable collection (params, batch_stats, rnn_state), flat by path.
-`load_model` rebuilds the model from the registry below (jaxseq's layers and builders, and
-flax's Dense / Dropout / BatchNorm), so a fresh process needs no model code. A file written by
-a newer format version, or one that is corrupt or foreign, is refused with a ValueError;
-older versions are read (version 1 is the first).
+  - "variables": every variable collection (params, batch_stats, rnn_state), flat by path;
+  - "input": the shape of one sample and the dtype, when `save_model` was given `x`.
+`load_model` verifies the digest, validates the architecture record node by node, rebuilds the
+model from the registry below (jaxseq's layers and builders, and flax's Dense / Dropout /
+BatchNorm), so a fresh process needs no model code, and with a recorded input checks the
+weights against the model. A file written by a newer format version, or one that is corrupt,
+changed or foreign, is refused with a ValueError; version 1 files (no digest) are read.
 """
 
 from __future__ import annotations
@@ -22,7 +25,15 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxseq import contracts
-from jaxseq._trees import check_tree, flatten, host_arrays, nest, read_msgpack, write_msgpack
+from jaxseq._trees import (
+    check_tree,
+    flatten,
+    host_arrays,
+    nest,
+    read_msgpack,
+    unflatten,
+    write_msgpack,
+)
 from jaxseq.cells import _ACTIVATIONS
 from jaxseq.conv_lstm import ConvLSTM1D, ConvLSTM2D
 from jaxseq.layers import Dense, Dropout, Masking
@@ -32,6 +43,8 @@ from jaxseq.recurrent import GRU, LSTM, Bidirectional, SimpleRNN
 from jaxseq.typing import STATE_COLLECTION
 from jaxseq.wrappers import RepeatVector, TimeDistributed
 
+PARAMS_FORMAT = "jaxseq.params"
+PARAMS_VERSION = 2  # 2: the payload travels with its SHA-256 digest
 FORMAT = "jaxseq.model"
 VERSION = 2  # 2: payload with its SHA-256 digest; the input spec
 REGISTRY: dict[str, type[nn.Module]] = {
@@ -265,3 +278,37 @@ def _tuples(node):
             range(len(node))):
         return tuple(node[str(i)] for i in range(len(node)))
     return node
+
+
+def save_params(path, params) -> None:
+    """Write `params` (any tree of arrays) to one msgpack file at `path` (str or os.PathLike),
+    atomically, with a SHA-256 digest of its payload that `load_params` verifies. A failed write
+    leaves nothing behind and raises OSError naming the path."""
+    path = contracts.check_path(path, "path", "save_params")
+    write_msgpack(path, PARAMS_FORMAT, PARAMS_VERSION, {"params": host_arrays(params)},
+                  "save_params")
+
+
+def load_params(path, *, like=None):
+    """Read parameters written by `save_params`.
+
+    like: a tree of the expected structure (e.g. `model.init(key, x)["params"]`); the file must
+    hold exactly its paths, shapes and dtypes (else ValueError naming the first mismatching path
+    and both shapes), and the result has its structure. Without `like`, nested dicts keyed by
+    the path components. Anything that is not a jaxseq params file, and a file whose payload
+    does not match its digest (changed or damaged after it was written), raises ValueError.
+    Version 1 files (written without a digest) are read as they are.
+    """
+    path = contracts.check_path(path, "path", "load_params")
+    version, content = read_msgpack(path, PARAMS_FORMAT, "params")
+    if version > PARAMS_VERSION:
+        raise ValueError(f"{path!r} has params format version {version}; this jaxseq reads "
+                         f"versions 1 to {PARAMS_VERSION}. Upgrade jaxseq to read it.")
+    if not isinstance(content.get("params"), dict):
+        raise ValueError(f"{path!r} is not a jaxseq params file (no params record).")
+    flat = content["params"]
+    nested = nest(flat, path)  # checks every entry is a numeric array
+    if like is not None:
+        check_tree(flatten(like), flat, where=f"load_params({path!r})")
+        return unflatten(like, flat)
+    return nested

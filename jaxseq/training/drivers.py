@@ -323,7 +323,9 @@ def fit(
 
     Raises:
       ValueError / TypeError naming the argument, before anything is compiled;
-      NonFiniteLossError (on_nan="raise").
+      RuntimeError when another run is writing to `checkpoint_dir` (one writer per directory);
+      NonFiniteLossError (on_nan="raise"); CheckpointSaveError when a checkpoint cannot be
+      written (its `.state` and `.history` hold the run up to that epoch).
     """
     options = {k: v for k, v in locals().items() if k not in ("model", "x", "y", "seed")}
     return drive(model, x, y, where="fit", seed=check_seeds([seed], "fit")[0], seeds=None,
