@@ -305,8 +305,9 @@ def fit(
       a `History` (`history.loss`, `history.val_loss`, `history.history["mae"]`, each (epochs,)).
 
     Raises:
-      ValueError / TypeError naming the argument, before anything is compiled;
-      NonFiniteLossError (on_nan="raise").
+      ValueError: a bad value, naming the argument, before anything is compiled.
+      TypeError: a bad type, naming the argument, before anything is compiled.
+      NonFiniteLossError: the loss went non-finite (on_nan="raise").
     """
     options = {k: v for k, v in locals().items() if k not in ("model", "x", "y", "seed")}
     return drive(model, x, y, where="fit", seed=check_seeds([seed], "fit")[0], seeds=None,
