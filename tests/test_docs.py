@@ -74,7 +74,8 @@ def test_mkdocs_build_strict(tmp_path):
                          timeout=300, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     assert out.returncode == 0, out.stdout + out.stderr
     api = (tmp_path / "site" / "api" / "jaxseq" / "index.html").read_text()
-    for name in ("jaxseq.LSTM", "jaxseq.fit", "jaxseq.TimeDistributed", "jaxseq.predict"):
+    for name in ("jaxseq.LSTM", "jaxseq.fit", "jaxseq.TimeDistributed",
+                 "jaxseq.training.predict.predict", "jaxseq.summary.summary"):
         assert f'id="{name}"' in api, name
     bench = (tmp_path / "site" / "benchmarks" / "index.html").read_text()
     assert "<table>" in bench  # the rendered run's tables
