@@ -175,6 +175,9 @@ def summary(run: dict) -> str:
             rows.append([f"LSTM fwd+bwd {_size(r['size'])}, ms", f"{j * 1e3:.1f}",
                          f"torch {t * 1e3:.1f}"])
     head = f"{run['machine']['cpu']}, {run['machine']['cpu_count']} CPUs, {run.get('date', '')}"
+    start = (run.get("load_average") or {}).get("start")
+    if start:  # a busy machine slows every contender, multi-threaded ones most
+        head += f", load average {start[0]:.1f} at the start"
     return "\n".join([*_table(["workload", "jaxseq", "peer (same process)"], rows, "lrr"), "",
                       f"({head}; `python experiments/{run['command']}`.)"])
 

@@ -53,6 +53,7 @@ def make_mesh(devices=None, axis_name: str = AXIS) -> Mesh:
 
 
 def check_mesh(mesh: Mesh, where: str) -> str:
+    """The axis name of a 1-D `mesh`; a ValueError naming `where` for anything else."""
     if not isinstance(mesh, Mesh) or len(mesh.axis_names) != 1:
         raise ValueError(
             f"{where} expects a 1-D jax.sharding.Mesh (e.g. jaxseq.parallel.make_mesh()); got "

@@ -156,6 +156,7 @@ def test_render_bench_renders_a_run_into_page_and_readme(tmp_path):
     summary = readme.read_text()
     assert "| LSTM fwd+bwd 2x3x4x5, ms | 11.0 | torch 30.0 |" in summary
     assert "| tutorial many_to_many, `fit` µs/epoch | 20.0 | Keras 3 1200 |" in summary
+    assert "load average 0.5 at the start" in summary
     assert summary.startswith("a\n<!-- bench-summary:start -->\n") and summary.endswith("b\n")
 
 
