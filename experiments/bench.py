@@ -810,6 +810,7 @@ def main(argv=None) -> dict:
     payload = {
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None
                                                        else sys.argv[1:])]),
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         **env,
         "load_average": {"start": load_start, "end": _loadavg()},
         "repeats": repeats,

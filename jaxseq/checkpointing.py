@@ -292,6 +292,7 @@ def training_tree(state: TrainState, key, stop_state=()) -> dict[str, Any]:
 
 
 def history_from(record: dict) -> History:
+    """The `History` of a checkpoint record (its "history" entry; null values become NaN)."""
     return History({k: np.asarray(v, np.float64).astype(np.float32)  # null -> NaN
                     for k, v in record["history"].items()})
 

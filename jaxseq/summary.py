@@ -75,7 +75,8 @@ def summary(model: nn.Module, x) -> str:
       then the total parameter count.
 
     Raises:
-      ValueError / TypeError from the layers' own input checks when x does not fit the model.
+      ValueError: from the layers' own input checks when x does not fit the model.
+      TypeError: likewise, for an input of the wrong kind.
     """
     rows, total = _rows(model, x)
     lines = []

@@ -221,8 +221,9 @@ def cross_validate(
       `summary()` (never silently dropped).
 
     Raises:
-      ValueError / TypeError naming the argument (data, splitter settings, fit options)
-      before anything is compiled.
+      ValueError: a bad value (data, splitter settings, fit options), naming the argument,
+        before anything is compiled.
+      TypeError: a bad type, naming the argument, before anything is compiled.
     """
     where = "cross_validate"
     seeds = check_seeds(seeds, where)

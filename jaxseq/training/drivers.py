@@ -322,10 +322,12 @@ def fit(
       a `History` (`history.loss`, `history.val_loss`, `history.history["mae"]`, each (epochs,)).
 
     Raises:
-      ValueError / TypeError naming the argument, before anything is compiled;
-      RuntimeError when another run is writing to `checkpoint_dir` (one writer per directory);
-      NonFiniteLossError (on_nan="raise"); CheckpointSaveError when a checkpoint cannot be
-      written (its `.state` and `.history` hold the run up to that epoch).
+      ValueError: a bad value, naming the argument, before anything is compiled.
+      TypeError: a bad type, naming the argument, before anything is compiled.
+      RuntimeError: another run is writing to `checkpoint_dir` (one writer per directory).
+      NonFiniteLossError: the loss went non-finite (on_nan="raise").
+      CheckpointSaveError: a checkpoint could not be written; its `.state` and `.history`
+        hold the run up to that epoch.
     """
     options = {k: v for k, v in locals().items() if k not in ("model", "x", "y", "seed")}
     return drive(model, x, y, where="fit", seed=check_seeds([seed], "fit")[0], seeds=None,
