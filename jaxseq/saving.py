@@ -197,9 +197,10 @@ def save_model(path, model: nn.Module, variables, *, x=None) -> None:
     carries its SHA-256 digest, verified on load.
 
     Raises:
-      TypeError for a path that is not str / os.PathLike, or a layer or a field value a model
-      file cannot hold; ValueError for an empty path or a directory; OSError (naming the path)
-      when the file cannot be written.
+      TypeError: a path that is not str / os.PathLike, or a layer or a field value a model
+        file cannot hold.
+      ValueError: an empty path, or a directory.
+      OSError: the file cannot be written (naming the path and the cause; nothing is left).
     """
     from jaxseq.training.state import as_variables
 
@@ -219,9 +220,11 @@ def load_model(path) -> tuple[nn.Module, dict[str, Any]]:
     the weights must be exactly those the rebuilt model creates for it.
 
     Raises:
-      TypeError for a path that is not str / os.PathLike; ValueError naming the file for a
-      foreign or corrupt file (its payload's digest does not match), a newer format version,
-      an invalid architecture record, or weights that do not fit the model.
+      TypeError: a path that is not str / os.PathLike.
+      ValueError: naming the file: a foreign or corrupt file (its payload's digest does not
+        match), a newer format version, an invalid architecture record, or weights that do not
+        fit the model.
+      FileNotFoundError: no file at `path`.
     """
     path = contracts.check_path(path, "path", "load_model")
     version, content = read_msgpack(path, FORMAT, "model")
