@@ -193,7 +193,7 @@ def history_record(history: History) -> dict[str, list]:
     return out
 
 
-def latest_epoch(directory) -> int | None:
+def latest_epoch(directory: str | os.PathLike) -> int | None:
     """The epoch of the newest complete checkpoint in `directory`, or None if there is none."""
     path = _as_dir(directory)
     if not os.path.isdir(path):
@@ -205,7 +205,8 @@ def latest_epoch(directory) -> int | None:
         checkpointer.close()
 
 
-def restore(directory, like: TrainState, *, epoch: int | None = None) -> Checkpoint:
+def restore(directory: str | os.PathLike, like: TrainState, *,
+            epoch: int | None = None) -> Checkpoint:
     """Read the checkpoint after `epoch` epochs (default: the latest complete one).
 
     like: a TrainState of the same model and optimizer (e.g. `training.init_state(model, x, tx,
@@ -280,13 +281,13 @@ def resume(checkpointer: Checkpointer, epoch: int, state: TrainState, key, stop_
 # Weights for sharing
 
 
-def save_params(path, params) -> None:
+def save_params(path: str | os.PathLike, params) -> None:
     """Write `params` (any tree of arrays) to one msgpack file at `path`, atomically."""
     write_msgpack(path, {"format": PARAMS_FORMAT, "version": PARAMS_VERSION,
                          "params": host_arrays(params)})
 
 
-def load_params(path, *, like=None):
+def load_params(path: str | os.PathLike, *, like=None):
     """Read parameters written by `save_params`.
 
     like: a tree of the expected structure (e.g. `model.init(key, x)["params"]`); the file must

@@ -8,16 +8,17 @@ Keras, and Keras weights load into it unchanged (`jaxseq.interop` builds this cl
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, no_type_check
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxseq import contracts
 from jaxseq.cells import Initializer, get_activation
-from jaxseq.typing import Array
+from jaxseq.typing import Array, ArrayLike, Mask
 
 
+@no_type_check  # flax's Protocol-typed `promote_dtype` field cannot be checked at run time
 class Dense(nn.Dense):
     """Keras' `Dense(units, activation=None, use_bias=True)`: x (..., f) -> (..., units).
 
@@ -33,7 +34,7 @@ class Dense(nn.Dense):
     def units(self) -> int:
         return self.features
 
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: ArrayLike) -> Array:
         x = jnp.asarray(x)
         if x.ndim > 2:  # one 2-D product: its gradient is faster on XLA:CPU (`matmul_last`)
             y = nn.Dense.__call__(self, x.reshape(-1, x.shape[-1]))
@@ -58,7 +59,7 @@ class Masking(nn.Module):
 
     mask_value: float = 0.0
 
-    def compute_mask(self, x: Array, mask=None) -> Array:
+    def compute_mask(self, x: ArrayLike, mask: Mask | None = None) -> Array:
         """(batch, time) bool, True at real steps; ANDed with an incoming `mask`."""
         x = jnp.asarray(x)
         if self.mask_value != self.mask_value:  # NaN (a Python float: decided while tracing)
@@ -69,7 +70,7 @@ class Masking(nn.Module):
         return real if mask is None else real & jnp.asarray(mask).astype(bool)
 
     @nn.compact
-    def __call__(self, x: Array, *, mask=None) -> Array:
+    def __call__(self, x: ArrayLike, *, mask: Mask | None = None) -> Array:
         contracts.check_sequence_input(x, "Masking")
         real = self.compute_mask(x, mask)
         return jnp.where(real[..., None], x, jnp.zeros_like(x))

@@ -97,7 +97,7 @@ def _decode(value):
     return value
 
 
-def save_model(path, model: nn.Module, variables) -> None:
+def save_model(path: str | os.PathLike, model: nn.Module, variables) -> None:
     """Write `model` (jaxseq layers/builders) and `variables` (a variables dict, a params dict
     or a TrainState) to one file at `path`, atomically. Raises TypeError for a layer or a
     field value a model file cannot hold."""
@@ -109,7 +109,7 @@ def save_model(path, model: nn.Module, variables) -> None:
                          "variables": host_arrays(dict(variables))})
 
 
-def load_model(path) -> tuple[nn.Module, dict[str, Any]]:
+def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
     """Read a file of `save_model` -> (model, variables) (every collection, as nested dicts).
     Raises ValueError for a foreign, corrupt or newer-version file."""
     path = os.fspath(path)

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxseq import contracts
-from jaxseq.typing import Array
+from jaxseq.typing import Array, ArrayLike, Mask
 
 
 def _collections(layer: nn.Module, x_slice, kwargs: dict) -> tuple[str, ...]:
@@ -59,7 +59,7 @@ class TimeDistributed(nn.Module):
         return frozenset({"mask"}) | contracts.call_arguments(self.layer)
 
     @nn.compact
-    def __call__(self, x: Array, *, mask=None, **kwargs):
+    def __call__(self, x: ArrayLike, *, mask: Mask | None = None, **kwargs):
         if not isinstance(self.layer, nn.Module):
             raise TypeError(
                 f"TimeDistributed expects a flax.linen Module; got {type(self.layer).__name__}."
@@ -132,7 +132,7 @@ class RepeatVector(nn.Module):
     n: int
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: ArrayLike) -> Array:
         contracts.check_positive_int(self.n, "n", "RepeatVector")
         shape = contracts.shape_of(x)
         if len(shape) != 2:
