@@ -71,11 +71,11 @@ class Bidirectional(nn.Module):
       - `deterministic`: False applies the wrapped layer's dropout (a "dropout" rng needed).
 
     Returns:
-      jax.Array | list | tuple: the merged output: (batch, [time,] 2 units) for "concat",
-      (batch, [time,] units) for the others (time with `return_sequences`); `[forward,
-      backward]` for None. With `return_state`: `(output, *forward_states,
-      *backward_states)`; with `merge_mode=None` flat, `(forward, backward, *forward_states,
-      *backward_states)`, as Keras.
+      output (jax.Array | list | tuple): the merged output: (batch, [time,] 2 units) for "concat",
+        (batch, [time,] units) for the others (time with `return_sequences`); `[forward,
+        backward]` for None. With `return_state`: `(output, *forward_states,
+        *backward_states)`; with `merge_mode=None` flat, `(forward, backward, *forward_states,
+        *backward_states)`, as Keras.
 
     Raises:
       TypeError: `layer` is not one of the layers above.

@@ -95,9 +95,9 @@ class LSTM(RNN):
       - `deterministic`: False applies the dropouts and needs a "dropout" rng.
 
     Returns:
-      jax.Array | tuple[jax.Array, ...]: (batch, time, units) with `return_sequences`, else
-      (batch, units); with `return_state`, `(output, h, c)`, h and c each (batch, units).
-      The dtype is `dtype` or the promotion of x's and the parameters'.
+      output (jax.Array | tuple[jax.Array, ...]): (batch, time, units) with `return_sequences`, else
+        (batch, units); with `return_state`, `(output, h, c)`, h and c each (batch, units).
+        The dtype is `dtype` or the promotion of x's and the parameters'.
 
     Raises:
       ValueError: units < 1, a dropout rate outside [0, 1), an unknown `implementation`,
@@ -182,9 +182,9 @@ class GRU(RNN):
       - `deterministic`: False applies the dropouts and needs a "dropout" rng.
 
     Returns:
-      jax.Array | tuple[jax.Array, ...]: (batch, time, units) with `return_sequences`, else
-      (batch, units); with `return_state`, `(output, h)`, h (batch, units). The dtype is
-      `dtype` or the promotion of x's and the parameters'.
+      output (jax.Array | tuple[jax.Array, ...]): (batch, time, units) with `return_sequences`, else
+        (batch, units); with `return_state`, `(output, h)`, h (batch, units). The dtype is
+        `dtype` or the promotion of x's and the parameters'.
 
     Raises:
       ValueError: units < 1, a dropout rate outside [0, 1), an unknown `implementation`,
@@ -258,9 +258,9 @@ class SimpleRNN(RNN):
       - `deterministic`: False applies the dropouts and needs a "dropout" rng.
 
     Returns:
-      jax.Array | tuple[jax.Array, ...]: (batch, time, units) with `return_sequences`, else
-      (batch, units); with `return_state`, `(output, h)`, h (batch, units). The dtype is
-      `dtype` or the promotion of x's and the parameters'.
+      output (jax.Array | tuple[jax.Array, ...]): (batch, time, units) with `return_sequences`, else
+        (batch, units); with `return_state`, `(output, h)`, h (batch, units). The dtype is
+        `dtype` or the promotion of x's and the parameters'.
 
     Raises:
       ValueError: units < 1, a dropout rate outside [0, 1), an unknown `implementation`,

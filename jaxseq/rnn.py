@@ -27,7 +27,7 @@ import jax.numpy as jnp
 
 from jaxseq import contracts, fused
 from jaxseq.cells import CellBase
-from jaxseq.typing import STATE_COLLECTION, Array, Mask, Sequences
+from jaxseq.typing import STATE_COLLECTION, Array, Mask, Sequences, States
 
 __all__ = ["RNN"]
 
@@ -181,8 +181,8 @@ class RNN(nn.Module):
         return tuple(jnp.asarray(s).astype(dtype) for s in initial_state)
 
     @nn.compact
-    def __call__(self, x: Sequences, *, mask: Mask | None = None, initial_state=None,
-                 deterministic: bool = True):
+    def __call__(self, x: Sequences, *, mask: Mask | None = None,
+                 initial_state: States = None, deterministic: bool = True):
         """Run the layer over a batch of sequences.
 
         Args:
@@ -200,11 +200,11 @@ class RNN(nn.Module):
             `recurrent_dropout` and needs an rng named "dropout" (`rngs={"dropout": key}`).
 
         Returns:
-          jax.Array | tuple[jax.Array, ...]: the output, (batch, time, units) with
-          `return_sequences` (in processing order: reversed time with `go_backwards`), else
-          the last output (batch, units); with `return_state`, the tuple `(output,
-          *final_states)`, LSTM states in Keras order h, c, each (batch, units). The dtype is
-          `dtype`, or the promotion of x's and the parameters' dtypes.
+          output (jax.Array | tuple[jax.Array, ...]): the output, (batch, time, units) with
+            `return_sequences` (in processing order: reversed time with `go_backwards`), else
+            the last output (batch, units); with `return_state`, the tuple `(output,
+            *final_states)`, LSTM states in Keras order h, c, each (batch, units). The dtype is
+            `dtype`, or the promotion of x's and the parameters' dtypes.
 
         Raises:
           ValueError: x not (batch, time, features), an empty time or feature axis, x's

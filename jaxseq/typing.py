@@ -44,6 +44,7 @@ Targets = Float[ArrayLike, "batch *out"] | NestedSequence  # (batch, ...) like t
 Sequences = Float[ArrayLike, "batch time features"] | NestedSequence
 Mask = Bool[ArrayLike, "batch time"] | Int[ArrayLike, "batch time"] | NestedSequence
 SampleWeight = Float[ArrayLike, "batch"] | Float[ArrayLike, "batch time"] | NestedSequence
+States = ArrayLike | Sequence[ArrayLike] | None  # initial states: one array, or a tuple of them
 Seed = int | np.integer  # a seed: a Python or NumPy integer that fits in int32
 Seeds = Seed | Iterable[Seed]  # an int n (= range(n)) or distinct int seeds
 PathLike = str | os.PathLike  # a file or directory path (str or pathlib.Path)
