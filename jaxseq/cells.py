@@ -102,10 +102,8 @@ def _in_float32(init: Initializer) -> Initializer:
 
 
 class CellBase(nn.RNNCellBase):
-    """Shared fields and plumbing of the three cells (`LSTMCell`, `GRUCell`,
-    `SimpleRNNCell`); not used directly. A cell is one time step in Keras 3's parameter layout:
-    `project(params, x)` (the input part, no time dependence) and `step(params, states, xp)`
-    (the recurrent part); the recurrent layers drive the same math over whole sequences.
+    """Shared fields and plumbing of `LSTMCell`, `GRUCell`, `SimpleRNNCell` (not used directly):
+    one time step as `project(params, x)` (the input part) and `step(params, states, xp)`.
 
     Attributes:
       units: int >= 1, the width of the state h.
@@ -242,9 +240,11 @@ class LSTMCell(CellBase):
 
     Call arguments:
       `cell.apply(variables, carry, x)`: `carry` the states `(h, c)`, each (batch, units)
-      (h (batch, p) with `proj_size`); `x` (batch, features) floating, one time step. Returns
-      `(new_carry, h)` as Flax cells do. `initialize_carry(rng, (batch, features))` gives
-      zero states.
+      (h (batch, p) with `proj_size`), zeros from `initialize_carry(rng, (batch,
+      features))`; `x` (batch, features) floating, one time step.
+
+    Returns:
+      (new_carry, h) (tuple): as Flax cells do; h is the new carry's first state.
 
     Raises:
       ValueError: x of rank < 2, or another feature count than at init; an unknown
@@ -313,9 +313,11 @@ class GRUCell(CellBase):
       param_dtype: dtype of the parameters. Default float32.
 
     Call arguments:
-      `cell.apply(variables, carry, x)`: `carry` the states `h`, (batch, units); `x` (batch,
-      features) floating, one time step. Returns `(new_carry, h)` as Flax cells do, h
-      (batch, units). `initialize_carry(rng, (batch, features))` gives zero states.
+      `cell.apply(variables, carry, x)`: `carry` the state h (batch, units), zeros from
+      `initialize_carry(rng, (batch, features))`; `x` (batch, features) floating.
+
+    Returns:
+      (new_carry, h) (tuple): as Flax cells do; both are the new h (batch, units).
 
     Raises:
       ValueError: x of rank < 2, or another feature count than at init; an unknown
@@ -379,9 +381,11 @@ class SimpleRNNCell(CellBase):
       param_dtype: dtype of the parameters. Default float32.
 
     Call arguments:
-      `cell.apply(variables, carry, x)`: `carry` the states `h`, (batch, units); `x` (batch,
-      features) floating, one time step. Returns `(new_carry, h)` as Flax cells do, h
-      (batch, units). `initialize_carry(rng, (batch, features))` gives zero states.
+      `cell.apply(variables, carry, x)`: `carry` the state h (batch, units), zeros from
+      `initialize_carry(rng, (batch, features))`; `x` (batch, features) floating.
+
+    Returns:
+      (new_carry, h) (tuple): as Flax cells do; both are the new h (batch, units).
 
     Raises:
       ValueError: x of rank < 2, or another feature count than at init; an unknown
