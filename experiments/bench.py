@@ -10,7 +10,7 @@ Cases (all by default; pick with --cases):
   replicas           jaxseq.replicas.fit_replicas with 1 vs 32 seeds (many_to_many, tutorial data)
   minimal            fwd+bwd of MinGRU / MinLSTM (sequential and parallel modes) vs GRU / LSTM,
                      32x100x32x128 and 32x1000x32x128, with compile times
-  train              issue 13's workloads, per epoch: LSTM(32) forecaster and LSTM(64) mid-size,
+  train              training workloads, per epoch: LSTM(32) forecaster and LSTM(64) mid-size,
                      jaxseq.fit vs Keras fit vs torch eager; 16 replicas vs 16 fits
   cross_validation   5-fold x 10-seed cross_validate (one program) vs 50 fit + evaluate calls
   compile            first-call time (trace + lower + compile) of the jitted LSTM fwd+bwd at
@@ -385,7 +385,7 @@ def replicas_case(*, quick: bool, notes: list, cpu_devices: bool = False) -> dic
 
 
 def cv_case(*, quick: bool, cpu_devices: bool = False) -> dict:
-    """Issue 15's speed goal: 5-fold x 10-seed cross-validation of the many_to_many model (echo
+    """5-fold x 10-seed cross-validation of the many_to_many model (echo
     of 50 random sequences of 5 steps, batch 8, 1000 epochs) as one program, against 50 `fit`
     + `evaluate` calls in a loop; both cold (compilation included) and warm."""
     x = np.random.default_rng(0).random((50, 5, 1)).astype(np.float32)
@@ -431,9 +431,9 @@ def cv_case(*, quick: bool, cpu_devices: bool = False) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# Training workloads where users live (issue 13): a forecaster and a mid-size model
+# Training workloads where users live: a forecaster and a mid-size model
 
-MINIMAL_SIZES = [(32, 100, 32, 128), (32, 1000, 32, 128)]  # issue 14's sizes, BxTxIxH
+MINIMAL_SIZES = [(32, 100, 32, 128), (32, 1000, 32, 128)]  # BxTxIxH
 
 # name -> (samples, time steps, features, units, batch size)
 WORKLOADS = {"forecaster": (204, 12, 1, 32, 16), "midsize": (64, 50, 8, 64, 32)}
@@ -600,7 +600,8 @@ def layer_table(r: dict, peak: float) -> list[str]:
 
 
 def targets(results: list[dict], peak: float) -> list[dict]:
-    """The issue's targets, evaluated on this run (None where a case or peer is missing)."""
+    """Each ratio the benchmark checks against its bound, from the results' medians (value
+    None where a case or peer is missing)."""
     out = []
 
     def ratio(r, a, b):
@@ -639,7 +640,7 @@ def targets(results: list[dict], peak: float) -> list[dict]:
             one = "fit (1 seed)"
             for name in [k for k in warm if k.startswith(many[:-1]) and one in warm]:
                 label = name.removeprefix("fit_replicas ")
-                out.append({"target": f"replicas {label} / {one} <= 2",  # issue 13
+                out.append({"target": f"replicas {label} / {one} <= 2",
                             "value": warm[name] / warm[one], "limit": 2.0})
     for r in results:
         if r["case"] == "minimal" and r["shape"][1] >= 1000:
@@ -728,7 +729,7 @@ def report(results: list[dict], peak: float, notes: list) -> str:
                 lines.append(f"  {row['name']:16s} T={row['time']:<5d}"
                              f"{_median(row['samples_s']):7.2f} s")
     lines.append("")
-    lines.append("Targets (this run):")
+    lines.append("Ratios against their bounds:")
     for t in targets(results, peak):
         v = "n/a" if t["value"] is None else f"{t['value']:.2f}"
         met = {True: "met", False: "NOT met", None: "n/a"}[t["met"]]

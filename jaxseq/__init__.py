@@ -1,6 +1,6 @@
 """jaxseq: Keras-style recurrent sequence models for JAX and Flax linen."""
 
-import os
+import os as _os
 
 from jaxseq import (
     checkpointing,
@@ -40,8 +40,9 @@ from jaxseq.wrappers import RepeatVector, TimeDistributed
 
 __version__ = "0.1.0"
 
-if os.environ.get("JAXSEQ_CACHE_DIR"):  # the persistent compilation cache, for any program
+if _os.environ.get("JAXSEQ_CACHE_DIR"):  # the persistent compilation cache, for any program
     training.enable_compilation_cache()
+del _os
 
 __all__ = [
     "GRU",
@@ -92,3 +93,9 @@ __all__ = [
     "summary_rows",
     "training",
 ]
+
+
+def __dir__() -> list[str]:
+    # the public names only: implementation modules (jaxseq.cells, jaxseq.recurrent, ...) stay
+    # importable by their full names but are not part of the package's namespace
+    return sorted([*__all__, *(name for name in globals() if name.startswith("__"))])

@@ -68,10 +68,8 @@ def expand_to(v: Array, ndim: int) -> Array:
 def matmul_last(x: Array, w: Array, product: Callable = matmul) -> Array:
     """x (..., f) @ w (f, n) -> (..., n) as ONE 2-D `product` on (prod(...), f). XLA:CPU
     computes the gradient of a 3-D product (its weight gradient contracts two axes) 1.5-2x
-    slower than that of the same product on the flattened 2-D operand (measured, fwd+bwd: 85.9
-    vs 41.2 ms at (64, 100, 128) @ (128, 512), 139 vs 79 ms at (32, 1000, 32) @ (32, 256), 2.7
-    vs 1.8 ms at (32, 50, 64) @ (64, 256); even at tiny sizes); every input projection goes
-    through here (the fused path's with `products.fused_matmul`)."""
+    slower than that of the same product on the flattened 2-D operand, at every size; every
+    input projection goes through here (the fused path's with `products.fused_matmul`)."""
     return product(x.reshape(-1, x.shape[-1]), w).reshape(*x.shape[:-1], w.shape[-1])
 
 
@@ -104,7 +102,21 @@ def _in_float32(init: Initializer) -> Initializer:
 
 
 class CellBase(nn.RNNCellBase):
-    """Shared fields and plumbing of the three cells. Not used directly."""
+    """Shared fields and plumbing of `LSTMCell`, `GRUCell`, `SimpleRNNCell` (not used directly):
+    one time step as `project(params, x)` (the input part) and `step(params, states, xp)`.
+
+    Attributes:
+      units: int >= 1, the width of the state h.
+      activation: a Keras activation name ("tanh", "sigmoid", "relu", "linear", "elu",
+        "gelu", "hard_sigmoid", "softsign", "swish", "silu") or a callable. Default "tanh".
+      use_bias: bool, whether the cell has a `bias`. Default True.
+      kernel_init: initializer `(key, shape, dtype) -> Array` of `kernel`. Default
+        `glorot_uniform` (Keras' `kernel_initializer`).
+      recurrent_kernel_init: initializer of `recurrent_kernel`. Default `orthogonal`.
+      bias_init: initializer of `bias`. Default zeros.
+      dtype: computation dtype; None (default) promotes the inputs' and parameters' dtypes.
+      param_dtype: dtype of the parameters. Default float32.
+    """
 
     units: int
     activation: str | Callable = "tanh"
@@ -203,11 +215,41 @@ class CellBase(nn.RNNCellBase):
 
 
 class LSTMCell(CellBase):
-    """Keras 3 LSTM cell. Gates i, f, c, o; states (h, c).
+    """Keras 3 `LSTMCell` (`keras/src/layers/rnn/lstm.py`): one LSTM step, gates i, f, c, o.
 
-    `proj_size` > 0: PyTorch's LSTM with projections (LSTMP; Sak et al., 2014): h = (o ⊙
-    act(c)) @ projection_kernel, projection_kernel (units, proj_size), recurrent_kernel
-    (proj_size, 4 units); h is (batch, proj_size), c (batch, units)."""
+    `z = x @ kernel + h @ recurrent_kernel + bias`; `c' = ract(z_f) * c + ract(z_i) *
+    act(z_c)`; `h' = ract(z_o) * act(c')`. Parameters: `kernel` (features, 4 units),
+    `recurrent_kernel` (units, 4 units), `bias` (4 units,).
+
+    Attributes:
+      units: int >= 1, the width of h and c.
+      activation: a Keras activation name ("tanh", "sigmoid", "relu", "linear", "elu",
+        "gelu", "hard_sigmoid", "softsign", "swish", "silu") or a callable. Default "tanh".
+      recurrent_activation: the gates' activation (name or callable). Default "sigmoid".
+      unit_forget_bias: bool. True (default): the forget gate's bias starts at one.
+      proj_size: int >= 0. p > 0: PyTorch's LSTM with projections (LSTMP; Sak et al.,
+        2014): h = (o * act(c)) @ `projection_kernel` (units, p), `recurrent_kernel` (p, 4
+        units); h is (batch, p), c (batch, units). Default 0.
+      use_bias: bool, whether the cell has a `bias`. Default True.
+      kernel_init: initializer `(key, shape, dtype) -> Array` of `kernel`. Default
+        `glorot_uniform` (Keras' `kernel_initializer`).
+      recurrent_kernel_init: initializer of `recurrent_kernel`. Default `orthogonal`.
+      bias_init: initializer of `bias`. Default zeros.
+      dtype: computation dtype; None (default) promotes the inputs' and parameters' dtypes.
+      param_dtype: dtype of the parameters. Default float32.
+
+    Call arguments:
+      `cell.apply(variables, carry, x)`: `carry` the states `(h, c)`, each (batch, units)
+      (h (batch, p) with `proj_size`), zeros from `initialize_carry(rng, (batch,
+      features))`; `x` (batch, features) floating, one time step.
+
+    Returns:
+      (new_carry, h) (tuple): as Flax cells do; h is the new carry's first state.
+
+    Raises:
+      ValueError: x of rank < 2, or another feature count than at init; an unknown
+        activation name.
+    """
 
     recurrent_activation: str | Callable = "sigmoid"
     unit_forget_bias: bool = True
@@ -248,8 +290,39 @@ class LSTMCell(CellBase):
 
 
 class GRUCell(CellBase):
-    """Keras 3 GRU cell. Gates z, r, h; state h. `reset_after=True` is Keras 3's default (and
-    cuDNN's): the reset gate multiplies the recurrent projection after the matrix product."""
+    """Keras 3 `GRUCell` (`keras/src/layers/rnn/gru.py`): one GRU step, gates z, r, h.
+
+    `h' = z * h + (1 - z) * act(x W_h + b_h + r * (h U_h + rb_h))` with `reset_after=True`
+    (Keras 3's and cuDNN's default: the reset gate multiplies the recurrent product), or
+    `act(x W_h + b_h + (r * h) U_h)` with False. Parameters: `kernel` (features, 3 units),
+    `recurrent_kernel` (units, 3 units), `bias` (2, 3 units) (input bias row 0, recurrent
+    bias row 1) or (3 units,) with `reset_after=False`.
+
+    Attributes:
+      units: int >= 1, the width of h.
+      activation: a Keras activation name ("tanh", "sigmoid", "relu", "linear", "elu",
+        "gelu", "hard_sigmoid", "softsign", "swish", "silu") or a callable. Default "tanh".
+      recurrent_activation: the gates' activation (name or callable). Default "sigmoid".
+      reset_after: bool, where the reset gate applies (above). Default True.
+      use_bias: bool, whether the cell has a `bias`. Default True.
+      kernel_init: initializer `(key, shape, dtype) -> Array` of `kernel`. Default
+        `glorot_uniform` (Keras' `kernel_initializer`).
+      recurrent_kernel_init: initializer of `recurrent_kernel`. Default `orthogonal`.
+      bias_init: initializer of `bias`. Default zeros.
+      dtype: computation dtype; None (default) promotes the inputs' and parameters' dtypes.
+      param_dtype: dtype of the parameters. Default float32.
+
+    Call arguments:
+      `cell.apply(variables, carry, x)`: `carry` the state h (batch, units), zeros from
+      `initialize_carry(rng, (batch, features))`; `x` (batch, features) floating.
+
+    Returns:
+      (new_carry, h) (tuple): as Flax cells do; both are the new h (batch, units).
+
+    Raises:
+      ValueError: x of rank < 2, or another feature count than at init; an unknown
+        activation name.
+    """
 
     recurrent_activation: str | Callable = "sigmoid"
     reset_after: bool = True
@@ -291,7 +364,33 @@ class GRUCell(CellBase):
 
 
 class SimpleRNNCell(CellBase):
-    """Keras 3 SimpleRNN cell: h = activation(x @ kernel + bias + h @ recurrent_kernel)."""
+    """Keras 3 `SimpleRNNCell` (`keras/src/layers/rnn/simple_rnn.py`): one step of
+    `h' = act(x @ kernel + bias + h @ recurrent_kernel)`. Parameters: `kernel` (features,
+    units), `recurrent_kernel` (units, units), `bias` (units,).
+
+    Attributes:
+      units: int >= 1, the width of h.
+      activation: a Keras activation name ("tanh", "sigmoid", "relu", "linear", "elu",
+        "gelu", "hard_sigmoid", "softsign", "swish", "silu") or a callable. Default "tanh".
+      use_bias: bool, whether the cell has a `bias`. Default True.
+      kernel_init: initializer `(key, shape, dtype) -> Array` of `kernel`. Default
+        `glorot_uniform` (Keras' `kernel_initializer`).
+      recurrent_kernel_init: initializer of `recurrent_kernel`. Default `orthogonal`.
+      bias_init: initializer of `bias`. Default zeros.
+      dtype: computation dtype; None (default) promotes the inputs' and parameters' dtypes.
+      param_dtype: dtype of the parameters. Default float32.
+
+    Call arguments:
+      `cell.apply(variables, carry, x)`: `carry` the state h (batch, units), zeros from
+      `initialize_carry(rng, (batch, features))`; `x` (batch, features) floating.
+
+    Returns:
+      (new_carry, h) (tuple): as Flax cells do; both are the new h (batch, units).
+
+    Raises:
+      ValueError: x of rank < 2, or another feature count than at init; an unknown
+        activation name.
+    """
 
     def step(self, params, states, xp, rmask=None):
         (h,) = states

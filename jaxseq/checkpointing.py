@@ -307,7 +307,7 @@ def history_record(history: History) -> dict[str, list]:
     return out
 
 
-def latest_epoch(directory) -> int | None:
+def latest_epoch(directory: str | os.PathLike) -> int | None:
     """The epoch of the newest complete checkpoint in `directory`, or None if there is none."""
     path = _as_dir(directory, "latest_epoch")
     if not os.path.isdir(path):
@@ -319,7 +319,8 @@ def latest_epoch(directory) -> int | None:
         checkpointer.close()
 
 
-def restore(directory, like: TrainState, *, epoch: int | None = None) -> Checkpoint:
+def restore(directory: str | os.PathLike, like: TrainState, *,
+            epoch: int | None = None) -> Checkpoint:
     """Read the checkpoint after `epoch` epochs (default: the latest complete one).
 
     like: a TrainState of the same model and optimizer (e.g. `training.init_state(model, x, tx,

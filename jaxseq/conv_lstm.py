@@ -20,9 +20,8 @@ How a layer runs:
    step in ONE `lax.conv_general_dilated` call, time folded into the batch;
 3. `lax.scan` over time of the recurrent convolution only. As Keras' `recurrent_conv`, it
    always uses padding "same", strides 1 and no dilation, so the states keep the shape S'.
-   It runs as patches @ kernel (the same sums): on CPU, XLA's convolution weight gradient
-   inside the scan made a training step ~10x slower (measured: 32 x 9 frames of 16x16x8,
-   1.98 s vs 0.17 s per gradient on 2 cores);
+   It runs as patches @ kernel (the same sums; `jaxseq.conv_ops`): on CPU, XLA's convolution
+   weight gradient inside the scan makes a training step about 10x slower;
 4. masking as Keras 3's RNN: a masked step keeps h and c and outputs the previous h (zeros
    with `zero_output_for_mask`, which `Bidirectional` sets when returning sequences).
 
@@ -43,7 +42,6 @@ initial h, at leading masked steps).
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -51,96 +49,24 @@ import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxseq import contracts
 from jaxseq.cells import Initializer, _forget_bias_init, _in_float32, expand_to, get_activation
-from jaxseq.typing import Array, Mask
-
-_PADDINGS = ("valid", "same")
-_DIMENSIONS = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC")}
-GATES = 4
-
-
-def _tuple(value, rank: int, name: str, where: str) -> tuple[int, ...]:
-    """Keras' `standardize_tuple`: an int, or `rank` ints, each >= 1."""
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        value = (value,) * rank
-    ok = isinstance(value, (tuple, list)) and len(value) == rank and all(
-        isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in value)
-    if not ok:
-        raise ValueError(f"{where} expects {name} to be a positive int or a tuple of {rank} "
-                         f"positive ints; got {value!r}.")
-    return tuple(int(v) for v in value)
-
-
-def _conv(x: Array, w: Array, strides, padding: str, dilation, groups: int = 1) -> Array:
-    """Channels-last convolution: x (n, *S, groups * w.shape[-2]) -> (n, *S', w.shape[-1])."""
-    return jax.lax.conv_general_dilated(
-        x, w, window_strides=strides, padding=padding.upper(), rhs_dilation=dilation,
-        dimension_numbers=_DIMENSIONS[x.ndim - 2], feature_group_count=groups)
-
-
-def _per_gate(a: Array, masks: Array | None) -> tuple[Array, int]:
-    """(a, 1) without masks; else the GATES masked copies of a stacked on the channel axis,
-    and GATES groups for the convolution. masks: (GATES, *a.shape)."""
-    if masks is None:
-        return a, 1
-    return jnp.concatenate([a * masks[g] for g in range(GATES)], axis=-1), GATES
-
-
-def _patches(h: Array, kernel_size: tuple[int, ...]) -> Array:
-    """h (..., *S, f) -> (..., *S, prod(kernel_size) * f): the "same"-padded (stride 1) window
-    of every position, in the kernel's (*kernel_size, f) order, so that
-    `_patches(h, k) @ w.reshape(-1, w.shape[-1])` is `_conv(h, w, 1, "same", 1)`."""
-    rank = len(kernel_size)
-    lead = h.ndim - rank - 1
-    pads = [(0, 0)] * lead + [((k - 1) // 2, k - 1 - (k - 1) // 2) for k in kernel_size]
-    hp = jnp.pad(h, pads + [(0, 0)])
-    space = h.shape[lead:-1]
-    windows = [hp[(Ellipsis, *(slice(o, o + n) for o, n in zip(offset, space, strict=True)),
-                   slice(None))]
-               for offset in itertools.product(*(range(k) for k in kernel_size))]
-    return jnp.concatenate(windows, axis=-1)
-
-
-def _recurrent(h: Array, rk: Array, masks: Array | None) -> Array:
-    """Keras' `recurrent_conv` of h (b, *S', f) with rk (*k, f, 4f): padding "same", strides 1,
-    no dilation, as patches @ kernel (on CPU, XLA's convolution weight gradient inside the
-    scan is 8-12x slower than this matrix product's). masks (GATES, b, *S', f): gate g sees h *
-    masks[g] (recurrent dropout)."""
-    f4 = rk.shape[-1]
-    k = rk.shape[:-2]
-    if masks is None:
-        return _patches(h, k) @ rk.reshape(-1, f4)
-    per_gate = _patches(h[None] * masks, k)  # (GATES, b, *S', K f)
-    w = rk.reshape(-1, GATES, f4 // GATES)  # (K f, GATES, f): gate g's columns
-    z = jnp.einsum("g...k,kgf->...gf", per_gate, w)
-    return z.reshape(z.shape[:-2] + (f4,))
-
-
-def gate_dropout_masks(module: nn.Module, rate: float, shape, dtype) -> Array:
-    """GATES inverted-dropout masks (GATES, *shape) from the "dropout" rng, values 0 or
-    1 / (1 - rate): one per gate, drawn once per call (Keras' `_create_dropout_mask`)."""
-    keep = jax.random.bernoulli(module.make_rng("dropout"), 1.0 - rate, (GATES, *shape))
-    return jnp.where(keep, 1.0 / (1.0 - rate), 0.0).astype(dtype)
+from jaxseq.conv_ops import (
+    GATES,
+    PADDINGS,
+    conv,
+    gate_dropout_masks,
+    per_gate,
+    recurrent_conv,
+    standardize_tuple,
+)
+from jaxseq.typing import Mask
 
 
 class ConvLSTM(nn.Module):
-    """Base of `ConvLSTM1D` and `ConvLSTM2D` (subclasses set `rank` and `spatial_axes`).
-
-    Call: `layer(x, *, mask=None, initial_state=None, deterministic=True)`
-      x: (batch, time, *S, channels), floating; S = (rows,) or (rows, cols).
-      mask: (batch, time), bool (True = real step), optional.
-      initial_state: `(h, c)`, each (batch, *S', filters).
-      deterministic: False enables dropout; then an rng named "dropout" must be given.
-    Returns: (batch, time, *S', filters) with `return_sequences` (in processing order, i.e.
-      reversed with `go_backwards`, as Keras), else (batch, *S', filters); with
-      `return_state`, `(output, h, c)`. S' = S for padding "same" and strides 1.
-    Raises: ValueError / TypeError (before tracing) for a bad configuration, x of the wrong
-      rank or dtype, a channel count other than the one the params were built for, a
-      spatial axis the convolution empties, and mask or initial states of the wrong shape.
-    """
+    """The base of `ConvLSTM1D` and `ConvLSTM2D` (subclasses set `rank` and `spatial_axes`);
+    the fields, call, outputs and errors are documented on those two classes."""
 
     filters: int
     kernel_size: int | tuple[int, ...]
@@ -173,14 +99,14 @@ class ConvLSTM(nn.Module):
         """(kernel_size, strides, dilation_rate, padding), checked and standardized."""
         where = type(self).__name__
         contracts.check_positive_int(self.filters, "filters", where)
-        kernel = _tuple(self.kernel_size, self.rank, "kernel_size", where)
-        strides = _tuple(self.strides, self.rank, "strides", where)
-        dilation = _tuple(self.dilation_rate, self.rank, "dilation_rate", where)
+        kernel = standardize_tuple(self.kernel_size, self.rank, "kernel_size", where)
+        strides = standardize_tuple(self.strides, self.rank, "strides", where)
+        dilation = standardize_tuple(self.dilation_rate, self.rank, "dilation_rate", where)
         if max(strides) > 1 and max(dilation) > 1:
             raise ValueError(f"{where} expects strides=1 or dilation_rate=1 (as Keras); got "
                              f"strides={strides} and dilation_rate={dilation}.")
         padding = self.padding.lower() if isinstance(self.padding, str) else self.padding
-        contracts.check_choice(padding, _PADDINGS, "padding", where)
+        contracts.check_choice(padding, PADDINGS, "padding", where)
         for name in ("dropout", "recurrent_dropout"):
             rate = getattr(self, name)
             if not 0.0 <= rate < 1.0:
@@ -272,8 +198,8 @@ class ConvLSTM(nn.Module):
         xt = jnp.swapaxes(x, 0, 1)  # (t, b, *S, c)
         if xmasks is not None:
             xmasks = xmasks[:, None]  # (4, 1, b, *S, c): the same masks at every step
-        xs, groups = _per_gate(xt, xmasks)
-        xp = _conv(xs.reshape((time * batch, *space, xs.shape[-1])), params["kernel"], strides,
+        xs, groups = per_gate(xt, xmasks)
+        xp = conv(xs.reshape((time * batch, *space, xs.shape[-1])), params["kernel"], strides,
                    padding, dilation, groups)
         if self.use_bias:
             xp = xp + expand_to(params["bias"], xp.ndim)
@@ -289,7 +215,7 @@ class ConvLSTM(nn.Module):
         def step(carry, inputs):
             h, c = carry
             xp_t, m_t = inputs
-            z = xp_t + _recurrent(h, rk, rmasks)
+            z = xp_t + recurrent_conv(h, rk, rmasks)
             zi, zf, zc, zo = jnp.split(z, GATES, axis=-1)
             c_new = ract(zf) * c + ract(zi) * act(zc)
             h_new = ract(zo) * act(c_new)
@@ -318,18 +244,138 @@ class ConvLSTM(nn.Module):
 
 
 class ConvLSTM1D(ConvLSTM):
-    """Keras 3 `ConvLSTM1D` (keras/src/layers/rnn/conv_lstm1d.py): x (batch, time, rows,
-    channels) -> (batch, [time,] rows', filters). kernel (k, channels, 4 filters),
-    recurrent_kernel (k, filters, 4 filters), bias (4 filters,). See `ConvLSTM` for the call."""
+    """Keras 3 `ConvLSTM1D` (`keras/src/layers/rnn/conv_lstm1d.py`; Shi et al., 2015): an LSTM
+    whose input and recurrent transforms are 1-D convolutions, over (batch, time, rows,
+    channels) inputs, channels last.
+
+    Each step: `z = conv(x_t, kernel) + bias + conv_same(h, recurrent_kernel)`, split into
+    gates i, f, c, o along the last axis; `c' = ract(z_f) * c + ract(z_i) * act(z_c)`;
+    `h' = ract(z_o) * act(c')`. The recurrent convolution always uses padding "same",
+    strides 1 and no dilation (Keras), so h and c keep the shape (batch, rows', filters)
+    of the input convolution's output. Parameters: `kernel` (k, channels, 4 filters),
+    `recurrent_kernel` (k, filters, 4 filters), `bias` (4 filters,).
+
+    Attributes:
+      filters: int >= 1, the channels of h, c and the output.
+      kernel_size: int or a tuple of 1 ints >= 1, the convolution window along rows.
+      strides: int or 1 ints >= 1, the input convolution's strides. Default 1.
+      padding: "valid" (default: no padding, the output shrinks) or "same" (case-insensitive).
+      dilation_rate: int or 1 ints >= 1; not together with strides > 1 (Keras). Default 1.
+      activation: candidate and output activation, a Keras name or a callable. Default "tanh".
+      recurrent_activation: the gates' activation. Default "sigmoid".
+      use_bias: bool. Default True.
+      kernel_init: initializer of `kernel`. Default `glorot_uniform`.
+      recurrent_kernel_init: initializer of `recurrent_kernel`. Default `orthogonal` (of the
+        kernel seen as a (-1, 4 filters) matrix).
+      bias_init: initializer of `bias`. Default zeros.
+      unit_forget_bias: bool. True (default): the forget gate's bias starts at one.
+      dropout: float in [0, 1): input dropout, four masks of the input step's shape (one per
+        gate), drawn once per call (Keras). Default 0.
+      recurrent_dropout: float in [0, 1): four masks of h's shape, applied where h enters the
+        recurrent convolution. Default 0.
+      return_sequences: bool: every step's output (True) or the last (False, default).
+      return_state: bool: also return the final h and c. Default False.
+      go_backwards: bool: process the sequence in reverse and return the outputs in that
+        (reversed) order, as Keras. Default False.
+      zero_output_for_mask: bool: masked steps output zeros instead of the previous h
+        (`Bidirectional` sets it). Default False.
+      unroll: False (default), True or an int k >= 1: `lax.scan`'s unroll (results unchanged).
+      dtype: computation dtype; None (default) promotes x's and the parameters' dtypes.
+      param_dtype: dtype of the parameters. Default float32.
+
+    Call arguments:
+      `layer.apply(variables, x, *, mask=None, initial_state=None, deterministic=True)`:
+
+      - `x`: (batch, time, rows, channels) floating.
+      - `mask`: optional (batch, time) bool or int, True at real steps: a masked step keeps h
+        and c and outputs the previous h (Keras 3's RNN, applied per sample).
+      - `initial_state`: optional `(h, c)`, each (batch, rows', filters); default zeros.
+      - `deterministic`: False applies the dropouts and needs a "dropout" rng.
+
+    Returns:
+      output (jax.Array | tuple[jax.Array, ...]): (batch, time, rows', filters) with
+        `return_sequences`, else (batch, rows', filters); with `return_state`, `(output, h,
+        c)`. rows' = rows for padding "same" with strides 1.
+
+    Raises:
+      ValueError: bad filters, kernel_size, strides, dilation_rate, padding or dropout
+        rates; x not (batch, time, rows, channels) or with another channel count than at
+        init; a "valid" convolution that leaves no output; a mask or initial states of the
+        wrong shape.
+      TypeError: filters not an int; x not floating; a float mask.
+
+    Differences from Keras: channels last only, no `stateful`, no regularizers or
+    constraints.
+    """
 
     rank: ClassVar[int] = 1
     spatial_axes: ClassVar[tuple[str, ...]] = ("rows",)
 
 
 class ConvLSTM2D(ConvLSTM):
-    """Keras 3 `ConvLSTM2D` (keras/src/layers/rnn/conv_lstm2d.py): x (batch, time, rows, cols,
-    channels) -> (batch, [time,] rows', cols', filters). kernel (kr, kc, channels, 4 filters),
-    recurrent_kernel (kr, kc, filters, 4 filters), bias (4 filters,). See `ConvLSTM`."""
+    """Keras 3 `ConvLSTM2D` (`keras/src/layers/rnn/conv_lstm2d.py`; Shi et al., 2015): an LSTM
+    whose input and recurrent transforms are 2-D convolutions, over (batch, time, rows, cols,
+    channels) inputs, channels last.
+
+    Each step: `z = conv(x_t, kernel) + bias + conv_same(h, recurrent_kernel)`, split into
+    gates i, f, c, o along the last axis; `c' = ract(z_f) * c + ract(z_i) * act(z_c)`;
+    `h' = ract(z_o) * act(c')`. The recurrent convolution always uses padding "same",
+    strides 1 and no dilation (Keras), so h and c keep the shape (batch, rows', cols', filters)
+    of the input convolution's output. Parameters: `kernel` (kr, kc, channels, 4 filters),
+    `recurrent_kernel` (kr, kc, filters, 4 filters), `bias` (4 filters,).
+
+    Attributes:
+      filters: int >= 1, the channels of h, c and the output.
+      kernel_size: int or a tuple of 2 ints >= 1, the convolution window (rows, cols).
+      strides: int or 2 ints >= 1, the input convolution's strides. Default 1.
+      padding: "valid" (default: no padding, the output shrinks) or "same" (case-insensitive).
+      dilation_rate: int or 2 ints >= 1; not together with strides > 1 (Keras). Default 1.
+      activation: candidate and output activation, a Keras name or a callable. Default "tanh".
+      recurrent_activation: the gates' activation. Default "sigmoid".
+      use_bias: bool. Default True.
+      kernel_init: initializer of `kernel`. Default `glorot_uniform`.
+      recurrent_kernel_init: initializer of `recurrent_kernel`. Default `orthogonal` (of the
+        kernel seen as a (-1, 4 filters) matrix).
+      bias_init: initializer of `bias`. Default zeros.
+      unit_forget_bias: bool. True (default): the forget gate's bias starts at one.
+      dropout: float in [0, 1): input dropout, four masks of the input step's shape (one per
+        gate), drawn once per call (Keras). Default 0.
+      recurrent_dropout: float in [0, 1): four masks of h's shape, applied where h enters the
+        recurrent convolution. Default 0.
+      return_sequences: bool: every step's output (True) or the last (False, default).
+      return_state: bool: also return the final h and c. Default False.
+      go_backwards: bool: process the sequence in reverse and return the outputs in that
+        (reversed) order, as Keras. Default False.
+      zero_output_for_mask: bool: masked steps output zeros instead of the previous h
+        (`Bidirectional` sets it). Default False.
+      unroll: False (default), True or an int k >= 1: `lax.scan`'s unroll (results unchanged).
+      dtype: computation dtype; None (default) promotes x's and the parameters' dtypes.
+      param_dtype: dtype of the parameters. Default float32.
+
+    Call arguments:
+      `layer.apply(variables, x, *, mask=None, initial_state=None, deterministic=True)`:
+
+      - `x`: (batch, time, rows, cols, channels) floating.
+      - `mask`: optional (batch, time) bool or int, True at real steps: a masked step keeps h
+        and c and outputs the previous h (Keras 3's RNN, applied per sample).
+      - `initial_state`: optional `(h, c)`, each (batch, rows', cols', filters); default zeros.
+      - `deterministic`: False applies the dropouts and needs a "dropout" rng.
+
+    Returns:
+      output (jax.Array | tuple[jax.Array, ...]): (batch, time, rows', cols', filters) with
+        `return_sequences`, else (batch, rows', cols', filters); with `return_state`, `(output, h,
+        c)`. rows', cols' = rows, cols for padding "same" with strides 1.
+
+    Raises:
+      ValueError: bad filters, kernel_size, strides, dilation_rate, padding or dropout
+        rates; x not (batch, time, rows, cols, channels) or with another channel count than at
+        init; a "valid" convolution that leaves no output; a mask or initial states of the
+        wrong shape.
+      TypeError: filters not an int; x not floating; a float mask.
+
+    Differences from Keras: channels last only, no `stateful`, no regularizers or
+    constraints.
+    """
 
     rank: ClassVar[int] = 2
     spatial_axes: ClassVar[tuple[str, ...]] = ("rows", "cols")

@@ -8,7 +8,7 @@ Keras, and Keras weights load into it unchanged (`jaxseq.interop` builds this cl
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, no_type_check
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -16,15 +16,43 @@ import numpy as np
 
 from jaxseq import contracts
 from jaxseq.cells import Initializer, get_activation
-from jaxseq.typing import Array
+from jaxseq.typing import Array, ArrayLike, Mask
 
 
+@no_type_check  # flax's Protocol-typed `promote_dtype` field cannot be checked at run time
 class Dense(nn.Dense):
-    """Keras' `Dense(units, activation=None, use_bias=True)`: x (..., f) -> (..., units).
+    """Keras 3 `Dense(units, activation=None, use_bias=True)` (`keras/src/layers/core/dense.py`):
+    `activation(x @ kernel + bias)` on the last axis, x (..., features) -> (..., units).
 
-    `features` is Keras' `units` (also readable as `.units`); kernel (f, units) glorot_uniform,
-    bias (units,) zeros; `activation`: None (linear) or a name ("relu", "tanh", "softmax", ...)
-    or a callable, applied after the affine map."""
+    flax's `nn.Dense` with Keras' initializers and an activation; parameters `kernel`
+    (features, units) and `bias` (units,), so Keras weights load unchanged.
+
+    Attributes:
+      features: int >= 1, Keras' `units`: the output width (also readable as `.units`).
+      activation: None (default: linear), a Keras name ("relu", "tanh", "sigmoid", "softmax"
+        (over the last axis), "linear", "elu", "gelu", "hard_sigmoid", "softsign", "swish",
+        "silu") or a callable, applied after the affine map.
+      use_bias: bool, whether to add `bias`. Default True.
+      kernel_init: initializer of `kernel`. Default `glorot_uniform` (Keras').
+      bias_init: initializer of `bias`. Default zeros.
+      dtype: computation dtype; None (default) promotes x's and the parameters' dtypes.
+      param_dtype: dtype of the parameters. Default float32.
+      precision: `jax.lax.Precision` of the product (flax's field). Default None.
+      dot_general, dot_general_cls, promote_dtype: flax's hooks for the product; leave them.
+
+    Call arguments:
+      `layer.apply(variables, x)`: x (..., features), any number of leading axes (a
+      (batch, time, features) input is one 2-D product over batch * time rows).
+
+    Returns:
+      output (jax.Array): (..., units), in `dtype` or the promotion of x's and the
+        parameters' dtypes.
+
+    Raises:
+      ValueError: units < 1 (at construction, as Keras); an unknown activation name; x with
+        another feature count than the kernel was built for (naming both).
+      TypeError: units not an int (at construction).
+    """
 
     activation: Any = None
     kernel_init: Initializer = nn.initializers.glorot_uniform()
@@ -43,7 +71,7 @@ class Dense(nn.Dense):
     def units(self) -> int:
         return self.features
 
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: ArrayLike) -> Array:
         x = jnp.asarray(contracts.as_array(x, "x", "Dense"))
         if x.ndim < 1:
             raise ValueError("Dense expects x of shape (..., features); got a scalar.")
@@ -63,11 +91,31 @@ class Dense(nn.Dense):
 
 
 class Dropout(nn.Dropout):
-    """Keras' `Dropout(rate)`: inverted dropout in training (`deterministic=False`, an rng named
-    "dropout"), the identity in inference. A `Sequential` passes `deterministic` to it.
+    """Keras 3 `Dropout(rate)` (`keras/src/layers/regularization/dropout.py`): inverted
+    dropout. In training each entry is zeroed with probability `rate` and the kept ones are
+    scaled by 1 / (1 - rate); in inference it is the identity. flax's `nn.Dropout`; a
+    `Sequential` (and so `fit`) passes `deterministic` to it.
 
-    rate: the fraction of inputs dropped, a float in [0, 1] (Keras' range,
-    `keras/src/layers/regularization/dropout.py`); else ValueError / TypeError at construction.
+    Attributes:
+      rate: float in [0, 1], the fraction of entries dropped (1 gives zeros).
+      broadcast_dims: axes along which one mask is shared (Keras' `noise_shape` with 1s
+        there); e.g. `(1,)` drops whole features for every time step. Default () (none).
+      deterministic: None (default: given at call time), True (identity) or False (drop).
+      rng_collection: the rng stream the masks come from. Default "dropout".
+
+    Call arguments:
+      `layer.apply(variables, x, deterministic=None, rngs={"dropout": key})`: x of any
+      shape; `deterministic` as the field (one of the two must be set); an rng named
+      "dropout" when dropping.
+
+    Returns:
+      output (jax.Array): x's shape and dtype.
+
+    Raises:
+      ValueError: rate outside [0, 1] (at construction, as Keras); `deterministic` given
+        neither here nor on the layer (flax).
+      TypeError: rate not a number (at construction).
+      flax.errors.InvalidRngError: dropping without a "dropout" rng.
     """
 
     def __post_init__(self):
@@ -80,17 +128,35 @@ class Dropout(nn.Dropout):
 
 
 class Masking(nn.Module):
-    """Keras' `Masking(mask_value=0.0)`: x (batch, time, features) -> the same, with the steps
-    whose features ALL equal `mask_value` masked (`mask_value=float("nan")`: steps whose
-    features are all NaN, compared with isnan). Masked steps come out as zeros (a select, never
-    a product: NaN times 0 is NaN). `compute_mask` gives the (batch, time) mask a `Sequential`
-    passes on to the following layers and to the loss (source: `keras/src/layers/core/masking.py`).
+    """Keras 3 `Masking(mask_value=0.0)` (`keras/src/layers/core/masking.py`): mask the time
+    steps whose features ALL equal `mask_value`.
+
+    Masked steps come out as zeros (a select, never a product: NaN times 0 is NaN).
+    `compute_mask` gives the (batch, time) mask that a `Sequential` passes on to the following
+    layers and, through `fit` / `evaluate`, to the loss; no parameters.
+
+    Attributes:
+      mask_value: float, the padding value. Default 0.0. `float("nan")` masks the steps
+        whose features are all NaN (compared with isnan).
+
+    Call arguments:
+      `layer.apply({}, x, mask=None)`: x (batch, time, features) floating; an optional
+      incoming (batch, time) bool mask is combined with (ANDed into) this layer's.
+
+    Returns:
+      output (jax.Array): x's shape and dtype, masked steps set to zero.
+
+    Raises:
+      ValueError: x not (batch, time, features) or with an empty axis.
+      TypeError: x not floating; a mask that does not broadcast with (batch, time) (JAX's
+        broadcasting error).
     """
 
     mask_value: float = 0.0
 
-    def compute_mask(self, x: Array, mask=None) -> Array:
-        """(batch, time) bool, True at real steps; ANDed with an incoming `mask`."""
+    def compute_mask(self, x: ArrayLike, mask: Mask | None = None) -> Array:
+        """The mask of x: (batch, time) bool, True at real steps (some feature differs from
+        `mask_value`), ANDed with an incoming (batch, time) `mask`."""
         x = jnp.asarray(x)
         if self.mask_value != self.mask_value:  # NaN (a Python float: decided while tracing)
             same = jnp.isnan(x)
@@ -100,7 +166,7 @@ class Masking(nn.Module):
         return real if mask is None else real & jnp.asarray(mask).astype(bool)
 
     @nn.compact
-    def __call__(self, x: Array, *, mask=None) -> Array:
+    def __call__(self, x: ArrayLike, *, mask: Mask | None = None) -> Array:
         contracts.check_sequence_input(x, "Masking")
         real = self.compute_mask(x, mask)
         return jnp.where(real[..., None], x, jnp.zeros_like(x))

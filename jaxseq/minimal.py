@@ -33,10 +33,10 @@ d - softplus(d). Outside log space they are sigmoids: 1 - z = σ(-k_z), a = σ(-
       step-by-step inference runs), without logarithms for either form; its backward pass is
       the adjoint recurrence, one reverse scan (`sequential_scan`'s custom VJP).
   "auto" (default): "sequential" when the program is lowered for CPU, "parallel" otherwise
-      (`jax.lax.platform_dependent`, as the fused LSTM/GRU path). Measured on a 2-core CPU
-      (`experiments/bench.py --cases minimal`, README): the sequential loop is faster at
-      T = 100 and T = 1000 and compiles several times faster; the associative scan's
-      O(log T) depth is meant for accelerators (not measured here: no GPU was available).
+      (`jax.lax.platform_dependent`, as the fused LSTM/GRU path). On CPU the sequential loop
+      is faster at T = 100 and T = 1000 and compiles several times faster
+      (`experiments/bench.py --cases minimal`); the associative scan's O(log T) depth is
+      meant for accelerators.
 
 Masks (Keras 3): a masked step has a_t = 1, b_t = 0 (log a = 0, log b = the dtype's lowest
 finite number, whose exponential is exactly 0), chosen with `jnp.where` on coefficients built
@@ -58,6 +58,7 @@ import numpy as np
 
 from jaxseq import contracts
 from jaxseq.cells import expand_to, matmul_last
+from jaxseq.linear_scan import g, log_g, parallel_scan, sequential_scan, sigmoid_pair
 from jaxseq.typing import Array, Mask, Sequences
 
 Initializer = Callable[..., Array]
@@ -65,123 +66,12 @@ Initializer = Callable[..., Array]
 MODES = ("auto", "parallel", "sequential")
 
 
-def sigmoid_pair(v: Array) -> tuple[Array, Array]:
-    """(sigmoid(v), sigmoid(-v)) from one exponential, each to full relative precision."""
-    e = jnp.exp(-jnp.abs(v))
-    big = 1 / (1 + e)
-    small = e * big
-    positive = v >= 0
-    return jnp.where(positive, big, small), jnp.where(positive, small, big)
-
-
-def g(v: Array) -> Array:
-    """The paper's positive candidate activation: v + 0.5 for v >= 0, sigmoid(v) below."""
-    return jnp.where(v >= 0, jax.nn.relu(v) + 0.5, sigmoid_pair(v)[0])
-
-
-def log_g(v: Array) -> Array:
-    """log g(v) without forming g(v) where it is small: -softplus(-v) below 0."""
-    return jnp.where(v >= 0, jnp.log(jax.nn.relu(v) + 0.5), -jax.nn.softplus(-v))
-
-
-def _linear_pair(e1, e2):
-    """(a1, b1)∘(a2, b2): apply step 1, then step 2, to h: a2·(a1·h + b1) + b2."""
-    a1, b1 = e1
-    a2, b2 = e2
-    return a1 * a2, a2 * b1 + b2
-
-
-def _log_pair(e1, e2):
-    """_linear_pair on logarithms of positive a and b."""
-    la1, lb1 = e1
-    la2, lb2 = e2
-    return la1 + la2, jnp.logaddexp(la2 + lb1, lb2)
-
-
-def parallel_scan(a: Array, b: Array, h0: Array, *, log_space: bool) -> Array:
-    """All h_t of h_t = a_t ⊙ h_{t-1} + b_t by an associative scan over axis 0 (time).
-
-    a, b: (t, b, u) — their logarithms when `log_space` (then h0 must be positive);
-    h0: (b, u). Returns h (t, b, u), h_1 ... h_t (in linear space either way).
-    """
-    if log_space:
-        first = jnp.logaddexp(a[0] + jnp.log(h0), b[0])  # h0 folded into step 1
-        _, log_h = jax.lax.associative_scan(_log_pair, (a, b.at[0].set(first)))
-        return jnp.exp(log_h)
-    _, h = jax.lax.associative_scan(_linear_pair, (a, b.at[0].add(a[0] * h0)))
-    return h
-
-
-def _scan_linear(a: Array, b: Array, h0: Array, reverse: bool = False) -> Array:
-    def step(h, ab):
-        h = ab[0] * h + ab[1]
-        return h, h
-
-    return jax.lax.scan(step, h0, (a, b), reverse=reverse)[1]
-
-
-@jax.custom_vjp
-def sequential_scan(a: Array, b: Array, h0: Array) -> Array:
-    """All h_t of h_t = a_t ⊙ h_{t-1} + b_t by `jax.lax.scan`, one step at a time.
-    a, b: (t, b, u); h0: (b, u). Returns h (t, b, u).
-
-    Its backward pass is the adjoint recurrence, one reverse scan (a custom VJP): with g_t the
-    total gradient of h_t, g_t = dh_t + a_{t+1} ⊙ g_{t+1}, then da_t = g_t ⊙ h_{t-1},
-    db_t = g_t, dh0 = a_1 ⊙ g_1, all elementwise over whole sequences. Autodiff of the scan
-    instead carries and stacks per-step residuals: measured 52 ms against about 20 ms for
-    fwd+bwd at (1000, 32, 128) on a 2-core CPU."""
-    return _scan_linear(a, b, h0)
-
-
-def _sequential_fwd(a, b, h0):
-    h = _scan_linear(a, b, h0)
-    return h, (a, h, h0)
-
-
-def _sequential_bwd(res, dh):
-    a, h, h0 = res
-    a_next = jnp.concatenate([a[1:], jnp.zeros_like(a[:1])])
-    g = _scan_linear(a_next, dh, jnp.zeros_like(h0), reverse=True)
-    h_prev = jnp.concatenate([h0[None], h[:-1]])
-    return g * h_prev, g, a[0] * g[0]
-
-
-sequential_scan.defvjp(_sequential_fwd, _sequential_bwd)
-
 
 class MinimalRNN(nn.Module):
-    """Base of MinGRU and MinLSTM (module docstring: formulas, modes, masking).
-
-    Fields: `units`; Keras' `return_sequences`, `return_state`, `go_backwards`,
-      `zero_output_for_mask` (zeros instead of the repeated output at masked steps);
-      `mode`: "parallel" (associative scan over time: in log space when `log_space`, else on
-      the linear (a, b) pairs), "sequential" (`lax.scan`, one step at a time, in linear
-      space) — the same function either way, to float32 rounding — or "auto" (default:
-      sequential on CPU, parallel on GPU/TPU); `log_space`: True for the
-      paper's log-space form (candidate g(·), positive states), False for the plain form
-      (identity candidate, signed states), which no mode computes with logarithms;
-      `kernel_init`, `bias_init`, `dtype`, `param_dtype`.
-    Call: `layer(x, *, mask=None, initial_state=None, deterministic=True)`
-      x: (batch, time, features), floating.
-      mask: (batch, time), bool or int (True = real step), optional.
-      initial_state: h, or `(h,)`, (batch, units): the state itself (what `return_state`
-        returns, so a returned state continues a sequence). With `log_space=True` it must be
-        positive (the form's states are; the parallel mode takes log h_0): a concrete array
-        with an entry <= 0 or NaN raises ValueError (a traced one cannot be checked).
-        `log_space=False` (the plain form, computed without logarithms) accepts signed states.
-        Default, log_space=True: h_0 = 0.5 everywhere. The paper's appendix code starts the
-        log-space scan from log_h_0 = log_g(h_0), so its zero state is in fact g(0) = 0.5;
-        zeros cannot start a log-space scan (log 0). jaxseq does not apply g to a given state
-        (it is a state, not a pre-activation). Default, log_space=False: zeros, as Keras.
-      deterministic: accepted for the common layer API; these layers have no dropout.
-    Returns: (batch, time, units) with `return_sequences`, else (batch, units); with
-      `return_state`, `(output, h)`. `go_backwards=True` processes the sequence from its end
-      and, as Keras, returns outputs in processing (reversed) order.
-    Parameters (Keras-like layout): `kernel` (features, k·units), glorot_uniform, and `bias`
-      (k·units,), zeros; k = 2 for MinGRU (z, h), 3 for MinLSTM (f, i, h). Count: f·k·u + k·u.
-    Dtypes: computes in `dtype` (default: the result type of x and the parameters).
-    Raises ValueError / TypeError for a bad config, x, mask or initial_state (contracts).
-    """
+    """The base of `MinGRU` and `MinLSTM`: owns the checks, masks, direction, initial state,
+    mode and return flags; subclasses give the gates' coefficients. The fields, call, outputs
+    and errors are documented on `MinGRU` and `MinLSTM`, the formulas and modes in the module
+    docstring."""
 
     units: int
     return_sequences: bool = False
@@ -315,11 +205,61 @@ class MinimalRNN(nn.Module):
 
 
 class MinGRU(MinimalRNN):
-    """minGRU (Feng et al. 2024, eq. for minGRU in section 3.1; appendix A for log space):
-    z_t = σ(x_t W_z + b_z), h̃_t = g(x_t W_h + b_h) (log_space) or x_t W_h + b_h (plain),
-    h_t = (1 - z_t) ⊙ h_{t-1} + z_t ⊙ h̃_t. `kernel` (f, 2u), `bias` (2u,); columns z, h.
-    Everything else: `MinimalRNN` (call, returns, initial state) and the module docstring
-    (modes, masks)."""
+    """minGRU (Feng, Tung, Ahmed, Bengio, Hajimirsadeghi, 2024, "Were RNNs All We Needed?",
+    section 3.1; appendix A for the log-space form): a GRU whose gates see only the input, so
+    every step is known at once and the recurrence is a linear scan.
+
+    `z_t = sigmoid(x_t W_z + b_z)`, `h~_t = g(x_t W_h + b_h)` (log space) or `x_t W_h + b_h`
+    (plain), `h_t = (1 - z_t) * h_{t-1} + z_t * h~_t`. Parameters: `kernel` (features,
+    2 units) and `bias` (2 units,), columns z | h (features * 2u + 2u in all).
+
+    Attributes:
+      units: int >= 1, the width of h and the output.
+      return_sequences: bool: every step's output, (batch, time, units) (True), or the
+        last, (batch, units) (False, default).
+      return_state: bool: also return the final h. Default False.
+      go_backwards: bool: process the sequence from its end and return the outputs in that
+        (reversed) order, as Keras. Default False.
+      zero_output_for_mask: bool: masked steps output zeros instead of repeating the previous
+        output (`Bidirectional` sets it). Default False.
+      mode: how the recurrence is solved, the same function either way (to float rounding):
+        "parallel" (`jax.lax.associative_scan` over time, O(log T) depth; in log space with
+        `log_space`), "sequential" (`jax.lax.scan`, one step at a time, with an adjoint
+        reverse scan as its backward pass) or "auto" (default: "sequential" when the program
+        is lowered for CPU, where it is faster and compiles faster, "parallel" on GPU/TPU).
+      log_space: bool. True (default): the paper's log-space form: candidate g(v) (v + 0.5
+        for v >= 0, sigmoid(v) below), positive states, the parallel mode on logarithms.
+        False: the plain form: identity candidate, signed states, no logarithms.
+      kernel_init: initializer of `kernel`. Default `glorot_uniform`.
+      bias_init: initializer of `bias`. Default zeros.
+      dtype: computation dtype; None (default) promotes x's and the parameters' dtypes.
+      param_dtype: dtype of the parameters. Default float32.
+
+    Call arguments:
+      `layer.apply(variables, x, *, mask=None, initial_state=None, deterministic=True)`:
+
+      - `x`: (batch, time, features) floating (NumPy, JAX or a nested list).
+      - `mask`: optional (batch, time) bool or int, True at real steps: as Keras 3, a masked
+        step keeps h and repeats the previous output; a fully masked row returns the initial
+        state; padding values (NaN included) never reach values or gradients.
+      - `initial_state`: h or `(h,)`, (batch, units): the state itself (what `return_state`
+        returns, so it continues a sequence). With `log_space=True` every entry must be > 0
+        (a concrete array with an entry <= 0 or NaN raises ValueError; a traced one is not
+        checked). Default: 0.5 everywhere in log space (g(0), the paper's start), zeros in
+        the plain form (as Keras).
+      - `deterministic`: accepted for the common layer API; these layers have no dropout.
+
+    Returns:
+      output (jax.Array | tuple[jax.Array, jax.Array]): (batch, time, units) with
+        `return_sequences`, else (batch, units); with `return_state`, `(output, h)`, h
+        (batch, units). The dtype is `dtype` or the promotion of x's and the parameters'.
+
+    Raises:
+      ValueError: units < 1, an unknown mode, x not (batch, time, features) or with another
+        feature count than at init, a mask not (batch, time), an initial state of the wrong
+        shape (or not positive in log space).
+      TypeError: units not an int, x not floating, a float mask.
+    """
 
     gates: ClassVar[int] = 2
 
@@ -337,11 +277,62 @@ class MinGRU(MinimalRNN):
 
 
 class MinLSTM(MinimalRNN):
-    """minLSTM (Feng et al. 2024, section 3.2, with the length-independent normalization;
-    appendix A for log space): f_t = σ(x_t W_f + b_f), i_t = σ(x_t W_i + b_i),
-    f'_t = f_t / (f_t + i_t), i'_t = i_t / (f_t + i_t), h̃_t = g(x_t W_h + b_h) (log_space)
-    or x_t W_h + b_h (plain), h_t = f'_t ⊙ h_{t-1} + i'_t ⊙ h̃_t. `kernel` (f, 3u), `bias`
-    (3u,); columns f, i, h. Everything else: `MinimalRNN` and the module docstring."""
+    """minLSTM (Feng, Tung, Ahmed, Bengio, Hajimirsadeghi, 2024, "Were RNNs All We Needed?",
+    section 3.2 with the length-independent normalization; appendix A for log space): an
+    LSTM whose gates see only the input, solved as a linear scan.
+
+    `f_t = sigmoid(x_t W_f + b_f)`, `i_t = sigmoid(x_t W_i + b_i)`, `f'_t = f_t / (f_t +
+    i_t)`, `i'_t = i_t / (f_t + i_t)`, `h~_t = g(x_t W_h + b_h)` (log space) or `x_t W_h +
+    b_h` (plain), `h_t = f'_t * h_{t-1} + i'_t * h~_t`. Parameters: `kernel` (features,
+    3 units) and `bias` (3 units,), columns f | i | h.
+
+    Attributes:
+      units: int >= 1, the width of h and the output.
+      return_sequences: bool: every step's output, (batch, time, units) (True), or the
+        last, (batch, units) (False, default).
+      return_state: bool: also return the final h. Default False.
+      go_backwards: bool: process the sequence from its end and return the outputs in that
+        (reversed) order, as Keras. Default False.
+      zero_output_for_mask: bool: masked steps output zeros instead of repeating the previous
+        output (`Bidirectional` sets it). Default False.
+      mode: how the recurrence is solved, the same function either way (to float rounding):
+        "parallel" (`jax.lax.associative_scan` over time, O(log T) depth; in log space with
+        `log_space`), "sequential" (`jax.lax.scan`, one step at a time, with an adjoint
+        reverse scan as its backward pass) or "auto" (default: "sequential" when the program
+        is lowered for CPU, where it is faster and compiles faster, "parallel" on GPU/TPU).
+      log_space: bool. True (default): the paper's log-space form: candidate g(v) (v + 0.5
+        for v >= 0, sigmoid(v) below), positive states, the parallel mode on logarithms.
+        False: the plain form: identity candidate, signed states, no logarithms.
+      kernel_init: initializer of `kernel`. Default `glorot_uniform`.
+      bias_init: initializer of `bias`. Default zeros.
+      dtype: computation dtype; None (default) promotes x's and the parameters' dtypes.
+      param_dtype: dtype of the parameters. Default float32.
+
+    Call arguments:
+      `layer.apply(variables, x, *, mask=None, initial_state=None, deterministic=True)`:
+
+      - `x`: (batch, time, features) floating (NumPy, JAX or a nested list).
+      - `mask`: optional (batch, time) bool or int, True at real steps: as Keras 3, a masked
+        step keeps h and repeats the previous output; a fully masked row returns the initial
+        state; padding values (NaN included) never reach values or gradients.
+      - `initial_state`: h or `(h,)`, (batch, units): the state itself (what `return_state`
+        returns, so it continues a sequence). With `log_space=True` every entry must be > 0
+        (a concrete array with an entry <= 0 or NaN raises ValueError; a traced one is not
+        checked). Default: 0.5 everywhere in log space (g(0), the paper's start), zeros in
+        the plain form (as Keras).
+      - `deterministic`: accepted for the common layer API; these layers have no dropout.
+
+    Returns:
+      output (jax.Array | tuple[jax.Array, jax.Array]): (batch, time, units) with
+        `return_sequences`, else (batch, units); with `return_state`, `(output, h)`, h
+        (batch, units). The dtype is `dtype` or the promotion of x's and the parameters'.
+
+    Raises:
+      ValueError: units < 1, an unknown mode, x not (batch, time, features) or with another
+        feature count than at init, a mask not (batch, time), an initial state of the wrong
+        shape (or not positive in log space).
+      TypeError: units not an int, x not floating, a float mask.
+    """
 
     gates: ClassVar[int] = 3
 

@@ -1,242 +1,110 @@
-"""Recurrent layers with Keras 3 semantics: LSTM, GRU, SimpleRNN, and Bidirectional.
+"""Keras 3's recurrent layers: `LSTM`, `GRU` and `SimpleRNN` (with `RNN`, their base, and
+`Bidirectional`).
 
-A layer owns its cell's parameters directly, in Keras order and layout (`kernel`,
-`recurrent_kernel`, `bias`), so parameter counts and weights match Keras exactly.
-
-How a layer runs (shapes with b=batch, t=time, f=features, u=units, g=gates*u):
-
-1. contracts: x (b, t, f), mask (b, t), initial_state (b, u) each — before any tracing;
-2. input dropout (one mask per sequence), then `x @ kernel + bias` for all t in ONE product;
-3. `nn.scan` over time of the recurrent step (only `h @ recurrent_kernel` inside the loop);
-4. masking inside the step, as Keras 3: a masked step keeps every state and repeats the
-   previous output (the previous h; for the first step, the initial h), or outputs zeros when
-   `zero_output_for_mask=True` (what Keras' Bidirectional sets when returning sequences).
-
-`go_backwards=True` processes the sequence from its end and, as Keras, returns the outputs in
-processing order (reversed time). A fully masked row returns its initial state.
+Each layer owns its cell's parameters directly, in Keras order and layout (`kernel`,
+`recurrent_kernel`, `bias`), so parameter counts and weights match Keras exactly. `RNN`
+(`jaxseq.rnn`) runs the recurrence around the cell's step (`jaxseq.cells`); `Bidirectional`
+(`jaxseq.bidirectional`) wraps any of them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import ClassVar
 
-import chex
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
-
-from jaxseq import contracts, fused
+from jaxseq.bidirectional import Bidirectional
 from jaxseq.cells import CellBase, GRUCell, LSTMCell, SimpleRNNCell
-from jaxseq.conv_lstm import ConvLSTM
-from jaxseq.typing import STATE_COLLECTION, Array, Mask, Sequences
+from jaxseq.rnn import RNN
 
-Initializer = Callable[..., Array]
-
-
-class _Recurrence(nn.Module):
-    """The body that `nn.scan` runs once per time step. It owns no parameters: the recurrent
-    weights come in as a broadcast argument, the projected inputs as the scanned one."""
-
-    cell: Any  # an unbound CellBase: configuration and pure math only
-    zero_output_for_mask: bool
-    emit_outputs: bool
-
-    @nn.compact
-    def __call__(self, states, inputs, rparams, rmask):
-        xp, m = inputs
-        new = self.cell.step(rparams, states, xp, rmask)
-        if m is not None:
-            keep = m[:, None]
-            new = tuple(jnp.where(keep, n, s) for n, s in zip(new, states, strict=True))
-            y = jnp.where(keep, new[0], jnp.zeros_like(new[0])) if self.zero_output_for_mask \
-                else new[0]
-        else:
-            y = new[0]
-        return new, (y if self.emit_outputs else None)
-
-
-def _dropout_mask(module: nn.Module, rate: float, shape, dtype) -> Array:
-    """An inverted-dropout mask, drawn once per sequence (Keras: one mask for every step)."""
-    keep = jax.random.bernoulli(module.make_rng("dropout"), 1.0 - rate, shape)
-    return jnp.where(keep, 1.0 / (1.0 - rate), 0.0).astype(dtype)
-
-
-class RNN(nn.Module):
-    """Base of the Keras-style recurrent layers. Subclasses set `cell_class` and cell fields.
-
-    Call: `layer(x, *, mask=None, initial_state=None, deterministic=True)`
-      x: (batch, time, features), floating.
-      mask: (batch, time), bool (True = real step), optional.
-      initial_state: LSTM `(h, c)`; GRU / SimpleRNN `h` or `(h,)`; each (batch, units).
-      deterministic: False enables dropout; then an rng named "dropout" must be given.
-    stateful: Keras' `stateful=True`: the final states of each call are kept in the flax
-      collection `"rnn_state"` (one row per sample: the batch size is fixed by `init`) and are
-      the next call's initial states; apply with `mutable=["rnn_state"]` to carry them
-      (`fit` does), and `jaxseq.reset_states(variables)` to zero them. An explicit
-      `initial_state` takes precedence. Row j of the next batch continues row j of this one.
-    Returns: (batch, time, units) with `return_sequences`, else (batch, units); with
-      `return_state`, the tuple `(output, *states)` (LSTM states in Keras order h, c).
-    """
-
-    units: int
-    activation: str | Callable = "tanh"
-    use_bias: bool = True
-    kernel_init: Initializer = nn.initializers.glorot_uniform()
-    recurrent_kernel_init: Initializer = nn.initializers.orthogonal()
-    bias_init: Initializer = nn.initializers.zeros_init()
-    return_sequences: bool = False
-    return_state: bool = False
-    go_backwards: bool = False
-    unroll: bool | int = False
-    dropout: float = 0.0
-    recurrent_dropout: float = 0.0
-    stateful: bool = False
-    zero_output_for_mask: bool = False
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
-    # "auto" | "scan" | "fused". "fused" (jaxseq.fused): time-major scan with a custom
-    # backward pass; "auto" takes it wherever it supports the layer, else the nn.scan reference.
-    implementation: str = "auto"
-
-    cell_class: ClassVar[type[CellBase]] = CellBase
-    extra_cell_fields: ClassVar[tuple[str, ...]] = ()
-
-    @nn.nowrap
-    def make_cell(self) -> CellBase:
-        """The unbound cell with this layer's configuration (pure math and parameter spec)."""
-        names = (
-            "units", "activation", "use_bias", "kernel_init", "recurrent_kernel_init",
-            "bias_init", "dtype", "param_dtype", *self.extra_cell_fields,
-        )
-        return self.cell_class(**{n: getattr(self, n) for n in names}, parent=None)
-
-    @nn.nowrap
-    def _check_config(self) -> None:
-        where = type(self).__name__
-        contracts.check_positive_int(self.units, "units", where)
-        for name in ("dropout", "recurrent_dropout"):
-            rate = getattr(self, name)
-            if not 0.0 <= rate < 1.0:
-                raise ValueError(f"{where} expects {name} in [0, 1); got {rate}.")
-
-    @nn.nowrap
-    def _initial_states(self, cell: CellBase, initial_state, batch: int, dtype):
-        where = type(self).__name__
-        if initial_state is None:
-            return cell.zero_states(batch, dtype)
-        if not isinstance(initial_state, (tuple, list)):
-            initial_state = (initial_state,)
-        contracts.check_state_shapes(
-            initial_state, [(batch, k) for k in cell.state_sizes()], cell.state_names, where
-        )
-        return tuple(jnp.asarray(s).astype(dtype) for s in initial_state)
-
-    @nn.compact
-    def __call__(self, x: Sequences, *, mask: Mask | None = None, initial_state=None,
-                 deterministic: bool = True):
-        where = type(self).__name__
-        self._check_config()
-        batch, time, features = contracts.check_sequence_input(x, where)
-        if mask is not None:
-            contracts.check_mask(mask, batch, time, where)
-        cell = self.make_cell()
-        if self.has_variable("params", "kernel"):  # built before: same feature count?
-            built = self.get_variable("params", "kernel").shape[0]
-            contracts.check_features(features, built, where)
-        params = cell.create_params(self, features)
-        x = jnp.asarray(x)
-
-        dtype = self.dtype or jnp.result_type(x, *jax.tree.leaves(params))
-        params = jax.tree.map(lambda p: jnp.asarray(p, dtype), params)
-        x = jnp.asarray(x, dtype)
-        carried = None
-        if self.stateful and initial_state is None:
-            carried = self.variable(STATE_COLLECTION, "states",
-                                    lambda: cell.zero_states(batch, dtype))
-            kept = contracts.shape_of(carried.value[0])[0]
-            if kept != batch:
-                raise ValueError(
-                    f"{where}(stateful=True) keeps one state per sample for batches of {kept} "
-                    f"(the batch size at init); got a batch of {batch}. Feed batches of {kept} "
-                    "(fit: batch_size, with the sample count a multiple of it), or init with a "
-                    f"batch of {batch}.")
-            states = tuple(jnp.asarray(v, dtype) for v in carried.value)
-        else:
-            states = self._initial_states(cell, initial_state, batch, dtype)
-
-        if not deterministic and self.dropout > 0:
-            x = x * _dropout_mask(self, self.dropout, (batch, 1, features), dtype)
-        rmask = None
-        if not deterministic and self.recurrent_dropout > 0:
-            rmask = _dropout_mask(self, self.recurrent_dropout, (batch, cell.output_size), dtype)
-
-        m = None if mask is None else jnp.asarray(mask).astype(bool)
-        if m is not None:  # padding may hold anything (NaN, Inf): select it away before any
-            x = jnp.where(m[:, :, None], x, jnp.zeros_like(x))  # arithmetic, values and grads
-        if fused.select(self.implementation, cell, where) == "fused":
-            final, ys = fused.layer_recurrence(self, cell, params, x, states, m, rmask)
-            self._keep(carried, final)
-            return self._finish(final, ys, m, batch, time)
-
-        xp = cell.project(params, x)  # (b, t, g): the input part of every step at once
-        chex.assert_shape(xp, (batch, time, cell.gates * self.units))
-
-        unroll = time if self.unroll is True else max(int(self.unroll), 1)
-        scan = nn.scan(
-            _Recurrence,
-            variable_broadcast="params",
-            split_rngs={"params": False},
-            in_axes=(1, nn.broadcast, nn.broadcast),
-            out_axes=1,
-            reverse=self.go_backwards,
-            unroll=unroll,
-        )
-        body = scan(
-            cell=cell,
-            zero_output_for_mask=self.zero_output_for_mask,
-            emit_outputs=self.return_sequences,
-            name="recurrence",
-        )
-        rparams = {k: v for k, v in params.items() if k != "kernel"}
-        final, ys = body(states, (xp, m), rparams, rmask)
-        self._keep(carried, final)
-        if self.return_sequences and self.go_backwards:
-            ys = jnp.flip(ys, axis=1)  # processing order, as Keras returns it
-        return self._finish(final, ys, m, batch, time)
-
-    def _keep(self, carried, final) -> None:
-        """Stateful: the final states become the next call's (when the collection is mutable;
-        init keeps zeros, as Keras builds them)."""
-        if carried is not None and self.is_mutable_collection(STATE_COLLECTION) and (
-                not self.is_initializing()):
-            carried.value = tuple(jax.lax.stop_gradient(f) for f in final)
-
-    @nn.nowrap
-    def _finish(self, final, ys, m, batch: int, time: int):
-        """The layer's return value from the final states and the outputs ys (b, t, u) in
-        processing order (None without return_sequences)."""
-        if self.return_sequences:
-            output = ys
-            chex.assert_shape(output, (batch, time, self.make_cell().output_size))
-        else:
-            output = final[0]
-            if self.zero_output_for_mask and m is not None:
-                last = m[:, 0] if self.go_backwards else m[:, -1]
-                output = jnp.where(last[:, None], output, jnp.zeros_like(output))
-            chex.assert_shape(output, (batch, self.make_cell().output_size))
-        if self.return_state:
-            return (output, *final)
-        return output
+__all__ = ["GRU", "LSTM", "RNN", "Bidirectional", "SimpleRNN"]
 
 
 class LSTM(RNN):
-    """Keras 3 `LSTM`: kernel (f, 4u), recurrent_kernel (u, 4u), bias (4u,); gates i, f, c, o.
+    """Keras 3 `LSTM`: a long short-term memory layer over (batch, time, features) inputs.
 
-    `unit_forget_bias=True` initializes the forget-gate bias to one. States are `(h, c)`.
-    `proj_size=p` > 0: PyTorch's LSTM with projections (`nn.LSTM(proj_size=p)`), h = (o ⊙
-    tanh(c)) @ projection_kernel (u, p); recurrent_kernel (p, 4u); the output and h are
-    (..., p), c stays (batch, u). Runs on the scan path (the fused path has no projection).
+    Each step, with gates i, f, c, o in that order (`keras/src/layers/rnn/lstm.py`;
+    Hochreiter & Schmidhuber, 1997):
+    `z = x @ kernel + h @ recurrent_kernel + bias`, split into four (batch, units) parts;
+    `c' = ract(z_f) * c + ract(z_i) * act(z_c)`; `h' = ract(z_o) * act(c')`.
+    Parameters (Keras' names and layout): `kernel` (features, 4 units), `recurrent_kernel`
+    (units, 4 units), `bias` (4 units,): LSTM(5) on 1 feature has 140, as in Keras.
+
+    Attributes:
+      units: int >= 1, the width of h, c and the output.
+      activation: candidate and output activation: a Keras name ("tanh", "sigmoid", "relu",
+        "linear", "elu", "gelu", "hard_sigmoid", "softsign", "swish", "silu") or a callable.
+        Default "tanh".
+      recurrent_activation: the gates' activation, a name or a callable. Default "sigmoid".
+      unit_forget_bias: bool. True (default): the forget gate's bias starts at one (and the
+        other gates' at `bias_init`), as Keras (Jozefowicz et al., 2015).
+      proj_size: int >= 0. p > 0: PyTorch's LSTM with projections (`torch.nn.LSTM(...,
+        proj_size=p)`; Sak et al., 2014): h = (o * act(c)) @ `projection_kernel` (units, p),
+        `recurrent_kernel` (p, 4 units); h and the output are (..., p), c stays (batch,
+        units). Runs on the "scan" implementation. Default 0 (none).
+      use_bias: bool, whether the layer has a `bias`. Default True.
+      kernel_init: initializer `(key, shape, dtype) -> Array` of `kernel`. Default
+        `glorot_uniform` (Keras' `kernel_initializer`).
+      recurrent_kernel_init: initializer of `recurrent_kernel`. Default `orthogonal`
+        (Keras' `recurrent_initializer`).
+      bias_init: initializer of `bias`. Default zeros (Keras' `bias_initializer`).
+      return_sequences: bool. False (default): return the last output, (batch, units);
+        True: every step's output, (batch, time, units).
+      return_state: bool. True: return `(output, output, h, c)`. Default False.
+      go_backwards: bool. True: process the sequence from its last step to its first and
+        return the outputs in that processing (reversed) order, as Keras. Default False.
+      unroll: False (default: a loop), True (every step unrolled: faster for short
+        sequences, a larger program) or an int k >= 1 (k steps per loop iteration).
+      dropout: float in [0, 1), the fraction of the input features dropped, one mask per
+        sequence for every step (Keras); only with `deterministic=False`. Default 0.
+      recurrent_dropout: float in [0, 1), the fraction of h dropped where it enters the
+        recurrent product (one mask per sequence; the carried h is not dropped). Default 0.
+      stateful: bool. True: the final states of each call are kept in the collection
+        "rnn_state" (one row per sample; the batch size is fixed by `init`) and start the
+        next call; apply with `mutable=["rnn_state"]` (`fit` does), zero them with
+        `jaxseq.reset_states`. An explicit `initial_state` wins. Default False.
+      zero_output_for_mask: bool. True: masked steps output zeros instead of repeating the
+        previous output (Keras' `Bidirectional` sets it). Default False.
+      dtype: computation dtype; None (default) promotes x's and the parameters' dtypes.
+      param_dtype: dtype of the parameters. Default float32.
+      implementation: "auto" (default), "scan" or "fused". "scan": `nn.scan` of the step,
+        the input projection taken for all steps in one product before the loop. "fused":
+        one `jax.custom_vjp` over the layer whose backward pass takes the weight gradients
+        out of the loop (`jaxseq.fused`); it supports the activations tanh, sigmoid, linear
+        and relu and no `proj_size`; reverse mode only (use "scan" for `jax.jvp` /
+        `jax.jacfwd`). "auto": "fused" where it supports the layer, else "scan".
+
+    Example:
+      >>> import jax, numpy as np, jaxseq as js
+      >>> layer = js.LSTM(5, return_sequences=True, return_state=True)
+      >>> x = np.zeros((2, 7, 1), np.float32)
+      >>> variables = layer.init(jax.random.PRNGKey(0), x)
+      >>> out, h, c = layer.apply(variables, x)
+      >>> out.shape, h.shape, c.shape
+      ((2, 7, 5), (2, 5), (2, 5))
+
+    Call arguments:
+      `layer.apply(variables, x, *, mask=None, initial_state=None, deterministic=True)`
+      (see `RNN.__call__`):
+
+      - `x`: (batch, time, features) floating array (NumPy, JAX or a nested list).
+      - `mask`: optional (batch, time) bool or int, True at real steps. As Keras 3, a masked
+        step keeps the states and repeats the previous output; a fully masked row returns its
+        initial state; values under the mask (NaN included) never reach the arithmetic.
+      - `initial_state`: `(h, c)`, each (batch, units) (h (batch, p) with `proj_size`);
+        None gives zeros (or the kept states when `stateful`).
+      - `deterministic`: False applies the dropouts and needs a "dropout" rng.
+
+    Returns:
+      output (jax.Array | tuple[jax.Array, ...]): (batch, time, units) with `return_sequences`, else
+        (batch, units); with `return_state`, `(output, h, c)`, h and c each (batch, units).
+        The dtype is `dtype` or the promotion of x's and the parameters'.
+
+    Raises:
+      ValueError: units < 1, a dropout rate outside [0, 1), an unknown `implementation`,
+        "fused" where it does not apply, x not (batch, time, features) or with another
+        feature count than at init, a mask not (batch, time), initial states of the wrong
+        count or shapes, a stateful layer fed another batch size than at init.
+      TypeError: units not an int, x not floating, a float mask.
     """
 
     recurrent_activation: str | Callable = "sigmoid"
@@ -249,8 +117,82 @@ class LSTM(RNN):
 
 
 class GRU(RNN):
-    """Keras 3 `GRU`, `reset_after=True` by default: kernel (f, 3u), recurrent_kernel (u, 3u),
-    bias (2, 3u) (input bias row 0, recurrent bias row 1); gates z, r, h. State `h`."""
+    """Keras 3 `GRU`: a gated recurrent unit layer over (batch, time, features) inputs.
+
+    Each step, with gates z (update), r (reset), h (candidate) in that order
+    (`keras/src/layers/rnn/gru.py`; Cho et al., 2014):
+    `z = ract(x W_z + h U_z + b)`, `r = ract(x W_r + h U_r + b)`, `h' = z * h + (1 - z) * h~`
+    with `h~ = act(x W_h + b_h + r * (h U_h + rb_h))` when `reset_after=True` (Keras 3's
+    and cuDNN's default) or `h~ = act(x W_h + b_h + (r * h) U_h)` when False.
+    Parameters: `kernel` (features, 3 units), `recurrent_kernel` (units, 3 units), `bias`
+    (2, 3 units) with `reset_after=True` (row 0 the input bias, row 1 the recurrent bias), or
+    (3 units,) with `reset_after=False`.
+
+    Attributes:
+      units: int >= 1, the width of h and the output.
+      activation: the candidate's activation: a Keras name ("tanh", "sigmoid", "relu",
+        "linear", "elu", "gelu", "hard_sigmoid", "softsign", "swish", "silu") or a callable.
+        Default "tanh".
+      recurrent_activation: the gates' activation, a name or a callable. Default "sigmoid".
+      reset_after: bool. True (default): the reset gate multiplies the recurrent product
+        (with its own recurrent bias); False: it multiplies h before the product (the
+        original formulation; runs on the "scan" implementation).
+      use_bias: bool, whether the layer has a `bias`. Default True.
+      kernel_init: initializer `(key, shape, dtype) -> Array` of `kernel`. Default
+        `glorot_uniform` (Keras' `kernel_initializer`).
+      recurrent_kernel_init: initializer of `recurrent_kernel`. Default `orthogonal`
+        (Keras' `recurrent_initializer`).
+      bias_init: initializer of `bias`. Default zeros (Keras' `bias_initializer`).
+      return_sequences: bool. False (default): return the last output, (batch, units);
+        True: every step's output, (batch, time, units).
+      return_state: bool. True: return `(output, output, h)`. Default False.
+      go_backwards: bool. True: process the sequence from its last step to its first and
+        return the outputs in that processing (reversed) order, as Keras. Default False.
+      unroll: False (default: a loop), True (every step unrolled: faster for short
+        sequences, a larger program) or an int k >= 1 (k steps per loop iteration).
+      dropout: float in [0, 1), the fraction of the input features dropped, one mask per
+        sequence for every step (Keras); only with `deterministic=False`. Default 0.
+      recurrent_dropout: float in [0, 1), the fraction of h dropped where it enters the
+        recurrent product (one mask per sequence; the carried h is not dropped). Default 0.
+      stateful: bool. True: the final states of each call are kept in the collection
+        "rnn_state" (one row per sample; the batch size is fixed by `init`) and start the
+        next call; apply with `mutable=["rnn_state"]` (`fit` does), zero them with
+        `jaxseq.reset_states`. An explicit `initial_state` wins. Default False.
+      zero_output_for_mask: bool. True: masked steps output zeros instead of repeating the
+        previous output (Keras' `Bidirectional` sets it). Default False.
+      dtype: computation dtype; None (default) promotes x's and the parameters' dtypes.
+      param_dtype: dtype of the parameters. Default float32.
+      implementation: "auto" (default), "scan" or "fused". "scan": `nn.scan` of the step,
+        the input projection taken for all steps in one product before the loop. "fused":
+        one `jax.custom_vjp` over the layer whose backward pass takes the weight gradients
+        out of the loop (`jaxseq.fused`); it supports `reset_after=True` with the
+        activations tanh, sigmoid, linear and relu; reverse mode only (use "scan" for
+        `jax.jvp` / `jax.jacfwd`). "auto": "fused" where it supports the layer, else "scan".
+
+    Call arguments:
+      `layer.apply(variables, x, *, mask=None, initial_state=None, deterministic=True)`
+      (see `RNN.__call__`):
+
+      - `x`: (batch, time, features) floating array (NumPy, JAX or a nested list).
+      - `mask`: optional (batch, time) bool or int, True at real steps. As Keras 3, a masked
+        step keeps the states and repeats the previous output; a fully masked row returns its
+        initial state; values under the mask (NaN included) never reach the arithmetic.
+      - `initial_state`: `h` or `(h,)`, (batch, units); None gives zeros (or the kept
+        states when `stateful`).
+      - `deterministic`: False applies the dropouts and needs a "dropout" rng.
+
+    Returns:
+      output (jax.Array | tuple[jax.Array, ...]): (batch, time, units) with `return_sequences`, else
+        (batch, units); with `return_state`, `(output, h)`, h (batch, units). The dtype is
+        `dtype` or the promotion of x's and the parameters'.
+
+    Raises:
+      ValueError: units < 1, a dropout rate outside [0, 1), an unknown `implementation`,
+        "fused" where it does not apply, x not (batch, time, features) or with another
+        feature count than at init, a mask not (batch, time), initial states of the wrong
+        count or shapes, a stateful layer fed another batch size than at init.
+      TypeError: units not an int, x not floating, a float mask.
+    """
 
     recurrent_activation: str | Callable = "sigmoid"
     reset_after: bool = True
@@ -260,102 +202,72 @@ class GRU(RNN):
 
 
 class SimpleRNN(RNN):
-    """Keras 3 `SimpleRNN`: kernel (f, u), recurrent_kernel (u, u), bias (u,). State `h`."""
+    """Keras 3 `SimpleRNN`: a fully connected recurrent layer over (batch, time, features).
 
-    cell_class: ClassVar[type[CellBase]] = SimpleRNNCell
+    Each step (`keras/src/layers/rnn/simple_rnn.py`; Elman, 1990):
+    `h' = act(x @ kernel + h @ recurrent_kernel + bias)`, and the output is h'.
+    Parameters: `kernel` (features, units), `recurrent_kernel` (units, units), `bias`
+    (units,).
 
+    Attributes:
+      units: int >= 1, the width of h and the output.
+      activation: a Keras name ("tanh", "sigmoid", "relu", "linear", "elu", "gelu",
+        "hard_sigmoid", "softsign", "swish", "silu") or a callable. Default "tanh".
+      use_bias: bool, whether the layer has a `bias`. Default True.
+      kernel_init: initializer `(key, shape, dtype) -> Array` of `kernel`. Default
+        `glorot_uniform` (Keras' `kernel_initializer`).
+      recurrent_kernel_init: initializer of `recurrent_kernel`. Default `orthogonal`
+        (Keras' `recurrent_initializer`).
+      bias_init: initializer of `bias`. Default zeros (Keras' `bias_initializer`).
+      return_sequences: bool. False (default): return the last output, (batch, units);
+        True: every step's output, (batch, time, units).
+      return_state: bool. True: return `(output, output, h)`. Default False.
+      go_backwards: bool. True: process the sequence from its last step to its first and
+        return the outputs in that processing (reversed) order, as Keras. Default False.
+      unroll: False (default: a loop), True (every step unrolled: faster for short
+        sequences, a larger program) or an int k >= 1 (k steps per loop iteration).
+      dropout: float in [0, 1), the fraction of the input features dropped, one mask per
+        sequence for every step (Keras); only with `deterministic=False`. Default 0.
+      recurrent_dropout: float in [0, 1), the fraction of h dropped where it enters the
+        recurrent product (one mask per sequence; the carried h is not dropped). Default 0.
+      stateful: bool. True: the final states of each call are kept in the collection
+        "rnn_state" (one row per sample; the batch size is fixed by `init`) and start the
+        next call; apply with `mutable=["rnn_state"]` (`fit` does), zero them with
+        `jaxseq.reset_states`. An explicit `initial_state` wins. Default False.
+      zero_output_for_mask: bool. True: masked steps output zeros instead of repeating the
+        previous output (Keras' `Bidirectional` sets it). Default False.
+      dtype: computation dtype; None (default) promotes x's and the parameters' dtypes.
+      param_dtype: dtype of the parameters. Default float32.
+      implementation: "auto" (default), "scan" or "fused". "scan": `nn.scan` of the step,
+        the input projection taken for all steps in one product before the loop. "fused":
+        one `jax.custom_vjp` over the layer whose backward pass takes the weight gradients
+        out of the loop (`jaxseq.fused`); it supports the activations tanh, sigmoid, linear
+        and relu; reverse mode only (use "scan" for `jax.jvp` / `jax.jacfwd`). "auto":
+        "fused" where it supports the layer, else "scan".
 
-_MERGE_MODES = ("concat", "sum", "mul", "ave", None)
+    Call arguments:
+      `layer.apply(variables, x, *, mask=None, initial_state=None, deterministic=True)`
+      (see `RNN.__call__`):
 
+      - `x`: (batch, time, features) floating array (NumPy, JAX or a nested list).
+      - `mask`: optional (batch, time) bool or int, True at real steps. As Keras 3, a masked
+        step keeps the states and repeats the previous output; a fully masked row returns its
+        initial state; values under the mask (NaN included) never reach the arithmetic.
+      - `initial_state`: `h` or `(h,)`, (batch, units); None gives zeros (or the kept
+        states when `stateful`).
+      - `deterministic`: False applies the dropouts and needs a "dropout" rng.
 
-def _merge(fw: Array, bw: Array, mode: str | None):
-    if mode == "concat":
-        return jnp.concatenate([fw, bw], axis=-1)
-    if mode == "sum":
-        return fw + bw
-    if mode == "mul":
-        return fw * bw
-    if mode == "ave":
-        return (fw + bw) / 2
-    return [fw, bw]
+    Returns:
+      output (jax.Array | tuple[jax.Array, ...]): (batch, time, units) with `return_sequences`, else
+        (batch, units); with `return_state`, `(output, h)`, h (batch, units). The dtype is
+        `dtype` or the promotion of x's and the parameters'.
 
-
-_WRAPPABLE = ("go_backwards", "return_sequences", "return_state", "zero_output_for_mask")
-
-
-def _state_names(layer) -> tuple[str, ...] | None:
-    """The states of a layer Bidirectional can wrap: a jaxseq RNN's (its cell's), or those
-    declared in `state_names` by a layer with the fields of `_WRAPPABLE` (MinGRU, MinLSTM);
-    None for any other layer."""
-    if isinstance(layer, RNN):
-        return layer.make_cell().state_names
-    if all(hasattr(layer, f) for f in _WRAPPABLE):
-        return getattr(type(layer), "state_names", None)
-    return None
-
-
-class Bidirectional(nn.Module):
-    """Keras 3 `Bidirectional(layer, merge_mode="concat")`.
-
-    `layer`: a jaxseq recurrent layer (LSTM, GRU, SimpleRNN, MinGRU, MinLSTM). Two copies of
-    `layer` with their own weights, `forward_layer` and `backward_layer` (the
-    latter with `go_backwards` flipped). With `return_sequences`, the backward output is
-    re-aligned to forward time, and masked steps output zeros (Keras sets
-    `zero_output_for_mask` in this case). `merge_mode`: "concat" | "sum" | "mul" | "ave" |
-    None (returns `[forward, backward]`). `initial_state`: forward states then backward states.
-    `return_state`: `(output, *forward_states, *backward_states)`. `layer` may also be a
-    `ConvLSTM1D` / `ConvLSTM2D` (states (batch, *S', filters); "concat" joins the filters).
+    Raises:
+      ValueError: units < 1, a dropout rate outside [0, 1), an unknown `implementation`,
+        "fused" where it does not apply, x not (batch, time, features) or with another
+        feature count than at init, a mask not (batch, time), initial states of the wrong
+        count or shapes, a stateful layer fed another batch size than at init.
+      TypeError: units not an int, x not floating, a float mask.
     """
 
-    layer: nn.Module  # RNN, MinGRU, MinLSTM, ConvLSTM1D/2D (checked at call)
-    merge_mode: str | None = "concat"
-
-    @nn.compact
-    def __call__(self, x, *, mask=None, initial_state=None, deterministic: bool = True):
-        names = _state_names(self.layer)
-        if names is None:
-            raise TypeError(
-                "Bidirectional expects a jaxseq recurrent layer (LSTM, GRU, SimpleRNN, MinGRU, "
-                f"MinLSTM, ConvLSTM1D, ConvLSTM2D); got {type(self.layer).__name__}."
-            )
-        contracts.check_choice(self.merge_mode, _MERGE_MODES, "merge_mode", "Bidirectional")
-        base = self.layer
-        fw_layer = base.clone(
-            parent=self, zero_output_for_mask=base.return_sequences, name="forward_layer"
-        )
-        bw_layer = base.clone(
-            parent=self,
-            go_backwards=not base.go_backwards,
-            zero_output_for_mask=base.return_sequences,
-            name="backward_layer",
-        )
-        fw_init = bw_init = None
-        if initial_state is not None:
-            n = len(names)
-            each = ("(batch, *spatial', filters)" if isinstance(base, ConvLSTM)
-                    else "(batch, units)")
-            states = list(initial_state) if isinstance(initial_state, (tuple, list)) else [
-                initial_state
-            ]
-            if len(states) != 2 * n:
-                raise ValueError(
-                    f"Bidirectional({type(base).__name__}) expects initial_state with {2 * n} "
-                    f"arrays (forward states then backward states), each {each}; got "
-                    f"{len(states)}."
-                )
-            fw_init, bw_init = tuple(states[:n]), tuple(states[n:])
-        kw = dict(mask=mask, deterministic=deterministic)
-        fw = fw_layer(x, initial_state=fw_init, **kw)
-        bw = bw_layer(x, initial_state=bw_init, **kw)
-        fw_states = bw_states = ()
-        if base.return_state:
-            fw, *fw_states = fw
-            bw, *bw_states = bw
-        if base.return_sequences:
-            bw = jnp.flip(bw, axis=1)
-        out = _merge(fw, bw, self.merge_mode)
-        if base.return_state and self.merge_mode is None:  # Keras: flat (fw, bw, *states)
-            return (*out, *fw_states, *bw_states)
-        if base.return_state:
-            return (out, *fw_states, *bw_states)
-        return out
+    cell_class: ClassVar[type[CellBase]] = SimpleRNNCell

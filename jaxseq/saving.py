@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from typing import Any
 
 import flax.linen as nn
@@ -182,7 +183,7 @@ def _input_spec(x) -> dict | None:
     return {"shape": list(shape[1:]), "dtype": dtype.name}
 
 
-def save_model(path, model: nn.Module, variables, *, x=None) -> None:
+def save_model(path: str | os.PathLike, model: nn.Module, variables, *, x=None) -> None:
     """Write `model` (jaxseq layers/builders) and its variables to one file at `path`.
 
     Args:
@@ -212,7 +213,7 @@ def save_model(path, model: nn.Module, variables, *, x=None) -> None:
                                           "input": _input_spec(x)}, "save_model")
 
 
-def load_model(path) -> tuple[nn.Module, dict[str, Any]]:
+def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
     """Read a file of `save_model` -> (model, variables) (every collection, as nested dicts).
 
     The architecture record is validated node by node (known layer names and fields, types,
@@ -283,7 +284,7 @@ def _tuples(node):
     return node
 
 
-def save_params(path, params) -> None:
+def save_params(path: str | os.PathLike, params) -> None:
     """Write `params` (any tree of arrays) to one msgpack file at `path` (str or os.PathLike),
     atomically, with a SHA-256 digest of its payload that `load_params` verifies. A failed write
     leaves nothing behind and raises OSError naming the path."""
@@ -292,7 +293,7 @@ def save_params(path, params) -> None:
                   "save_params")
 
 
-def load_params(path, *, like=None):
+def load_params(path: str | os.PathLike, *, like=None):
     """Read parameters written by `save_params`.
 
     like: a tree of the expected structure (e.g. `model.init(key, x)["params"]`); the file must

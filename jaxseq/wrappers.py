@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxseq import contracts
-from jaxseq.typing import Array
+from jaxseq.typing import Array, ArrayLike, Mask
 
 
 def _collections(layer: nn.Module, x_slice, kwargs: dict) -> tuple[str, ...]:
@@ -28,7 +28,8 @@ def _collections(layer: nn.Module, x_slice, kwargs: dict) -> tuple[str, ...]:
 
 
 class TimeDistributed(nn.Module):
-    """Apply `layer` to every time slice: (batch, time, *rest) -> (batch, time, *out).
+    """Keras 3 `TimeDistributed(layer)`: apply `layer` to every time slice, (batch, time,
+    *rest) -> (batch, time, *out) (`keras/src/layers/rnn/time_distributed.py`).
 
     The wrapped layer sees (batch, *rest) slices and keeps one set of parameters (its own
     subtree, `layer`): `TimeDistributed(nn.Dense(1))` after an LSTM(5) has 5 + 1 parameters.
@@ -49,6 +50,27 @@ class TimeDistributed(nn.Module):
     `nn.scan` over time with those collections carried: slice after slice, each normalized with
     its own batch moments and the running statistics updated once per step, in order, as Keras
     3 applies the layer to one slice after another.
+
+    Attributes:
+      layer: any flax.linen Module taking (batch, *rest) inputs (e.g. `Dense(1)`, an MLP, a
+        conv net on (batch, h, w, c) frames); its parameters live under the name "layer".
+
+    Call arguments:
+      `wrapper.apply(variables, x, *, mask=None, **kwargs)`:
+
+      - `x`: (batch, time, *rest) array, time >= 1 (at least 3 axes).
+      - `mask`: None, an outer (batch, time) mask or a per-slice (batch, time, inner_time)
+        mask (above).
+      - `**kwargs`: keyword arguments for the wrapped layer (e.g. `deterministic`); dropout
+        needs a "dropout" rng and draws its own mask per time step.
+
+    Returns:
+      output (jax.Array): (batch, time, *out), slice i the layer's output on `x[:, i]`.
+
+    Raises:
+      TypeError: `layer` not a linen Module; a keyword (or a per-slice mask) the layer does
+        not take; a float mask.
+      ValueError: x with fewer than 3 axes or an empty time axis; a mask of another shape.
     """
 
     layer: nn.Module
@@ -59,7 +81,7 @@ class TimeDistributed(nn.Module):
         return frozenset({"mask"}) | contracts.call_arguments(self.layer)
 
     @nn.compact
-    def __call__(self, x: Array, *, mask=None, **kwargs):
+    def __call__(self, x: ArrayLike, *, mask: Mask | None = None, **kwargs):
         if not isinstance(self.layer, nn.Module):
             raise TypeError(
                 f"TimeDistributed expects a flax.linen Module; got {type(self.layer).__name__}."
@@ -128,12 +150,28 @@ class TimeDistributed(nn.Module):
 
 
 class RepeatVector(nn.Module):
-    """Keras' `RepeatVector(n)`: (batch, features) -> (batch, n, features)."""
+    """Keras 3 `RepeatVector(n)`: repeat each sample's vector n times along a new time axis
+    (`keras/src/layers/reshaping/repeat_vector.py`); no parameters. Used to feed a
+    many-to-one encoder's output to a decoder that returns sequences.
+
+    Attributes:
+      n: int >= 1, the number of repetitions (the output's time length).
+
+    Call arguments:
+      `layer.apply(variables, x)`: x (batch, features), any dtype.
+
+    Returns:
+      output (jax.Array): (batch, n, features), `output[:, t] == x` for every t; x's dtype.
+
+    Raises:
+      TypeError: n not an int.
+      ValueError: n < 1; x not of shape (batch, features).
+    """
 
     n: int
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: ArrayLike) -> Array:
         contracts.check_positive_int(self.n, "n", "RepeatVector")
         shape = contracts.shape_of(x)
         if len(shape) != 2:

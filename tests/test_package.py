@@ -83,3 +83,54 @@ def test_jaxseq_cache_dir_turns_on_the_persistent_compilation_cache(tmp_path):
             for _ in range(2)]
     assert int(runs[0]) == 0 and int(runs[1]) > 0  # the second process loads from disk
     assert any((tmp_path / "cache").iterdir())
+
+
+NAMESPACE = """
+import importlib, types
+import jaxseq
+packages = ["jaxseq", "jaxseq.training", "jaxseq.evaluation", "jaxseq.interop"]
+for name in packages:
+    mod = importlib.import_module(name)
+    assert len(set(mod.__all__)) == len(mod.__all__), name
+    public = {n for n in dir(mod) if not n.startswith("_")}
+    assert public == set(mod.__all__), (name, sorted(public ^ set(mod.__all__)))
+    for n in mod.__all__:
+        assert getattr(mod, n) is not None, (name, n)
+    # nothing else as an attribute either, save this package's own submodules
+    for n, value in vars(mod).items():
+        if n.startswith("_") or n in mod.__all__:
+            continue
+        assert isinstance(value, types.ModuleType) and value.__name__ == f"{name}.{n}", (
+            name, n, value)
+    star = {}
+    exec(f"from {name} import *", star)
+    assert set(star) - {"__builtins__"} == set(mod.__all__), name
+print("clean")
+"""
+
+
+def test_namespaces_hold_their_public_names_only():
+    # dir() lists `__all__` (no `os`, no implementation modules), every public name resolves,
+    # and no attribute other than the package's own submodules sits beside them; in a fresh
+    # interpreter, after a training run has imported the lazily loaded modules as well.
+    code = ("import jaxseq as js\n"
+            "x, y = js.problems.frame(js.problems.echo_sequence(5), 'one_to_one')\n"
+            "js.fit(js.models.one_to_one(), x, y, epochs=1, verbose=0, optimizer='sgd')\n"
+            + NAMESPACE)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and "clean" in proc.stdout, proc.stderr[-3000:]
+    assert "os" not in dir(js) and not hasattr(js, "os")
+    assert {"cells", "recurrent", "fused", "typing"}.isdisjoint(dir(js))
+    assert js.layers.Dense is js.Dense  # implementation modules stay reachable by full name
+
+
+def test_py_typed_marker_ships_with_the_package():
+    import pathlib
+
+    root = pathlib.Path(js.__file__).parent
+    assert (root / "py.typed").is_file()
+    project = (root.parent / "pyproject.toml").read_text()
+    assert '[tool.setuptools.package-data]\njaxseq = ["py.typed"]' in project
+    assert 'license = "Apache-2.0"\nlicense-files = ["LICENSE"]' in project
+    assert (root.parent / "LICENSE").read_text().split()[:3] == ["Apache", "License", "Version"]

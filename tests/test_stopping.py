@@ -255,7 +255,7 @@ def test_early_stopping_does_not_depend_on_chunking():
 
 
 def test_early_stopping_contracts():
-    with pytest.raises(ValueError, match=r"monitor='acc'\): this run logs \('loss',\)"):
+    with pytest.raises(ValueError, match=r"monitor='acc'\): training logs \('loss',\)"):
         fit_scripted([1, 2, 3], callbacks=[EarlyStopping(monitor="acc")])
     with pytest.raises(ValueError, match=r"monitor to be a log name"):
         EarlyStopping(monitor="")
@@ -263,7 +263,7 @@ def test_early_stopping_contracts():
         EarlyStopping(mode="up")
     with pytest.raises(ValueError, match=r"patience to be an int >= 0; got -1"):
         EarlyStopping(patience=-1)
-    with pytest.raises(ValueError, match=r"monitor='val_loss'\): this run logs \('loss',\)"):
+    with pytest.raises(ValueError, match=r"monitor='val_loss'\): training logs \('loss',\)"):
         fit_scripted([1, 2, 3], callbacks=[EarlyStopping()])
     with pytest.raises(ValueError, match=r"at most one EarlyStopping; got 2"):
         fit_scripted([1, 2, 3], callbacks=[EarlyStopping("loss"), EarlyStopping("loss")])

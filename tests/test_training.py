@@ -19,7 +19,7 @@ SEQ = problems.echo_sequence(5)
 TUTORIAL = {
     "one_to_one": (models.one_to_one, 1000, 5, 1e-3, 0.05),
     "many_to_one": (lambda: models.many_to_one(5), 500, 1, 1e-4, 0.05),
-    # Keras 3 itself leaves the first step near 0.07 after 1000 epochs (issue 3).
+    # Keras 3 itself leaves the first step near 0.07 after 1000 epochs.
     "many_to_many": (models.many_to_many, 1000, 1, 5e-3, 0.1),
 }
 

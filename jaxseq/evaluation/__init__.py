@@ -22,3 +22,8 @@ __all__ = [
     "shuffle_split",
     "walk_forward",
 ]
+
+
+def __dir__() -> list[str]:
+    # the public names only (other submodules are imported by their full names)
+    return sorted([*__all__, *(name for name in globals() if name.startswith("__"))])

@@ -36,7 +36,7 @@ from jaxseq.training.compile import cached, jit
 from jaxseq.training.data import Batch
 from jaxseq.training.drivers import drive
 from jaxseq.training.state import History, TrainState, check_seeds
-from jaxseq.typing import Inputs, Mask, SampleWeight, Targets
+from jaxseq.typing import Inputs, Mask, SampleWeight, Seed, Seeds, Targets
 
 __all__ = ["CrossValidation", "cross_validate", "make_splits"]
 
@@ -167,7 +167,7 @@ def cross_validate(
     y: Targets,
     *,
     epochs: int,
-    seeds: int | Sequence[int] = 1,
+    seeds: Seeds = 1,
     splitter="kfold",
     folds: int = 5,
     n_splits: int = 5,
@@ -175,9 +175,9 @@ def cross_validate(
     gap: int = 0,
     max_train_size: int | None = None,
     shuffle_folds: bool = False,
-    split_seed: int = 0,
+    split_seed: Seed = 0,
     batch_size: int = 32,
-    optimizer: optax.GradientTransformation | None = None,
+    optimizer: optax.GradientTransformation | str | None = None,
     loss: str | Callable = "mse",
     metrics: Sequence = (),
     shuffle: bool = True,

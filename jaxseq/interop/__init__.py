@@ -6,9 +6,7 @@ one of these functions is first used.
     from jaxseq.interop import from_torch, to_torch, jaxseq_model_from_torch
 """
 
-from __future__ import annotations
-
-import importlib
+import importlib as _importlib
 
 _WHERE = {
     "from_keras": "keras",
@@ -25,9 +23,9 @@ __all__ = sorted(_WHERE)
 
 def __getattr__(name: str):
     if name in _WHERE:
-        return getattr(importlib.import_module(f"jaxseq.interop.{_WHERE[name]}"), name)
+        return getattr(_importlib.import_module(f"jaxseq.interop.{_WHERE[name]}"), name)
     raise AttributeError(f"module 'jaxseq.interop' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_WHERE])
+    return sorted([*__all__, *(name for name in globals() if name.startswith("__"))])

@@ -72,3 +72,8 @@ __all__ = [
     "train_loop",
     "train_step",
 ]
+
+
+def __dir__() -> list[str]:
+    # the public names only (submodules such as `programs` are imported by their full names)
+    return sorted([*__all__, *(name for name in globals() if name.startswith("__"))])

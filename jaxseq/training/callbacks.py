@@ -207,7 +207,7 @@ class EarlyStopping(Callback):
         names = tuple(names)
         if self.monitor not in names:
             raise ValueError(
-                f"EarlyStopping(monitor={self.monitor!r}): this run logs {names}. Monitor one of "
+                f"EarlyStopping(monitor={self.monitor!r}): training logs {names}. Monitor one of "
                 "them (a 'val_' name needs validation data; a metric needs metrics=[...]).")
         f32, i32 = jnp.float32, jnp.int32
         zero = lambda dtype: jnp.zeros((), dtype)

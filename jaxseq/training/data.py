@@ -15,7 +15,7 @@ import numpy as np
 
 from jaxseq import contracts
 from jaxseq.training.compile import cached_shape
-from jaxseq.typing import Array
+from jaxseq.typing import ArrayLike
 
 
 class Batch(NamedTuple):
@@ -194,7 +194,7 @@ def as_device(batch: Batch | None) -> Batch | None:
     return jax.device_put(batch)
 
 
-def num_samples(a: Array) -> int:
+def num_samples(a: ArrayLike) -> int:
     return contracts.shape_of(a)[0]
 
 

@@ -45,7 +45,7 @@ from jaxseq.training.state import (
     get_optimizer,
     split_seed,
 )
-from jaxseq.typing import Inputs, Mask, SampleWeight, Targets
+from jaxseq.typing import Inputs, Mask, SampleWeight, Seed, Seeds, Targets
 
 __all__ = ["DEFAULT_OPTIMIZER", "fit", "fit_replicas", "init_state"]
 
@@ -245,10 +245,10 @@ def fit(
     *,
     epochs: int,
     batch_size: int = 32,
-    optimizer: optax.GradientTransformation | None = None,
+    optimizer: optax.GradientTransformation | str | None = None,
     loss: str | Callable = "mse",
     metrics: Sequence = (),
-    seed: int = 0,
+    seed: Seed = 0,
     shuffle: bool = True,
     validation_data: tuple | None = None,
     validation_split: float | None = None,
@@ -339,10 +339,10 @@ def fit_replicas(
     x: Inputs,
     y: Targets,
     *,
-    seeds: int | Sequence[int],
+    seeds: Seeds,
     epochs: int,
     batch_size: int = 32,
-    optimizer: optax.GradientTransformation | None = None,
+    optimizer: optax.GradientTransformation | str | None = None,
     loss: str | Callable = "mse",
     metrics: Sequence = (),
     shuffle: bool = True,

@@ -261,9 +261,8 @@ def train_loop(carry: LoopState, key, first, last, data: Batch, val: Batch | Non
     and logs as a plain vmap would. Same results; what changes is the program: without it,
     vmap batches the loop's condition, so every epoch selects each replica's whole carry
     (the (buffer,) logs included) and writes the logs with a per-replica scatter; with it the
-    select covers the training state only and the logs are written in place. Measured
-    (`experiments/bench.py --cases replicas`, the tutorial's 32 replicas, an epoch is one
-    step): README, `fit_replicas`.
+    select covers the training state only and the logs are written in place (the difference
+    shows in `experiments/bench.py --cases replicas`, where an epoch is one step).
     """
     loss_fn, metrics = _resolve(loss, metrics)
     names = log_names(metrics, val is not None)

@@ -16,7 +16,7 @@ flax's examples, and continuing from a state never repeats an earlier epoch's or
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, no_type_check
 
 import flax.linen as nn
 import jax
@@ -80,6 +80,7 @@ class ModelFn:
         return self.model.apply(variables, x, **kwargs), model_state
 
 
+@no_type_check  # flax's field annotations (params: FrozenDict) are narrower than flax accepts
 class TrainState(train_state.TrainState):
     """flax's TrainState (`step`, `params`, `opt_state`, `apply_fn`, `tx`) with `model_state`:
     the model's other variable collections, `{collection: tree}` (empty for plain RNNs).

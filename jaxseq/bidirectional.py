@@ -1,0 +1,137 @@
+"""Keras 3's `Bidirectional` wrapper for jaxseq's recurrent layers."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jaxseq import contracts
+from jaxseq.conv_lstm import ConvLSTM
+from jaxseq.rnn import RNN
+from jaxseq.typing import Array
+
+__all__ = ["Bidirectional"]
+
+
+_MERGE_MODES = ("concat", "sum", "mul", "ave", None)
+
+
+def _merge(fw: Array, bw: Array, mode: str | None):
+    if mode == "concat":
+        return jnp.concatenate([fw, bw], axis=-1)
+    if mode == "sum":
+        return fw + bw
+    if mode == "mul":
+        return fw * bw
+    if mode == "ave":
+        return (fw + bw) / 2
+    return [fw, bw]
+
+
+_WRAPPABLE = ("go_backwards", "return_sequences", "return_state", "zero_output_for_mask")
+
+
+def _state_names(layer) -> tuple[str, ...] | None:
+    """The states of a layer Bidirectional can wrap: a jaxseq RNN's (its cell's), or those
+    declared in `state_names` by a layer with the fields of `_WRAPPABLE` (MinGRU, MinLSTM);
+    None for any other layer."""
+    if isinstance(layer, RNN):
+        return layer.make_cell().state_names
+    if all(hasattr(layer, f) for f in _WRAPPABLE):
+        return getattr(type(layer), "state_names", None)
+    return None
+
+
+class Bidirectional(nn.Module):
+    """Keras 3 `Bidirectional(layer, merge_mode="concat")`: run a recurrent layer forwards and
+    backwards over the sequence and merge the two (`keras/src/layers/rnn/bidirectional.py`).
+
+    Two copies of `layer`, each with its own weights in the wrapped layer's Keras layout:
+    `forward_layer` (as given) and `backward_layer` (`go_backwards` flipped). With
+    `return_sequences`, the backward outputs are re-aligned to forward time before merging, and
+    masked steps output zeros in both directions (Keras sets `zero_output_for_mask` then).
+
+    Attributes:
+      layer: the layer to wrap: `LSTM`, `GRU`, `SimpleRNN` (any `RNN`), `MinGRU`, `MinLSTM`,
+        `ConvLSTM1D` or `ConvLSTM2D`. Its flags (`return_sequences`, `return_state`,
+        `go_backwards`, dropout, ...) apply to both directions.
+      merge_mode: how the two outputs combine: "concat" (default: along the last axis,
+        2 units wide; for ConvLSTM the filters), "sum", "mul", "ave" (the mean) or None (no
+        merge: a list `[forward, backward]`).
+
+    Call arguments:
+      `layer.apply(variables, x, *, mask=None, initial_state=None, deterministic=True)`:
+
+      - `x`: what the wrapped layer takes: (batch, time, features) floating, or (batch, time,
+        *spatial, channels) for ConvLSTM.
+      - `mask`: optional (batch, time) bool or int, True at real steps, given to both layers.
+      - `initial_state`: optional, the forward layer's states followed by the backward
+        layer's (LSTM: `(h_fw, c_fw, h_bw, c_bw)`), each (batch, units) (ConvLSTM: (batch,
+        *spatial', filters)), as Keras.
+      - `deterministic`: False applies the wrapped layer's dropout (a "dropout" rng needed).
+
+    Returns:
+      output (jax.Array | list | tuple): the merged output: (batch, [time,] 2 units) for "concat",
+        (batch, [time,] units) for the others (time with `return_sequences`); `[forward,
+        backward]` for None. With `return_state`: `(output, *forward_states,
+        *backward_states)`; with `merge_mode=None` flat, `(forward, backward, *forward_states,
+        *backward_states)`, as Keras.
+
+    Raises:
+      TypeError: `layer` is not one of the layers above.
+      ValueError: an unknown `merge_mode`; `initial_state` without exactly twice the wrapped
+        layer's state count; the wrapped layer's own errors.
+    """
+
+    layer: nn.Module  # RNN, MinGRU, MinLSTM, ConvLSTM1D/2D (checked at call)
+    merge_mode: str | None = "concat"
+
+    @nn.compact
+    def __call__(self, x, *, mask=None, initial_state=None, deterministic: bool = True):
+        names = _state_names(self.layer)
+        if names is None:
+            raise TypeError(
+                "Bidirectional expects a jaxseq recurrent layer (LSTM, GRU, SimpleRNN, MinGRU, "
+                f"MinLSTM, ConvLSTM1D, ConvLSTM2D); got {type(self.layer).__name__}."
+            )
+        contracts.check_choice(self.merge_mode, _MERGE_MODES, "merge_mode", "Bidirectional")
+        base = self.layer
+        fw_layer = base.clone(
+            parent=self, zero_output_for_mask=base.return_sequences, name="forward_layer"
+        )
+        bw_layer = base.clone(
+            parent=self,
+            go_backwards=not base.go_backwards,
+            zero_output_for_mask=base.return_sequences,
+            name="backward_layer",
+        )
+        fw_init = bw_init = None
+        if initial_state is not None:
+            n = len(names)
+            each = ("(batch, *spatial', filters)" if isinstance(base, ConvLSTM)
+                    else "(batch, units)")
+            states = list(initial_state) if isinstance(initial_state, (tuple, list)) else [
+                initial_state
+            ]
+            if len(states) != 2 * n:
+                raise ValueError(
+                    f"Bidirectional({type(base).__name__}) expects initial_state with {2 * n} "
+                    f"arrays (forward states then backward states), each {each}; got "
+                    f"{len(states)}."
+                )
+            fw_init, bw_init = tuple(states[:n]), tuple(states[n:])
+        kw = dict(mask=mask, deterministic=deterministic)
+        fw = fw_layer(x, initial_state=fw_init, **kw)
+        bw = bw_layer(x, initial_state=bw_init, **kw)
+        fw_states = bw_states = ()
+        if base.return_state:
+            fw, *fw_states = fw
+            bw, *bw_states = bw
+        if base.return_sequences:
+            bw = jnp.flip(bw, axis=1)
+        out = _merge(fw, bw, self.merge_mode)
+        if base.return_state and self.merge_mode is None:  # Keras: flat (fw, bw, *states)
+            return (*out, *fw_states, *bw_states)
+        if base.return_state:
+            return (out, *fw_states, *bw_states)
+        return out
