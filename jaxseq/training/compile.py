@@ -8,11 +8,14 @@ referenced, so an entry keeps its model and optimizer alive until it is evicted.
 not part of the key: each jitted program keeps JAX's own per-shape cache.
 
 XLA:CPU options (`compiler_options`): the loop emitters instead of the MLIR fusion emitters
-(measured on the tutorial's many-to-many fit, 2-core EPYC: the training program compiles in
-0.64 s instead of 1.30 s and runs as fast), and LLVM level 1 for programs that run once per fit
-(initialization: 0.41 s instead of 0.78 s, bitwise the same parameters, tested). Other backends
+(the training programs compile in about half the time and run as fast), and LLVM level 1 for
+programs that run once per fit (initialization; bitwise the same parameters, tested). The
+benchmarks page (`experiments/bench.py --cases compile`) measures compile times. Other backends
 get no options. XLA takes options only on an outermost program, so a jaxseq program called
 with traced arguments (inside a user's `jit`, `vmap`, `grad`) runs as a plain nested jit.
+Cache keys hold each part with its type (see `_key`): equal values of different types, such as
+optax's `GradientTransformation` and `GradientTransformationExtraArgs` twins, never share a
+program.
 """
 
 from __future__ import annotations
