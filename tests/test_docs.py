@@ -31,7 +31,7 @@ SYBIL = Sybil(parsers=[
 
 @pytest.mark.parametrize("page", PAGES)
 def test_every_python_block_of_the_page_runs(page, tmp_path, monkeypatch):
-    """The page's blocks run in order in one fresh namespace (the reader's session); files the
+    """The page's blocks run in order in one fresh namespace (as a reader runs them); files the
     examples write land in a temporary directory."""
     monkeypatch.chdir(tmp_path)
     document = SYBIL.parse(ROOT / page)
