@@ -95,7 +95,8 @@ def test_initial_state_is_split_by_each_layers_state_count():
     np.testing.assert_array_equal(out, np.concatenate([fw[0], bw[0]], axis=-1))
     for s, w in zip(states, [*fw[1:], *bw[1:]], strict=True):
         np.testing.assert_array_equal(s, w)
-    with pytest.raises(ValueError, match="3 arrays \\(forward states then backward states, 2 \\+ 1\\)"):
+    wrong = "3 arrays \\(forward states then backward states, 2 \\+ 1\\)"
+    with pytest.raises(ValueError, match=wrong):
         layer.apply({"params": params}, X, initial_state=(h, c))
 
 
