@@ -138,6 +138,13 @@ def check_rank_at_least(x, rank: int, where: str, expected: str, *, name: str = 
     return shape
 
 
+def check_floating(x, where: str, *, name: str = "x") -> None:
+    if not _is_floating(x):
+        raise TypeError(
+            f"{where} expects {name} with a floating dtype (float32, bfloat16, ...); got dtype "
+            f"{getattr(x, 'dtype', None)}. Cast it first, e.g. {name}.astype(jnp.float32).")
+
+
 def check_positive_int(value, name: str, where: str) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{where} expects {name} to be a positive int; got {value!r}.")

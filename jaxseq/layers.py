@@ -49,27 +49,44 @@ class Dropout(nn.Dropout):
 
 
 class Masking(nn.Module):
-    """Keras' `Masking(mask_value=0.0)`: x (batch, time, features) -> the same, with the steps
-    whose features ALL equal `mask_value` masked (`mask_value=float("nan")`: steps whose
-    features are all NaN, compared with isnan). Masked steps come out as zeros (a select, never
-    a product: NaN times 0 is NaN). `compute_mask` gives the (batch, time) mask a `Sequential`
-    passes on to the following layers and to the loss (source: `keras/src/layers/core/masking.py`).
+    """Keras' `Masking(mask_value=0.0)` (source: `keras/src/layers/core/masking.py`).
+
+    x: (batch, time, ..., features), floating, rank >= 3: (b, t, f) sequences, (b, t, t2, f)
+    for a `TimeDistributed` recurrent layer, (b, t, rows, cols, channels) video in front of
+    `ConvLSTM2D`. As Keras, the mask reduces over the LAST axis only: a position (b, t, ...) is
+    masked when ALL its features equal `mask_value` (`mask_value=float("nan")`: all NaN,
+    compared with isnan; Keras' `not_equal` never matches NaN); masked positions come out as
+    zeros (a select, never a product: NaN times 0 is NaN), the rest unchanged.
+
+    `compute_mask(x, mask=None)` gives that mask, x.shape[:-1] bool, True at real positions,
+    which a `Sequential` passes on: (b, t) for sequences, (b, t, t2) per-slice masks for
+    `TimeDistributed`, (b, t, rows, cols) for video, which `ConvLSTM1D/2D` reduce to the
+    (b, t) step mask: a frame is masked when all its values equal `mask_value`. An incoming
+    `mask` (b, t) or x.shape[:-1] is ANDed in (Keras ignores it).
+
+    Raises: ValueError for x of rank < 3; TypeError for a non-floating x.
     """
 
     mask_value: float = 0.0
 
     def compute_mask(self, x: Array, mask=None) -> Array:
-        """(batch, time) bool, True at real steps; ANDed with an incoming `mask`."""
+        """x.shape[:-1] bool, True at real positions; ANDed with an incoming `mask`."""
         x = jnp.asarray(x)
         if self.mask_value != self.mask_value:  # NaN (a Python float: decided while tracing)
             same = jnp.isnan(x)
         else:
             same = x == jnp.asarray(self.mask_value, x.dtype)
         real = ~jnp.all(same, axis=-1)
-        return real if mask is None else real & jnp.asarray(mask).astype(bool)
+        if mask is None:
+            return real
+        mask = jnp.asarray(mask).astype(bool)
+        return real & mask.reshape(mask.shape + (1,) * (real.ndim - mask.ndim))
 
     @nn.compact
     def __call__(self, x: Array, *, mask=None) -> Array:
-        contracts.check_sequence_input(x, "Masking")
+        if len(contracts.shape_of(x)) <= 3:
+            contracts.check_sequence_input(x, "Masking")
+        else:  # (batch, time, ..., features)
+            contracts.check_floating(x, "Masking")
         real = self.compute_mask(x, mask)
         return jnp.where(real[..., None], x, jnp.zeros_like(x))
