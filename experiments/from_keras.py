@@ -36,7 +36,7 @@ def load():
 
     frame = sm.datasets.elnino.load_pandas().data
     series = frame[MONTHS].to_numpy(np.float64).ravel()  # 732 months, in time order
-    x, y = js.problems.series_to_supervised(series, n_in=WINDOW)
+    x, y = js.problems.series_to_supervised(series.astype(np.float32), n_in=WINDOW)  # float32
     split = int(len(x) * 0.8)
     lo, hi = series[: split + WINDOW].min(), series[: split + WINDOW].max()  # train part only
     scale = lambda a: ((a - lo) / (hi - lo)).astype(np.float32)

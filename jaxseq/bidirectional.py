@@ -56,8 +56,14 @@ class Bidirectional(nn.Module):
         `ConvLSTM1D` or `ConvLSTM2D`. Its flags (`return_sequences`, `return_state`,
         `go_backwards`, dropout, ...) apply to both directions.
       merge_mode: how the two outputs combine: "concat" (default: along the last axis,
-        2 units wide; for ConvLSTM the filters), "sum", "mul", "ave" (the mean) or None (no
-        merge: a list `[forward, backward]`).
+        2 units wide; for ConvLSTM the filters), "sum", "mul", "ave" (the mean; these three
+        need outputs of one shape) or None (no merge: a list `[forward, backward]`).
+      backward_layer: None (default: a copy of `layer` with `go_backwards` flipped) or a
+        jaxseq recurrent layer of any kind used as the backward layer (e.g. `LSTM(3)` forward,
+        `SimpleRNN(4, go_backwards=True)` backward). As in Keras, it must differ from `layer`
+        in `go_backwards` and agree with it in `stateful`, `return_sequences` and
+        `return_state`, else a ValueError with Keras' message; its output is flipped in time
+        (with `return_sequences`) whichever direction it runs.
 
     Call arguments:
       `layer.apply(variables, x, *, mask=None, initial_state=None, deterministic=True)`:
@@ -67,7 +73,7 @@ class Bidirectional(nn.Module):
       - `mask`: optional (batch, time) bool or int, True at real steps, given to both layers.
       - `initial_state`: optional, the forward layer's states followed by the backward
         layer's (LSTM: `(h_fw, c_fw, h_bw, c_bw)`), each (batch, units) (ConvLSTM: (batch,
-        *spatial', filters)), as Keras.
+        *spatial', filters)), as Keras; split by each layer's own number of states.
       - `deterministic`: False applies the wrapped layer's dropout (a "dropout" rng needed).
 
     Returns:
@@ -78,13 +84,26 @@ class Bidirectional(nn.Module):
         *backward_states)`, as Keras.
 
     Raises:
-      TypeError: `layer` is not one of the layers above.
-      ValueError: an unknown `merge_mode`; `initial_state` without exactly twice the wrapped
-        layer's state count; the wrapped layer's own errors.
+      TypeError: `layer` or `backward_layer` is not one of the layers above.
+      ValueError: an unknown `merge_mode`; "sum"/"mul"/"ave" with outputs of two shapes; a
+        `backward_layer` that breaks Keras' rules; `initial_state` without exactly the two
+        layers' state counts; the wrapped layers' own errors.
     """
 
     layer: nn.Module  # RNN, MinGRU, MinLSTM, ConvLSTM1D/2D (checked at call)
     merge_mode: str | None = "concat"
+    backward_layer: nn.Module | None = None
+
+    def __post_init__(self):
+        # Keras forces zero_output_for_mask = return_sequences on both layers. A module field is
+        # adopted as the child named after the field ("backward_layer"), so the flag is set on
+        # the field's value here rather than on a clone at call time.
+        bw = self.backward_layer
+        if isinstance(bw, nn.Module) and hasattr(bw, "zero_output_for_mask") and hasattr(
+                bw, "return_sequences") and bw.zero_output_for_mask != bw.return_sequences:
+            object.__setattr__(self, "backward_layer",
+                               bw.clone(zero_output_for_mask=bw.return_sequences))
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, x, *, mask=None, initial_state=None, deterministic: bool = True):
@@ -99,24 +118,37 @@ class Bidirectional(nn.Module):
         fw_layer = base.clone(
             parent=self, zero_output_for_mask=base.return_sequences, name="forward_layer"
         )
-        bw_layer = base.clone(
-            parent=self,
-            go_backwards=not base.go_backwards,
-            zero_output_for_mask=base.return_sequences,
-            name="backward_layer",
-        )
+        if self.backward_layer is None:
+            bw_layer = base.clone(
+                parent=self,
+                go_backwards=not base.go_backwards,
+                zero_output_for_mask=base.return_sequences,
+                name="backward_layer",
+            )
+            bw_names = names
+        else:
+            bw_names = _state_names(self.backward_layer)
+            if bw_names is None:
+                raise TypeError(
+                    "Bidirectional expects backward_layer to be None or a jaxseq recurrent layer "
+                    f"like layer; got {type(self.backward_layer).__name__}."
+                )
+            contracts.check_backward_layer(base, self.backward_layer, "Bidirectional")
+            bw_layer = self.backward_layer
         fw_init = bw_init = None
         if initial_state is not None:
-            n = len(names)
+            n, m = len(names), len(bw_names)
             each = ("(batch, *spatial', filters)" if isinstance(base, ConvLSTM)
                     else "(batch, units)")
             states = list(initial_state) if isinstance(initial_state, (tuple, list)) else [
                 initial_state
             ]
-            if len(states) != 2 * n:
+            if len(states) != n + m:
+                kinds = type(base).__name__ if self.backward_layer is None else (
+                    f"{type(base).__name__}, backward_layer={type(self.backward_layer).__name__}")
                 raise ValueError(
-                    f"Bidirectional({type(base).__name__}) expects initial_state with {2 * n} "
-                    f"arrays (forward states then backward states), each {each}; got "
+                    f"Bidirectional({kinds}) expects initial_state with {n + m} "
+                    f"arrays (forward states then backward states, {n} + {m}), each {each}; got "
                     f"{len(states)}."
                 )
             fw_init, bw_init = tuple(states[:n]), tuple(states[n:])
@@ -129,6 +161,12 @@ class Bidirectional(nn.Module):
             bw, *bw_states = bw
         if base.return_sequences:
             bw = jnp.flip(bw, axis=1)
+        if self.merge_mode in ("sum", "mul", "ave") and fw.shape != bw.shape:
+            raise ValueError(
+                f"Bidirectional(merge_mode={self.merge_mode!r}) needs forward and backward "
+                f"outputs of one shape; got {fw.shape} (layer) and {bw.shape} (backward_layer). "
+                "Use merge_mode='concat' or None, or layers with the same units."
+            )
         out = _merge(fw, bw, self.merge_mode)
         if base.return_state and self.merge_mode is None:  # Keras: flat (fw, bw, *states)
             return (*out, *fw_states, *bw_states)

@@ -139,6 +139,13 @@ def check_rank_at_least(x, rank: int, where: str, expected: str, *, name: str = 
     return shape
 
 
+def check_floating(x, where: str, *, name: str = "x") -> None:
+    if not _is_floating(x):
+        raise TypeError(
+            f"{where} expects {name} with a floating dtype (float32, bfloat16, ...); got dtype "
+            f"{getattr(x, 'dtype', None)}. Cast it first, e.g. {name}.astype(jnp.float32).")
+
+
 def check_positive_int(value, name: str, where: str) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{where} expects {name} to be a positive int; got {value!r}.")
@@ -210,3 +217,23 @@ def check_spatial_sequence_input(x, axes: Sequence[str], where: str, *, name: st
             f"{where} expects {name} with a floating dtype (float32, bfloat16, ...); got dtype "
             f"{getattr(x, 'dtype', None)}. Cast it first, e.g. {name}.astype(jnp.float32).")
     return shape
+
+
+def check_backward_layer(layer, backward, where: str) -> None:
+    """Keras' `Bidirectional._verify_layer_config` (`keras/src/layers/rnn/bidirectional.py`),
+    with Keras' messages: `backward` runs the other way (`go_backwards` differs) and agrees with
+    `layer` in `stateful`, `return_sequences` and `return_state`."""
+    if layer.go_backwards == backward.go_backwards:
+        raise ValueError(
+            f"{where}: Forward layer and backward layer should have different `go_backwards` "
+            f"value. Received: forward_layer.go_backwards {layer.go_backwards}, "
+            f"backward_layer.go_backwards={backward.go_backwards}"
+        )
+    for a in ("stateful", "return_sequences", "return_state"):
+        forward_value, backward_value = getattr(layer, a, False), getattr(backward, a, False)
+        if forward_value != backward_value:
+            raise ValueError(
+                f"{where}: Forward layer and backward layer are expected to have the same value "
+                f'for attribute "{a}", got "{forward_value}" for forward layer and '
+                f'"{backward_value}" for backward layer'
+            )

@@ -114,6 +114,22 @@ class ConvLSTM(nn.Module):
         return kernel, strides, dilation, padding
 
     @nn.nowrap
+    def compute_mask(self, x, mask=None):
+        """The (batch, time) step mask: `mask`, or a (batch, time, *S) position mask reduced
+        with any() over S (a step is masked when all its positions are), as the loss needs."""
+        if mask is None or len(contracts.shape_of(mask)) == 2:
+            return mask
+        where, shape = type(self).__name__, contracts.shape_of(x)
+        if contracts.shape_of(mask) != tuple(shape[:-1]):
+            raise ValueError(
+                f"{where} expects mask of shape (batch, time) = {tuple(shape[:2])} or (batch, "
+                f"time, {', '.join(self.spatial_axes)}) = {tuple(shape[:-1])}; got "
+                f"{contracts.shape_of(mask)}.")
+        contracts.check_mask_dtype(mask, where)
+        mask = jnp.asarray(mask).astype(bool)
+        return jnp.any(mask, axis=tuple(range(2, mask.ndim)))
+
+    @nn.nowrap
     def state_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         """(batch, *S', filters) for x of shape (batch, time, *S, channels)."""
         kernel, strides, dilation, padding = self.config()
@@ -163,6 +179,9 @@ class ConvLSTM(nn.Module):
     @nn.compact
     def __call__(self, x, *, mask: Mask | None = None, initial_state=None,
                  deterministic: bool = True):
+        if mask is not None and len(contracts.shape_of(mask)) > 2:
+            contracts.check_spatial_sequence_input(x, self.spatial_axes, type(self).__name__)
+            mask = self.compute_mask(x, mask)
         state_shape = self._check(x, mask, initial_state)
         kernel_size, strides, dilation, padding = self.config()
         batch, time, *space, channels = contracts.shape_of(x)

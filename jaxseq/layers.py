@@ -128,45 +128,54 @@ class Dropout(nn.Dropout):
 
 
 class Masking(nn.Module):
-    """Keras 3 `Masking(mask_value=0.0)` (`keras/src/layers/core/masking.py`): mask the time
-    steps whose features ALL equal `mask_value`.
+    """Keras 3 `Masking(mask_value=0.0)` (`keras/src/layers/core/masking.py`): mask the
+    positions whose features (the LAST axis) ALL equal `mask_value`.
 
-    Masked steps come out as zeros (a select, never a product: NaN times 0 is NaN).
-    `compute_mask` gives the (batch, time) mask that a `Sequential` passes on to the following
-    layers and, through `fit` / `evaluate`, to the loss; no parameters.
+    Masked positions come out as zeros (a select, never a product: NaN times 0 is NaN).
+    `compute_mask` gives the mask, x.shape[:-1] bool, that a `Sequential` passes on to the
+    following layers and, through `fit` / `evaluate`, to the loss: (batch, time) for sequences,
+    (batch, time, time2) per-slice masks for a `TimeDistributed` recurrent layer, (batch, time,
+    rows, cols) for video, which `ConvLSTM1D/2D` reduce to the (batch, time) step mask (a frame is
+    masked when all its values equal `mask_value`). No parameters.
 
     Attributes:
-      mask_value: float, the padding value. Default 0.0. `float("nan")` masks the steps
-        whose features are all NaN (compared with isnan).
+      mask_value: float, the padding value. Default 0.0. `float("nan")` masks the positions
+        whose features are all NaN (compared with isnan; Keras' `not_equal` never matches NaN).
 
     Call arguments:
-      `layer.apply({}, x, mask=None)`: x (batch, time, features) floating; an optional
-      incoming (batch, time) bool mask is combined with (ANDed into) this layer's.
+      `layer.apply({}, x, mask=None)`: x (batch, time, ..., features) floating, rank >= 3; an
+      optional incoming mask, (batch, time) or x.shape[:-1] bool, is ANDed into this layer's
+      (Keras ignores it).
 
     Returns:
-      output (jax.Array): x's shape and dtype, masked steps set to zero.
+      output (jax.Array): x's shape and dtype, masked positions set to zero.
 
     Raises:
-      ValueError: x not (batch, time, features) or with an empty axis.
-      TypeError: x not floating; a mask that does not broadcast with (batch, time) (JAX's
-        broadcasting error).
+      ValueError: x of rank < 3 or with an empty axis.
+      TypeError: x not floating.
     """
 
     mask_value: float = 0.0
 
     def compute_mask(self, x: ArrayLike, mask: Mask | None = None) -> Array:
-        """The mask of x: (batch, time) bool, True at real steps (some feature differs from
-        `mask_value`), ANDed with an incoming (batch, time) `mask`."""
+        """x.shape[:-1] bool, True at real positions (some feature differs from `mask_value`),
+        ANDed with an incoming (batch, time) or x.shape[:-1] `mask`."""
         x = jnp.asarray(x)
         if self.mask_value != self.mask_value:  # NaN (a Python float: decided while tracing)
             same = jnp.isnan(x)
         else:
             same = x == jnp.asarray(self.mask_value, x.dtype)
         real = ~jnp.all(same, axis=-1)
-        return real if mask is None else real & jnp.asarray(mask).astype(bool)
+        if mask is None:
+            return real
+        mask = jnp.asarray(mask).astype(bool)
+        return real & mask.reshape(mask.shape + (1,) * (real.ndim - mask.ndim))
 
     @nn.compact
     def __call__(self, x: ArrayLike, *, mask: Mask | None = None) -> Array:
-        contracts.check_sequence_input(x, "Masking")
+        if len(contracts.shape_of(x)) <= 3:
+            contracts.check_sequence_input(x, "Masking")
+        else:  # (batch, time, ..., features)
+            contracts.check_floating(x, "Masking")
         real = self.compute_mask(x, mask)
         return jnp.where(real[..., None], x, jnp.zeros_like(x))

@@ -89,12 +89,12 @@ def _propagate(mask, out):
     """The mask that follows a layer's output: kept while the output has the mask's leading
     axes and a time axis; a per-slice mask (batch, time, inner) after a TimeDistributed layer
     whose output lost the inner axis becomes (batch, time): an outer step is real if any of its
-    inner steps is; otherwise dropped."""
+    inner steps is (likewise (batch, time, t2, t3) -> (batch, time, t2)); otherwise dropped."""
     if mask is None or getattr(out, "ndim", 0) < 3:
         return None
     if tuple(out.shape[:mask.ndim]) == tuple(mask.shape) and out.ndim > mask.ndim:
         return mask
-    if mask.ndim == 3 and tuple(out.shape[:2]) == tuple(mask.shape[:2]):
+    if mask.ndim >= 3 and tuple(out.shape[:mask.ndim - 1]) == tuple(mask.shape[:-1]):
         return jnp.any(jnp.asarray(mask).astype(bool), axis=-1)
     return None
 

@@ -159,34 +159,86 @@ def copy_task(
     return _split(x, y, n_train, _mean_baseline, "predict the per-step training-target mean")
 
 
-def series_to_supervised(series, n_in: int, n_out: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def series_to_supervised(series, n_in: int, n_out: int = 1, *, target_columns=None
+                         ) -> tuple[np.ndarray, np.ndarray]:
     """Sliding windows over a series ``(t,)`` or ``(t, f)`` (1-D means ``f = 1``).
 
-    Returns x ``(n, n_in, f)`` and y ``(n, n_out, f)`` with ``n = t - n_in - n_out + 1``:
-    ``x[i] = series[i : i + n_in]`` and ``y[i] = series[i + n_in : i + n_in + n_out]``.
+    Args:
+      series: ``(t,)`` or ``(t, f)`` numbers (a NumPy array, a list, a pandas DataFrame).
+        A floating dtype is kept (float64 in, float64 out; float32, float16 likewise);
+        integers and bools become float32.
+      n_in: steps per input window (>= 1).
+      n_out: steps per target window (>= 1), right after the input window.
+      target_columns: which of the ``f`` columns are predicted: None (all, the default), one
+        column or a sequence of them, each an int index into the last axis (negative counts
+        from the end) or, for a DataFrame, a column name. The inputs keep every column.
+
+    Returns:
+      x ``(n, n_in, f)`` and y ``(n, n_out, k)`` with ``n = t - n_in - n_out + 1`` and ``k``
+      target columns: ``x[i] = series[i : i + n_in]`` and
+      ``y[i] = series[i + n_in : i + n_in + n_out][:, target_columns]``.
+
+    Raises:
+      ValueError: n_in or n_out < 1; series not 1-D or 2-D, or shorter than n_in + n_out;
+        a target column out of range, unknown, repeated, or none given.
+      TypeError: non-numeric series; a target column that is neither an int nor a name.
     """
-    n_in = _int("series_to_supervised", "n_in", n_in, 1)
-    n_out = _int("series_to_supervised", "n_out", n_out, 1)
+    where = "series_to_supervised"
+    n_in = _int(where, "n_in", n_in, 1)
+    n_out = _int(where, "n_out", n_out, 1)
+    names = list(getattr(series, "columns", ()))
     try:
-        arr = np.asarray(series, dtype=np.float32)
+        arr = np.asarray(series)
+        if not np.issubdtype(arr.dtype, np.floating):
+            arr = arr.astype(np.float32)
     except (TypeError, ValueError) as err:
         raise TypeError(
-            f"series_to_supervised expects series to be numeric; got {type(series).__name__}."
+            f"{where} expects series to be numeric; got {type(series).__name__}."
         ) from err
     if arr.ndim not in (1, 2):
-        raise ValueError(
-            f"series_to_supervised expects series of shape (t,) or (t, f); got shape {arr.shape}."
-        )
+        raise ValueError(f"{where} expects series of shape (t,) or (t, f); got shape {arr.shape}.")
     arr = arr[:, None] if arr.ndim == 1 else arr
     n = arr.shape[0] - n_in - n_out + 1
     if n < 1:
         raise ValueError(
-            f"series_to_supervised expects len(series) >= n_in + n_out = {n_in + n_out}; "
+            f"{where} expects len(series) >= n_in + n_out = {n_in + n_out}; "
             f"got len(series)={arr.shape[0]} (n_in={n_in}, n_out={n_out})."
         )
+    columns = _target_columns(target_columns, arr.shape[1], names, where)
     win = np.lib.stride_tricks.sliding_window_view(arr, n_in + n_out, axis=0)[:n]
     win = np.moveaxis(win, -1, 1)  # (n, n_in + n_out, f)
-    return win[:, :n_in].copy(), win[:, n_in:].copy()
+    return win[:, :n_in].copy(), win[:, n_in:][..., columns].copy()
+
+
+def _target_columns(target_columns, f: int, names: list, where: str) -> list[int] | slice:
+    """`target_columns` as indices into the f columns (slice(None) for None)."""
+    if target_columns is None:
+        return slice(None)
+    chosen = [target_columns] if isinstance(target_columns, (str, int, np.integer)) else (
+        list(target_columns) if isinstance(target_columns, (list, tuple, np.ndarray)) else None)
+    if chosen is None:
+        raise TypeError(f"{where} expects target_columns to be None, a column or a sequence of "
+                        f"columns; got {type(target_columns).__name__}.")
+    if not chosen:
+        raise ValueError(f"{where} expects at least one target column; got none.")
+    out = []
+    for c in chosen:
+        if isinstance(c, str):
+            if c not in names:
+                known = f"the DataFrame's columns {names}" if names else "no column names " \
+                    "(series is not a DataFrame; use int indices)"
+                raise ValueError(f"{where}: target column {c!r} is not among {known}.")
+            c = names.index(c)
+        elif isinstance(c, bool) or not isinstance(c, (int, np.integer)):
+            raise TypeError(f"{where} expects target_columns as int indices or column names; "
+                            f"got {c!r} ({type(c).__name__}).")
+        elif not -f <= c < f:
+            raise ValueError(f"{where} expects target column indices in [{-f}, {f}) for a "
+                             f"series with f={f} columns; got {c}.")
+        out.append(int(c) % f)
+    if len(set(out)) != len(out):
+        raise ValueError(f"{where} expects distinct target columns; got {list(chosen)}.")
+    return out
 
 
 def _sine_series(rng, count: int, n_steps: int, noise: float) -> np.ndarray:
@@ -243,7 +295,7 @@ def sine_forecast(
     xs, ys = [], []
     for want in (n_train, n_test):  # fresh series for each split
         series = _sine_series(rng, n_series, n_steps, float(noise)).T  # (t, f=n_series)
-        x, y = series_to_supervised(series, n_in, n_out)  # (n, n_in, f), (n, n_out, f)
+        x, y = series_to_supervised(series.astype(np.float32), n_in, n_out)  # float32 windows
         x, y = np.moveaxis(x, 2, 0).reshape(-1, n_in, 1), np.moveaxis(y, 2, 0).reshape(-1, n_out)
         pick = rng.choice(len(x), want, replace=False)
         xs.append(x[pick])

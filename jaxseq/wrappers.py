@@ -39,7 +39,9 @@ class TimeDistributed(nn.Module):
     Masks (Keras 3, `keras/src/layers/rnn/time_distributed.py`, which passes `mask[:, i]` to the
     layer for slice i):
       - (batch, time, inner_time) for x (batch, time, inner_time, ...): a per-slice mask; slice
-        i's layer gets `mask[:, i]` (the layer must take a `mask`);
+        i's layer gets `mask[:, i]` (the layer must take a `mask`); likewise any x.shape[:k]
+        with 3 <= k < x.ndim, e.g. (batch, time, t2, t3) for a nested
+        `TimeDistributed(TimeDistributed(LSTM))` on (batch, time, t2, t3, features);
       - (batch, time): one flag per outer step (as a Sequential propagates it from an earlier
         layer). It is not the inner layer's mask and is not passed in; it stays the mask of the
         output, so a following recurrent layer skips those steps;
@@ -131,7 +133,7 @@ class TimeDistributed(nn.Module):
         got = contracts.shape_of(mask)
         if got == tuple(shape[:2]):
             return None  # an outer mask: the output's, not the layer's
-        if len(shape) >= 4 and got == tuple(shape[:3]):
+        if 3 <= len(got) < len(shape) and got == tuple(shape[:len(got)]):
             if not contracts.accepts(self.layer, "mask"):
                 raise TypeError(f"TimeDistributed({name}) got a per-slice mask {got}, but "
                                 f"{name} takes no mask.")

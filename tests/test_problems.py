@@ -189,10 +189,65 @@ def test_series_to_supervised_against_loop(shape, n_in, n_out):
     s2 = series.reshape(shape[0], -1)
     n = shape[0] - n_in - n_out + 1
     assert x.shape == (n, n_in, s2.shape[1]) and y.shape == (n, n_out, s2.shape[1])
-    assert x.dtype == np.float32 and y.dtype == np.float32
+    assert x.dtype == np.float64 and y.dtype == np.float64  # the input's float dtype
     for i in range(n):
         np.testing.assert_array_equal(x[i], s2[i : i + n_in])
         np.testing.assert_array_equal(y[i], s2[i + n_in : i + n_in + n_out])
+
+
+@pytest.mark.parametrize("dtype, want", [(np.float64, np.float64), (np.float32, np.float32),
+                                         (np.float16, np.float16), (np.int64, np.float32),
+                                         (bool, np.float32)])
+def test_series_to_supervised_keeps_a_float_dtype(dtype, want):
+    series = (np.arange(12).reshape(6, 2) % 2).astype(dtype)
+    x, y = P.series_to_supervised(series, 2, 1)
+    assert x.dtype == want and y.dtype == want
+    np.testing.assert_array_equal(x[1], series[1:3].astype(want))
+    fine = np.linspace(0, 1, 7)  # float64 values float32 would round
+    x, y = P.series_to_supervised(fine, 3, 2)
+    np.testing.assert_array_equal(y[:, :, 0], [fine[3:5], fine[4:6], fine[5:7]])
+
+
+@pytest.mark.parametrize("cols, want", [(2, [2]), ([0, 2], [0, 2]), ((-1,), [3]),
+                                        (np.array([3, 1]), [3, 1]), (None, [0, 1, 2, 3])])
+def test_series_to_supervised_target_columns(cols, want):
+    series = np.arange(40.0).reshape(10, 4)
+    x, y = P.series_to_supervised(series, 3, 2, target_columns=cols)
+    assert x.shape == (6, 3, 4) and y.shape == (6, 2, len(want))
+    for i in range(6):  # the loop reference: every column in, the chosen ones out
+        np.testing.assert_array_equal(x[i], series[i:i + 3])
+        np.testing.assert_array_equal(y[i], series[i + 3:i + 5][:, want])
+
+
+class _Frame:
+    """What series_to_supervised reads of a pandas DataFrame: `columns` and `__array__`."""
+
+    columns = ("temp", "rain")
+
+    def __array__(self, dtype=None, copy=None):
+        return np.stack([np.arange(6.0), np.arange(6.0) * 10], axis=1)
+
+
+def test_series_to_supervised_target_columns_by_dataframe_name():
+    frame = _Frame()
+    x, y = P.series_to_supervised(frame, 2, 1, target_columns="rain")
+    assert x.shape == (4, 2, 2) and y.tolist() == [[[20.0]], [[30.0]], [[40.0]], [[50.0]]]
+    with pytest.raises(ValueError, match=r"'wind' is not among the DataFrame's columns"):
+        P.series_to_supervised(frame, 2, 1, target_columns=["temp", "wind"])
+
+
+@pytest.mark.parametrize("cols, error, words", [
+    (4, ValueError, r"indices in \[-4, 4\) for a series with f=4 columns; got 4"),
+    ([-5], ValueError, r"got -5"),
+    ([], ValueError, "at least one target column"),
+    ([1, -3], ValueError, "distinct target columns"),
+    (1.0, TypeError, "target_columns to be None"),
+    ([True], TypeError, "int indices or column names"),
+    ("a", ValueError, "not a DataFrame"),
+])
+def test_series_to_supervised_bad_target_columns(cols, error, words):
+    with pytest.raises(error, match=words):
+        P.series_to_supervised(np.zeros((6, 4)), 2, 1, target_columns=cols)
 
 
 def test_series_to_supervised_exact_fit_and_copy():

@@ -8,7 +8,7 @@ jaxseq keeps Keras' parameter layout, so weights move unchanged (bitwise) in bot
   ConvLSTM1D / ConvLSTM2D      {"kernel", "recurrent_kernel", "bias"}   (channels_last only)
   Dense                        {"kernel", "bias"}                      (jaxseq `Dense`)
   TimeDistributed(Dense)       {"layer": {"kernel", "bias"}}
-  Bidirectional(RNN)           {"forward_layer": {...}, "backward_layer": {...}}
+  Bidirectional(RNN[, backward_layer=RNN])  {"forward_layer": {...}, "backward_layer": {...}}
   Sequential                   {"lstm": ..., "dense": ..., "lstm_1": ...}  (jaxseq's names)
   RepeatVector, Dropout        no parameters
 
@@ -189,8 +189,11 @@ def _module(layer, where: str):
         return Dense(cfg["units"], use_bias=cfg["use_bias"], activation=act)
     if kind == "TimeDistributed":
         return TimeDistributed(_module(layer.layer, f"{where}/layer"))
-    if kind == "Bidirectional":
-        return Bidirectional(_module(layer.forward_layer, where), merge_mode=layer.merge_mode)
+    if kind == "Bidirectional":  # backward_layer given only where it is not the default copy
+        fw, bw = _module(layer.forward_layer, where), _module(layer.backward_layer, where)
+        default = bw == fw.clone(go_backwards=not fw.go_backwards)
+        return Bidirectional(fw, merge_mode=layer.merge_mode,
+                             backward_layer=None if default else bw)
     if kind == "RepeatVector":
         return RepeatVector(cfg["n"])
     if kind == "Dropout":
@@ -229,8 +232,9 @@ def _h5_tree(module, group, where: str) -> dict:
     if isinstance(module, TimeDistributed):
         return {"layer": _h5_tree(module.layer, sub(group, "layer"), f"{where}/layer")}
     if isinstance(module, Bidirectional):
-        return {s: _h5_tree(module.layer, sub(group, s), f"{where}/{s}")
-                for s in ("forward_layer", "backward_layer")}
+        bw = module.layer if module.backward_layer is None else module.backward_layer
+        return {s: _h5_tree(m, sub(group, s), f"{where}/{s}")
+                for s, m in (("forward_layer", module.layer), ("backward_layer", bw))}
     if isinstance(module, Sequential):
         mods = [m for m in module.layers if isinstance(m, nn.Module)]
         ours = [n for n in sequential_names(module.layers) if n is not None]

@@ -2,11 +2,21 @@
 
 Core (see `loop`): `create_train_state`, `train_step`, `eval_step`, `train_epoch`,
 `evaluate_batches`, `train_loop`; data as `Batch`; losses and metrics with Keras' reduction
-(`losses`). Drivers: `fit`, `fit_replicas`, `predict`, `evaluate`. Compilation cache:
+(`losses`); Keras' optimizers by name with their clipping arguments (`keras_optimizer`,
+module `optimizers`). Drivers: `fit`, `fit_replicas`, `predict`, `evaluate`. Compilation cache:
 `clear_caches`, `set_cache_size`, `cache_size`.
 """
 
-from jaxseq.training import callbacks, compile, data, drivers, loop, losses, state
+from jaxseq.training import (
+    callbacks,
+    compile,
+    data,
+    drivers,
+    loop,
+    losses,
+    optimizers,
+    state,
+)
 from jaxseq.training.callbacks import Callback, EarlyStopping
 from jaxseq.training.compile import (
     cache_size,
@@ -25,6 +35,7 @@ from jaxseq.training.loop import (
     train_loop,
     train_step,
 )
+from jaxseq.training.optimizers import keras_optimizer
 from jaxseq.training.predict import evaluate, predict
 from jaxseq.training.state import (
     CheckpointSaveError,
@@ -62,8 +73,10 @@ __all__ = [
     "fit",
     "fit_replicas",
     "init_state",
+    "keras_optimizer",
     "losses",
     "loop",
+    "optimizers",
     "predict",
     "set_cache_size",
     "split_seed",

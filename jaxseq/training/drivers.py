@@ -276,7 +276,10 @@ def fit(
       epochs: epochs to run (a runtime value: changing it compiles nothing).
       batch_size: mini-batch size; larger than the data uses all of it (as Keras). The last
         batch may be smaller (Keras): nothing is padded.
-      optimizer: an optax GradientTransformation; None = one shared `optax.adam(1e-3)`. Pass the
+      optimizer: an optax GradientTransformation, a Keras name ("adam", "adamw", "sgd",
+        "rmsprop": Keras' update and defaults) or `js.training.keras_optimizer(name, ...,
+        clipnorm=...)` for Keras' hyperparameters and clipping arguments; None = one shared
+        `optax.adam(1e-3)`. Pass the
         same object to reuse compilation; sweep a learning rate with `optax.inject_hyperparams`
         (the rate is then state, not code: one compilation for every value).
       loss: "mse", "mae" or `(y_true, y_pred) -> values` (see `jaxseq.training.losses` for

@@ -8,6 +8,13 @@ differ by eps * sqrt(1 - b2^t), which matters early in training and for small gr
 epsilon is also 1e-7 (optax: 1e-8). Sources: `keras/src/optimizers/{adam,adamw,sgd,rmsprop}.py`
 and `base_optimizer.py` (`_apply_weight_decay`: p -= p * wd * lr before the step).
 
+Gradient clipping takes Keras' base-optimizer arguments on every name: `clipnorm` (each
+variable's gradient scaled to L2 norm <= clipnorm), `global_clipnorm` (all gradients scaled
+together to global L2 norm <= global_clipnorm), `clipvalue` (each element clipped to
+[-clipvalue, clipvalue]). As in `BaseOptimizer._backend_apply_gradients`, the gradients are
+clipped first; weight decay (which reads the parameters, not the gradients) and the update step
+follow. The formulas are `_clip_by_norm` and `clip_by_global_norm` of `base_optimizer.py`.
+
 `keras_optimizer(name, **hyperparameters)` is cached by (name, hyperparameters): the same
 object for the same settings, so a second `fit(optimizer="adam")` compiles nothing.
 """
@@ -15,6 +22,9 @@ object for the same settings, so a second `fit(optimizer="adam")` compiles nothi
 from __future__ import annotations
 
 import functools
+import inspect
+import math
+import numbers
 from typing import Any, NamedTuple
 
 import jax
@@ -105,6 +115,49 @@ def rmsprop(learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7, centered=F
     return optax.GradientTransformation(init, update)
 
 
+def clip_by_norm(clipnorm: float) -> optax.GradientTransformation:
+    """Keras' `clipnorm`: every gradient array g becomes g * clipnorm / max(||g||_2, clipnorm)
+    (`BaseOptimizer._clip_by_norm`; the norm is over all of g's elements; a zero g stays 0)."""
+
+    def clip(g):
+        l2sum = jnp.sum(jnp.square(g), keepdims=True)
+        pred = l2sum > 0
+        l2norm = jnp.where(pred, jnp.sqrt(jnp.where(pred, l2sum, jnp.ones_like(l2sum))), l2sum)
+        return (g * clipnorm) / jnp.maximum(l2norm, clipnorm)
+
+    def update(grads, state, params=None):
+        return jax.tree.map(clip, grads), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def clip_by_global_norm(global_clipnorm: float) -> optax.GradientTransformation:
+    """Keras' `global_clipnorm`: all gradients scaled by clipnorm * min(1 / n, 1 / clipnorm),
+    n = sqrt(sum of every squared element) (`base_optimizer.clip_by_global_norm`; a non-finite
+    n makes every gradient NaN, as in Keras)."""
+
+    def update(grads, state, params=None):
+        leaves = jax.tree.leaves(grads)
+        norm = jnp.sqrt(jnp.sum(jnp.stack([jnp.sum(jnp.square(g)) for g in leaves])))
+        scale = global_clipnorm * jnp.minimum(1.0 / norm, 1.0 / global_clipnorm) + (norm - norm)
+        return jax.tree.map(lambda g: g * scale.astype(g.dtype), grads), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def clip_by_value(clipvalue: float) -> optax.GradientTransformation:
+    """Keras' `clipvalue`: every gradient element clipped to [-clipvalue, clipvalue]."""
+
+    def update(grads, state, params=None):
+        return jax.tree.map(lambda g: jnp.clip(g, -clipvalue, clipvalue), grads), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+CLIPPING = {"clipnorm": clip_by_norm, "global_clipnorm": clip_by_global_norm,
+            "clipvalue": clip_by_value}
+
+
 KERAS_OPTIMIZERS = {
     "adam": adam,
     "adamw": functools.partial(adam, weight_decay=0.004),  # Keras' AdamW default decay
@@ -113,14 +166,70 @@ KERAS_OPTIMIZERS = {
 }
 
 
+def _check_clipping(clip: dict) -> None:
+    for key, value in clip.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"keras_optimizer expects {key} to be a positive number or None; "
+                            f"got {type(value).__name__}.")
+        if not (math.isfinite(float(value)) and float(value) > 0):
+            raise ValueError(f"keras_optimizer expects {key} to be a finite number > 0 or None "
+                             f"(Keras ignores values <= 0 without a word); got {value!r}.")
+    if len(clip) > 1:
+        raise ValueError("keras_optimizer takes only one of `clipnorm`, `clipvalue` and "
+                         "`global_clipnorm` (Keras' rule); got "
+                         + ", ".join(f"{k}={v!r}" for k, v in sorted(clip.items())) + ".")
+
+
 @functools.cache
 def _cached(name: str, hyper: tuple) -> optax.GradientTransformation:
-    return KERAS_OPTIMIZERS[name](**dict(hyper))
+    hyper = dict(hyper)
+    clip = {k: hyper.pop(k) for k in CLIPPING if k in hyper}
+    tx = KERAS_OPTIMIZERS[name](**hyper)
+    for key, value in clip.items():  # at most one (checked)
+        tx = optax.chain(CLIPPING[key](float(value)), tx)
+    return tx
 
 
 def keras_optimizer(name: str, **hyperparameters) -> optax.GradientTransformation:
-    """The Keras optimizer `name` ("adam", "adamw", "sgd", "rmsprop") with Keras' defaults,
-    overridden by `hyperparameters` (Keras' argument names: learning_rate, beta_1, ...). The same
-    object for the same (name, hyperparameters), so programs compiled for it are reused."""
+    """The Keras 3 optimizer `name` as an optax transformation, update for update.
+
+    Args:
+      name: "adam", "adamw", "sgd" or "rmsprop" (`keras.optimizers.Adam`, `AdamW`, `SGD`,
+        `RMSprop`); case-insensitive.
+      **hyperparameters: Keras' argument names, Keras' defaults where left out:
+        adam: learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, weight_decay=None;
+        adamw: the same with weight_decay=0.004; sgd: learning_rate=0.01, momentum=0.0,
+        nesterov=False; rmsprop: learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7,
+        centered=False. Every name also takes Keras' clipping arguments (at most one):
+        clipnorm (per gradient array), global_clipnorm (over all of them), clipvalue
+        (per element), each a number > 0 or None; clipping acts on the gradients before
+        weight decay and the update, as in `keras/src/optimizers/base_optimizer.py`.
+
+    Returns:
+      An `optax.GradientTransformation` whose `update(grads, state, params)` needs `params`
+      (weight decay reads them); `fit(optimizer=...)` takes it. The same object for the same
+      (name, hyperparameters), so programs compiled for it are reused.
+
+    Raises:
+      ValueError: an unknown name; a clipping value <= 0 or not finite; more than one of
+        clipnorm, global_clipnorm and clipvalue.
+      TypeError: a hyperparameter the optimizer does not take; a clipping value that is not a
+        number.
+
+    Example: `js.fit(model, x, y, epochs=5, batch_size=8,
+    optimizer=js.training.keras_optimizer("adam", learning_rate=1e-2, clipnorm=1.0))`.
+    """
+    if isinstance(name, str):
+        name = name.lower()
     contracts.check_choice(name, tuple(KERAS_OPTIMIZERS), "optimizer", "keras_optimizer")
+    factory = KERAS_OPTIMIZERS[name]
+    known = set(inspect.signature(factory).parameters) | set(CLIPPING)
+    unknown = sorted(set(hyperparameters) - known)
+    if unknown:
+        raise TypeError(f"keras_optimizer({name!r}) takes the hyperparameters {sorted(known)}; "
+                        f"got {unknown}.")
+    clip = {k: v for k, v in hyperparameters.items() if k in CLIPPING and v is not None}
+    _check_clipping(clip)
+    hyperparameters = {k: v for k, v in hyperparameters.items()
+                       if k not in CLIPPING or v is not None}
     return _cached(name, tuple(sorted(hyperparameters.items())))

@@ -27,6 +27,7 @@ from flax import struct
 from flax.training import train_state
 
 from jaxseq import contracts
+from jaxseq.training.rows import reset_rows
 from jaxseq.typing import STATE_COLLECTION, Array
 
 
@@ -173,14 +174,23 @@ def split_seed(seed) -> tuple[Array, Array]:
     return init, key
 
 
-def reset_states(variables):
-    """Zero every stateful layer's kept states (Keras' `reset_states()`): a variables dict or a
-    `TrainState` in, the same kind out (nothing else changes)."""
+def reset_states(variables, rows=None):
+    """Zero stateful layers' kept states (Keras' `reset_states()`): a variables dict or a
+    `TrainState` in, the same kind out (nothing else changes).
+
+    rows: None (every row, as Keras) or the batch rows that start a new stream: a (batch,) bool
+    array (True = reset) or a 1-D integer array of row indices in [-batch, batch). Only those
+    rows of every stateful layer's states are zeroed; the others continue exactly. Raises
+    ValueError for a bool array of another length or an index out of range, TypeError for
+    another dtype (`jaxseq.training.rows`)."""
     model_state = getattr(variables, "model_state", None)
     if model_state is not None:
-        return variables.replace(model_state=reset_states(model_state))
+        return variables.replace(model_state=reset_states(model_state, rows))
     if STATE_COLLECTION not in variables:
         return variables
+    if rows is not None:
+        return {**variables, STATE_COLLECTION: reset_rows(variables[STATE_COLLECTION], rows,
+                                                          "reset_states")}
     zeroed = jax.tree.map(jnp.zeros_like, variables[STATE_COLLECTION])
     return {**variables, STATE_COLLECTION: zeroed}
 
