@@ -25,13 +25,7 @@ def _keras_run(keras, opt):
 
 
 def _ours(tx):
-    params = {k: jnp.asarray(v) for k, v in START.items()}
-    state = tx.init(params)
-    step = jax.jit(lambda p, s, g: (lambda u, s: (optax.apply_updates(p, u), s))(
-        *tx.update(g, s, p)))
-    for g in GRADS:
-        params, state = step(params, state, g)
-    return params
+    return _ours_grads(tx, GRADS)
 
 
 @pytest.mark.parametrize("name, keras_name, kw", [
