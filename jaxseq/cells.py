@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxseq import contracts
+from jaxseq.normalization import NORM_EPSILON, check_norm_config, layer_norm, norm_specs
 from jaxseq.products import matmul
 from jaxseq.typing import Array, PRNGKey
 
@@ -139,9 +140,20 @@ class CellBase(nn.RNNCellBase):
 
     def project(self, params, x: Array) -> Array:
         """x (..., f) -> (..., gates*u): the input part of every gate, input bias included."""
-        xp = matmul_last(x, params["kernel"])
+        xp = self.normalize(params, "kernel_norm", matmul_last(x, params["kernel"]))
         bias = self.input_bias(params)
         return xp if bias is None else xp + expand_to(bias, xp.ndim)
+
+    def check_config(self, where: str) -> None:
+        """Raise ValueError / TypeError, naming `where`, for fields that cannot work."""
+
+    def normalize(self, params, name: str, v: Array) -> Array:
+        """`v` layer-normalised with the parameters `{name}_gamma` / `{name}_beta` when the
+        cell has `layer_norm=True` (LSTMCell, GRUCell); `v` itself otherwise."""
+        if not getattr(self, "layer_norm", False):
+            return v
+        return layer_norm(v, params[f"{name}_gamma"], params[f"{name}_beta"],
+                          self.norm_epsilon)
 
     def step(
         self, params, states: tuple[Array, ...], xp: Array, rmask: Array | None = None
@@ -207,11 +219,20 @@ class LSTMCell(CellBase):
 
     `proj_size` > 0: PyTorch's LSTM with projections (LSTMP; Sak et al., 2014): h = (o ⊙
     act(c)) @ projection_kernel, projection_kernel (units, proj_size), recurrent_kernel
-    (proj_size, 4 units); h is (batch, proj_size), c (batch, units)."""
+    (proj_size, 4 units); h is (batch, proj_size), c (batch, units).
+
+    `layer_norm=True`: TF-Addons' `LayerNormLSTMCell` (Ba et al., 2016, arXiv:1607.06450):
+        [z_i, z_f, z_c, z_o] = LN_k(x @ kernel) + LN_r(h @ recurrent_kernel) + bias   (b, 4u)
+        c = LN_s(σ(z_f) ⊙ c + σ(z_i) ⊙ act(z_c));  h = σ(z_o) ⊙ act(c)                (b, u)
+    (`jaxseq.normalization.layer_norm`, epsilon `norm_epsilon`); the carried c is the
+    normalised one. Extra parameters kernel_norm_gamma/beta (4u,), recurrent_norm_gamma/beta
+    (4u,), state_norm_gamma/beta (u,)."""
 
     recurrent_activation: str | Callable = "sigmoid"
     unit_forget_bias: bool = True
     proj_size: int = 0
+    layer_norm: bool = False
+    norm_epsilon: float = NORM_EPSILON
 
     gates: ClassVar[int] = 4
     state_names: ClassVar[tuple[str, ...]] = ("h", "c")
@@ -225,7 +246,15 @@ class LSTMCell(CellBase):
             g = self.gates * self.units
             specs["recurrent_kernel"] = (self.recurrent_kernel_init, (self.proj_size, g))
             specs["projection_kernel"] = (self.kernel_init, (self.units, self.proj_size))
+        self.check_config(type(self).__name__)
+        if self.layer_norm:
+            g = self.gates * self.units
+            specs.update(norm_specs({"kernel_norm": g, "recurrent_norm": g,
+                                     "state_norm": self.units}))
         return specs
+
+    def check_config(self, where: str) -> None:
+        check_norm_config(self.layer_norm, self.norm_epsilon, where)
 
     def bias_spec(self):
         init = self.bias_init
@@ -238,9 +267,10 @@ class LSTMCell(CellBase):
         act = get_activation(self.activation)
         ract = get_activation(self.recurrent_activation)
         h_rec = h if rmask is None else h * rmask
-        z = xp + matmul(h_rec, params["recurrent_kernel"])
+        hr = self.normalize(params, "recurrent_norm", matmul(h_rec, params["recurrent_kernel"]))
+        z = xp + hr
         zi, zf, zc, zo = jnp.split(z, 4, axis=-1)
-        c = ract(zf) * c + ract(zi) * act(zc)
+        c = self.normalize(params, "state_norm", ract(zf) * c + ract(zi) * act(zc))
         h = ract(zo) * act(c)
         if self.proj_size:
             h = matmul(h, params["projection_kernel"])
@@ -249,12 +279,39 @@ class LSTMCell(CellBase):
 
 class GRUCell(CellBase):
     """Keras 3 GRU cell. Gates z, r, h; state h. `reset_after=True` is Keras 3's default (and
-    cuDNN's): the reset gate multiplies the recurrent projection after the matrix product."""
+    cuDNN's): the reset gate multiplies the recurrent projection after the matrix product.
+
+    `layer_norm=True` (needs `reset_after=True`): TF-Addons' LayerNormLSTMCell rule (Ba et al.,
+    2016) applied to the GRU, the input and the recurrent projections normalised separately
+    over the 3u gate axis, each bias added after its normalisation:
+        [x_z, x_r, x_h] = LN_k(x @ kernel) + bias[0]
+        [r_z, r_r, r_h] = LN_r(h @ recurrent_kernel) + bias[1]                 (b, 3u)
+        z = σ(x_z + r_z);  r = σ(x_r + r_r);  h' = act(x_h + r ⊙ r_h)
+        h = z ⊙ h + (1 - z) ⊙ h'
+    (`jaxseq.normalization.layer_norm`, epsilon `norm_epsilon`). Extra parameters
+    kernel_norm_gamma/beta (3u,), recurrent_norm_gamma/beta (3u,)."""
 
     recurrent_activation: str | Callable = "sigmoid"
     reset_after: bool = True
+    layer_norm: bool = False
+    norm_epsilon: float = NORM_EPSILON
 
     gates: ClassVar[int] = 3
+
+    def param_specs(self, features: int):
+        specs = super().param_specs(features)
+        self.check_config(type(self).__name__)
+        if self.layer_norm:
+            g = self.gates * self.units
+            specs.update(norm_specs({"kernel_norm": g, "recurrent_norm": g}))
+        return specs
+
+    def check_config(self, where: str) -> None:
+        check_norm_config(self.layer_norm, self.norm_epsilon, where)
+        if self.layer_norm and not self.reset_after:
+            raise ValueError(
+                f"{where}(layer_norm=True) expects reset_after=True (the recurrent projection "
+                "is normalised as one (batch, 3 units) product); got reset_after=False.")
 
     def bias_spec(self):
         shape = (2, 3 * self.units) if self.reset_after else (3 * self.units,)
@@ -274,7 +331,7 @@ class GRUCell(CellBase):
         u = self.units
         x_z, x_r, x_h = jnp.split(xp, 3, axis=-1)
         if self.reset_after:
-            inner = matmul(h_rec, rk)
+            inner = self.normalize(params, "recurrent_norm", matmul(h_rec, rk))
             if self.use_bias:
                 inner = inner + expand_to(params["bias"][1], inner.ndim)
             r_z, r_r, r_h = jnp.split(inner, 3, axis=-1)

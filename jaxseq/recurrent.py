@@ -119,6 +119,7 @@ class RNN(nn.Module):
             rate = getattr(self, name)
             if not 0.0 <= rate < 1.0:
                 raise ValueError(f"{where} expects {name} in [0, 1); got {rate}.")
+        self.make_cell().check_config(where)
 
     @nn.nowrap
     def _initial_states(self, cell: CellBase, initial_state, batch: int, dtype):
@@ -198,7 +199,8 @@ class RNN(nn.Module):
             emit_outputs=self.return_sequences,
             name="recurrence",
         )
-        rparams = {k: v for k, v in params.items() if k != "kernel"}
+        rparams = {k: v for k, v in params.items()  # the scan's weights: all but the input's
+                   if k != "kernel" and not k.startswith("kernel_norm")}
         final, ys = body(states, (xp, m), rparams, rmask)
         self._keep(carried, final)
         if self.return_sequences and self.go_backwards:
@@ -237,26 +239,50 @@ class LSTM(RNN):
     `proj_size=p` > 0: PyTorch's LSTM with projections (`nn.LSTM(proj_size=p)`), h = (o ⊙
     tanh(c)) @ projection_kernel (u, p); recurrent_kernel (p, 4u); the output and h are
     (..., p), c stays (batch, u). Runs on the scan path (the fused path has no projection).
+
+    `layer_norm=True`: the layer-normalised LSTM of TensorFlow Addons' `LayerNormLSTMCell`
+    (Ba, Kiros and Hinton, 2016, arXiv:1607.06450): `x @ kernel` and `h @ recurrent_kernel`
+    normalised separately over the 4u gate axis, and the new cell state c before `activation`
+    (the carried c is the normalised one); `LSTMCell` gives the formulas. Adds the parameters
+    `kernel_norm_gamma` / `kernel_norm_beta` (4u,), `recurrent_norm_gamma` /
+    `recurrent_norm_beta` (4u,) and `state_norm_gamma` / `state_norm_beta` (u,): gamma starts
+    at ones, beta at zeros. `norm_epsilon` (default 1e-3, as TF-Addons) is added to the
+    variance. Runs on the scan path only: "auto" resolves to it, and
+    `implementation="fused"` raises ValueError. Errors: TypeError for a non-bool
+    `layer_norm`, ValueError for a `norm_epsilon` that is not a positive number.
     """
 
     recurrent_activation: str | Callable = "sigmoid"
     unit_forget_bias: bool = True
     proj_size: int = 0
+    layer_norm: bool = False
+    norm_epsilon: float = 1e-3
 
     cell_class: ClassVar[type[CellBase]] = LSTMCell
     extra_cell_fields: ClassVar[tuple[str, ...]] = ("recurrent_activation", "unit_forget_bias",
-                                                    "proj_size")
+                                                    "proj_size", "layer_norm", "norm_epsilon")
 
 
 class GRU(RNN):
     """Keras 3 `GRU`, `reset_after=True` by default: kernel (f, 3u), recurrent_kernel (u, 3u),
-    bias (2, 3u) (input bias row 0, recurrent bias row 1); gates z, r, h. State `h`."""
+    bias (2, 3u) (input bias row 0, recurrent bias row 1); gates z, r, h. State `h`.
+
+    `layer_norm=True` (with `reset_after=True`, else ValueError): the rule of TensorFlow Addons'
+    `LayerNormLSTMCell` (Ba, Kiros and Hinton, 2016) applied to the GRU: `x @ kernel` and
+    `h @ recurrent_kernel` normalised separately over the 3u gate axis, each before its bias
+    row; `GRUCell` gives the formulas. Adds `kernel_norm_gamma` / `kernel_norm_beta` and
+    `recurrent_norm_gamma` / `recurrent_norm_beta`, each (3u,) (gamma ones, beta zeros).
+    `norm_epsilon` (default 1e-3) is added to the variance. Scan path only, as for `LSTM`.
+    """
 
     recurrent_activation: str | Callable = "sigmoid"
     reset_after: bool = True
+    layer_norm: bool = False
+    norm_epsilon: float = 1e-3
 
     cell_class: ClassVar[type[CellBase]] = GRUCell
-    extra_cell_fields: ClassVar[tuple[str, ...]] = ("recurrent_activation", "reset_after")
+    extra_cell_fields: ClassVar[tuple[str, ...]] = ("recurrent_activation", "reset_after",
+                                                    "layer_norm", "norm_epsilon")
 
 
 class SimpleRNN(RNN):
