@@ -28,12 +28,16 @@ NORM_EPSILON = 1e-3  # TF-Addons LayerNormLSTMCell(norm_epsilon=1e-3)
 
 def layer_norm(v: Array, gamma: Array, beta: Array, epsilon: float) -> Array:
     """v (..., n) normalised over its last axis, then scaled by gamma (n,), shifted by beta (n,).
-    Returns an array of v's shape and dtype."""
-    mean = jnp.mean(v, axis=-1, keepdims=True)
-    var = jnp.mean(jnp.square(v - mean), axis=-1, keepdims=True)
-    scale = gamma.reshape((1,) * (v.ndim - 1) + gamma.shape)
-    shift = beta.reshape((1,) * (v.ndim - 1) + beta.shape)
-    return (v - mean) * jnp.reciprocal(jnp.sqrt(var + epsilon)) * scale + shift
+    Returns an array of v's shape and dtype; half-precision v is normalised in float32 (as
+    Keras' LayerNormalization does), so the mean and variance keep their accuracy."""
+    dtype = v.dtype
+    w = v.astype(jnp.promote_types(dtype, jnp.float32))
+    mean = jnp.mean(w, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(w - mean), axis=-1, keepdims=True)
+    scale = gamma.reshape((1,) * (v.ndim - 1) + gamma.shape).astype(w.dtype)
+    shift = beta.reshape((1,) * (v.ndim - 1) + beta.shape).astype(w.dtype)
+    out = (w - mean) * jnp.reciprocal(jnp.sqrt(var + epsilon)) * scale + shift
+    return out.astype(dtype)
 
 
 def norm_specs(sizes: dict[str, int]) -> dict[str, tuple[Initializer, tuple[int, ...]]]:

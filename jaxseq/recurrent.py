@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from jaxseq import contracts, fused
 from jaxseq.cells import CellBase, GRUCell, LSTMCell, SimpleRNNCell
 from jaxseq.conv_lstm import ConvLSTM
+from jaxseq.normalization import NORM_EPSILON
 from jaxseq.typing import STATE_COLLECTION, Array, Mask, Sequences
 
 Initializer = Callable[..., Array]
@@ -256,7 +257,7 @@ class LSTM(RNN):
     unit_forget_bias: bool = True
     proj_size: int = 0
     layer_norm: bool = False
-    norm_epsilon: float = 1e-3
+    norm_epsilon: float = NORM_EPSILON
 
     cell_class: ClassVar[type[CellBase]] = LSTMCell
     extra_cell_fields: ClassVar[tuple[str, ...]] = ("recurrent_activation", "unit_forget_bias",
@@ -278,7 +279,7 @@ class GRU(RNN):
     recurrent_activation: str | Callable = "sigmoid"
     reset_after: bool = True
     layer_norm: bool = False
-    norm_epsilon: float = 1e-3
+    norm_epsilon: float = NORM_EPSILON
 
     cell_class: ClassVar[type[CellBase]] = GRUCell
     extra_cell_fields: ClassVar[tuple[str, ...]] = ("recurrent_activation", "reset_after",

@@ -163,6 +163,19 @@ def test_float32_default_layer_equals_the_reference(kind):
     np.testing.assert_allclose(out, REFS[kind](params, x)[1], rtol=2e-5, atol=2e-6)
 
 
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_bfloat16_compute_stays_close_to_the_reference(kind):
+    x = np.random.default_rng(20).normal(size=(2, 5, 3)).astype(np.float32)
+    layer = _layer(kind, 4, dtype=jnp.bfloat16)
+    params = _random_params(kind, layer.init(jax.random.PRNGKey(5), x)["params"], 21)
+    out = layer.apply({"params": params}, x)
+    assert out.dtype == jnp.bfloat16
+    # bfloat16 keeps 8 significant bits (relative step 2^-8 ≈ 4e-3); five steps of rounding
+    # in the products and gates, the normalisations themselves computed in float32
+    np.testing.assert_allclose(np.asarray(out, np.float32), REFS[kind](params, x)[1],
+                               atol=5e-2)
+
+
 def _fd_grad(fun, arrays, h=1e-6):
     """Central differences of the scalar NumPy `fun(arrays)` w.r.t. each entry of each array."""
     grads = {}
