@@ -26,39 +26,15 @@ import jax
 import jax.numpy as jnp
 
 from jaxseq import contracts
+from jaxseq.activations import ACTIVATIONS as _ACTIVATIONS  # noqa: F401 - named here too
+from jaxseq.activations import get_activation
+from jaxseq.initializers import forget_bias_init as _forget_bias_init
+from jaxseq.initializers import in_float32 as _in_float32
+from jaxseq.normalization import NORM_EPSILON, check_norm_config, layer_norm, norm_specs
 from jaxseq.products import matmul
 from jaxseq.typing import Array, PRNGKey
 
 Initializer = Callable[..., Array]
-
-_ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
-    "tanh": jnp.tanh,
-    "sigmoid": jax.nn.sigmoid,
-    "hard_sigmoid": jax.nn.hard_sigmoid,  # Keras 3: relu6(x + 3) / 6
-    "relu": jax.nn.relu,
-    "elu": jax.nn.elu,
-    "gelu": jax.nn.gelu,
-    "softsign": jax.nn.soft_sign,
-    "swish": jax.nn.swish,
-    "silu": jax.nn.silu,
-    "linear": lambda x: x,
-    "softmax": jax.nn.softmax,  # over the last axis, as Keras' default
-}
-
-
-def get_activation(activation: str | Callable[[Array], Array] | None) -> Callable[[Array], Array]:
-    """A Keras activation name (or a callable, or None for linear) as a function."""
-    if activation is None:
-        return _ACTIVATIONS["linear"]
-    if callable(activation):
-        return activation
-    if activation not in _ACTIVATIONS:
-        raise ValueError(
-            f"unknown activation {activation!r}; expected a callable or one of "
-            f"{', '.join(sorted(_ACTIVATIONS))}."
-        )
-    return _ACTIVATIONS[activation]
-
 
 def expand_to(v: Array, ndim: int) -> Array:
     """Leading unit axes so `v` broadcasts explicitly (the tests forbid rank promotion)."""
@@ -71,34 +47,6 @@ def matmul_last(x: Array, w: Array, product: Callable = matmul) -> Array:
     slower than that of the same product on the flattened 2-D operand, at every size; every
     input projection goes through here (the fused path's with `products.fused_matmul`)."""
     return product(x.reshape(-1, x.shape[-1]), w).reshape(*x.shape[:-1], w.shape[-1])
-
-
-def _forget_bias_init(bias_init: Initializer, units: int) -> Initializer:
-    """Keras' `unit_forget_bias=True`: ones for the forget gate, `bias_init` elsewhere."""
-
-    def init(key: PRNGKey, shape, dtype=jnp.float32) -> Array:
-        k1, k2 = jax.random.split(key)
-        return jnp.concatenate(
-            [
-                bias_init(k1, (units,), dtype),
-                jnp.ones((units,), dtype),
-                bias_init(k2, (2 * units,), dtype),
-            ]
-        )
-
-    return init
-
-
-def _in_float32(init: Initializer) -> Initializer:
-    """`init` drawn in float32 and cast, for half-precision parameters: LAPACK's QR (the
-    orthogonal initializer) has no bfloat16/float16 kernel on CPU."""
-
-    def draw(key, shape, dtype=jnp.float32):
-        if jnp.dtype(dtype).itemsize >= 4:
-            return init(key, shape, dtype)
-        return init(key, shape, jnp.float32).astype(dtype)
-
-    return draw
 
 
 class CellBase(nn.RNNCellBase):
@@ -151,9 +99,20 @@ class CellBase(nn.RNNCellBase):
 
     def project(self, params, x: Array) -> Array:
         """x (..., f) -> (..., gates*u): the input part of every gate, input bias included."""
-        xp = matmul_last(x, params["kernel"])
+        xp = self.normalize(params, "kernel_norm", matmul_last(x, params["kernel"]))
         bias = self.input_bias(params)
         return xp if bias is None else xp + expand_to(bias, xp.ndim)
+
+    def check_config(self, where: str) -> None:
+        """Raise ValueError / TypeError, naming `where`, for fields that cannot work."""
+
+    def normalize(self, params, name: str, v: Array) -> Array:
+        """`v` layer-normalised with the parameters `{name}_gamma` / `{name}_beta` when the
+        cell has `layer_norm=True` (LSTMCell, GRUCell); `v` itself otherwise."""
+        if not getattr(self, "layer_norm", False):
+            return v
+        return layer_norm(v, params[f"{name}_gamma"], params[f"{name}_beta"],
+                          self.norm_epsilon)
 
     def step(
         self, params, states: tuple[Array, ...], xp: Array, rmask: Array | None = None
@@ -237,6 +196,13 @@ class LSTMCell(CellBase):
       bias_init: initializer of `bias`. Default zeros.
       dtype: computation dtype; None (default) promotes the inputs' and parameters' dtypes.
       param_dtype: dtype of the parameters. Default float32.
+      layer_norm: bool. True: TF-Addons' `LayerNormLSTMCell` (Ba et al., 2016,
+        arXiv:1607.06450): `z = LN_k(x @ kernel) + LN_r(h @ recurrent_kernel) + bias`,
+        `c' = LN_s(ract(z_f) * c + ract(z_i) * act(z_c))`, `h' = ract(z_o) * act(c')`, the
+        carried c the normalised one (`jaxseq.normalization.layer_norm`); extra parameters
+        `kernel_norm_gamma/beta` (4 units,), `recurrent_norm_gamma/beta` (4 units,),
+        `state_norm_gamma/beta` (units,), gamma 1 and beta 0 at init. Default False.
+      norm_epsilon: float > 0, the layer norms' epsilon (TF-Addons' default). Default 1e-3.
 
     Call arguments:
       `cell.apply(variables, carry, x)`: `carry` the states `(h, c)`, each (batch, units)
@@ -254,6 +220,8 @@ class LSTMCell(CellBase):
     recurrent_activation: str | Callable = "sigmoid"
     unit_forget_bias: bool = True
     proj_size: int = 0
+    layer_norm: bool = False
+    norm_epsilon: float = NORM_EPSILON
 
     gates: ClassVar[int] = 4
     state_names: ClassVar[tuple[str, ...]] = ("h", "c")
@@ -267,7 +235,15 @@ class LSTMCell(CellBase):
             g = self.gates * self.units
             specs["recurrent_kernel"] = (self.recurrent_kernel_init, (self.proj_size, g))
             specs["projection_kernel"] = (self.kernel_init, (self.units, self.proj_size))
+        self.check_config(type(self).__name__)
+        if self.layer_norm:
+            g = self.gates * self.units
+            specs.update(norm_specs({"kernel_norm": g, "recurrent_norm": g,
+                                     "state_norm": self.units}))
         return specs
+
+    def check_config(self, where: str) -> None:
+        check_norm_config(self.layer_norm, self.norm_epsilon, where)
 
     def bias_spec(self):
         init = self.bias_init
@@ -280,9 +256,10 @@ class LSTMCell(CellBase):
         act = get_activation(self.activation)
         ract = get_activation(self.recurrent_activation)
         h_rec = h if rmask is None else h * rmask
-        z = xp + matmul(h_rec, params["recurrent_kernel"])
+        hr = self.normalize(params, "recurrent_norm", matmul(h_rec, params["recurrent_kernel"]))
+        z = xp + hr
         zi, zf, zc, zo = jnp.split(z, 4, axis=-1)
-        c = ract(zf) * c + ract(zi) * act(zc)
+        c = self.normalize(params, "state_norm", ract(zf) * c + ract(zi) * act(zc))
         h = ract(zo) * act(c)
         if self.proj_size:
             h = matmul(h, params["projection_kernel"])
@@ -311,6 +288,12 @@ class GRUCell(CellBase):
       bias_init: initializer of `bias`. Default zeros.
       dtype: computation dtype; None (default) promotes the inputs' and parameters' dtypes.
       param_dtype: dtype of the parameters. Default float32.
+      layer_norm: bool (needs `reset_after=True`). True: TF-Addons' LayerNormLSTMCell rule
+        (Ba et al., 2016) applied to the GRU: `[x_z, x_r, x_h] = LN_k(x @ kernel) + bias[0]`,
+        `[r_z, r_r, r_h] = LN_r(h @ recurrent_kernel) + bias[1]`, then the `reset_after`
+        update; extra parameters `kernel_norm_gamma/beta` and `recurrent_norm_gamma/beta`
+        (3 units,). Default False.
+      norm_epsilon: float > 0, the layer norms' epsilon. Default 1e-3.
 
     Call arguments:
       `cell.apply(variables, carry, x)`: `carry` the state h (batch, units), zeros from
@@ -326,8 +309,25 @@ class GRUCell(CellBase):
 
     recurrent_activation: str | Callable = "sigmoid"
     reset_after: bool = True
+    layer_norm: bool = False
+    norm_epsilon: float = NORM_EPSILON
 
     gates: ClassVar[int] = 3
+
+    def param_specs(self, features: int):
+        specs = super().param_specs(features)
+        self.check_config(type(self).__name__)
+        if self.layer_norm:
+            g = self.gates * self.units
+            specs.update(norm_specs({"kernel_norm": g, "recurrent_norm": g}))
+        return specs
+
+    def check_config(self, where: str) -> None:
+        check_norm_config(self.layer_norm, self.norm_epsilon, where)
+        if self.layer_norm and not self.reset_after:
+            raise ValueError(
+                f"{where}(layer_norm=True) expects reset_after=True (the recurrent projection "
+                "is normalised as one (batch, 3 units) product); got reset_after=False.")
 
     def bias_spec(self):
         shape = (2, 3 * self.units) if self.reset_after else (3 * self.units,)
@@ -347,7 +347,7 @@ class GRUCell(CellBase):
         u = self.units
         x_z, x_r, x_h = jnp.split(xp, 3, axis=-1)
         if self.reset_after:
-            inner = matmul(h_rec, rk)
+            inner = self.normalize(params, "recurrent_norm", matmul(h_rec, rk))
             if self.use_bias:
                 inner = inner + expand_to(params["bias"][1], inner.ndim)
             r_z, r_r, r_h = jnp.split(inner, 3, axis=-1)

@@ -103,6 +103,8 @@ def unsupported(cell: CellBase) -> str | None:
         return f"cell class {type(cell).__name__} (only LSTMCell, GRUCell, SimpleRNNCell)"
     if kind == "gru" and not cell.reset_after:
         return "GRU reset_after=False"
+    if getattr(cell, "layer_norm", False):
+        return "layer_norm=True"
     if kind == "lstm" and cell.proj_size:
         return f"LSTM proj_size={cell.proj_size} (a projection)"
     names = [("activation", cell.activation)]
@@ -126,7 +128,7 @@ def select(implementation: str, cell: CellBase, where: str) -> str:
     if implementation == "fused":
         raise ValueError(
             f"{where}(implementation='fused') does not support {reason}; use "
-            "implementation='auto' (falls back to the scan) or 'scan'."
+            "implementation='scan' (or 'auto', which falls back to it)."
         )
     return "scan"
 

@@ -14,6 +14,7 @@ from typing import ClassVar
 
 from jaxseq.bidirectional import Bidirectional
 from jaxseq.cells import CellBase, GRUCell, LSTMCell, SimpleRNNCell
+from jaxseq.normalization import NORM_EPSILON
 from jaxseq.rnn import RNN
 
 __all__ = ["GRU", "LSTM", "RNN", "Bidirectional", "SimpleRNN"]
@@ -66,6 +67,15 @@ class LSTM(RNN):
         previous output (Keras' `Bidirectional` sets it). Default False.
       dtype: computation dtype; None (default) promotes x's and the parameters' dtypes.
       param_dtype: dtype of the parameters. Default float32.
+      layer_norm: bool. True: the layer-normalised LSTM of TensorFlow Addons'
+        `LayerNormLSTMCell` (Ba, Kiros and Hinton, 2016, arXiv:1607.06450): `x @ kernel` and
+        `h @ recurrent_kernel` normalised separately over the 4 units gate axis, and the new
+        cell state c before `activation` (the carried c is the normalised one; `LSTMCell`
+        gives the formulas). Adds `kernel_norm_gamma` / `kernel_norm_beta` (4 units,),
+        `recurrent_norm_gamma` / `recurrent_norm_beta` (4 units,) and `state_norm_gamma` /
+        `state_norm_beta` (units,), gamma ones and beta zeros at init. Scan path only: "auto"
+        resolves to it, "fused" raises ValueError. Default False.
+      norm_epsilon: float > 0 added to the variance of each norm. Default 1e-3 (TF-Addons).
       implementation: "auto" (default), "scan" or "fused". "scan": `nn.scan` of the step,
         the input projection taken for all steps in one product before the loop. "fused":
         one `jax.custom_vjp` over the layer whose backward pass takes the weight gradients
@@ -110,10 +120,12 @@ class LSTM(RNN):
     recurrent_activation: str | Callable = "sigmoid"
     unit_forget_bias: bool = True
     proj_size: int = 0
+    layer_norm: bool = False
+    norm_epsilon: float = NORM_EPSILON
 
     cell_class: ClassVar[type[CellBase]] = LSTMCell
     extra_cell_fields: ClassVar[tuple[str, ...]] = ("recurrent_activation", "unit_forget_bias",
-                                                    "proj_size")
+                                                    "proj_size", "layer_norm", "norm_epsilon")
 
 
 class GRU(RNN):
@@ -162,6 +174,13 @@ class GRU(RNN):
         previous output (Keras' `Bidirectional` sets it). Default False.
       dtype: computation dtype; None (default) promotes x's and the parameters' dtypes.
       param_dtype: dtype of the parameters. Default float32.
+      layer_norm: bool (needs `reset_after=True`). True: the rule of TensorFlow Addons'
+        `LayerNormLSTMCell` (Ba, Kiros and Hinton, 2016) applied to the GRU: `x @ kernel` and
+        `h @ recurrent_kernel` normalised separately over the 3 units gate axis, each before
+        its bias row (`GRUCell` gives the formulas). Adds `kernel_norm_gamma` /
+        `kernel_norm_beta` and `recurrent_norm_gamma` / `recurrent_norm_beta`, each
+        (3 units,). Scan path only, as for `LSTM`. Default False.
+      norm_epsilon: float > 0 added to the variance of each norm. Default 1e-3.
       implementation: "auto" (default), "scan" or "fused". "scan": `nn.scan` of the step,
         the input projection taken for all steps in one product before the loop. "fused":
         one `jax.custom_vjp` over the layer whose backward pass takes the weight gradients
@@ -196,9 +215,12 @@ class GRU(RNN):
 
     recurrent_activation: str | Callable = "sigmoid"
     reset_after: bool = True
+    layer_norm: bool = False
+    norm_epsilon: float = NORM_EPSILON
 
     cell_class: ClassVar[type[CellBase]] = GRUCell
-    extra_cell_fields: ClassVar[tuple[str, ...]] = ("recurrent_activation", "reset_after")
+    extra_cell_fields: ClassVar[tuple[str, ...]] = ("recurrent_activation", "reset_after",
+                                                    "layer_norm", "norm_epsilon")
 
 
 class SimpleRNN(RNN):

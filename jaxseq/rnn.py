@@ -167,6 +167,7 @@ class RNN(nn.Module):
             rate = getattr(self, name)
             if not 0.0 <= rate < 1.0:
                 raise ValueError(f"{where} expects {name} in [0, 1); got {rate}.")
+        self.make_cell().check_config(where)
 
     @nn.nowrap
     def _initial_states(self, cell: CellBase, initial_state, batch: int, dtype):
@@ -276,7 +277,8 @@ class RNN(nn.Module):
             emit_outputs=self.return_sequences,
             name="recurrence",
         )
-        rparams = {k: v for k, v in params.items() if k != "kernel"}
+        rparams = {k: v for k, v in params.items()  # the scan's weights: all but the input's
+                   if k != "kernel" and not k.startswith("kernel_norm")}
         final, ys = body(states, (xp, m), rparams, rmask)
         self._keep(carried, final)
         if self.return_sequences and self.go_backwards:
