@@ -15,6 +15,9 @@ Cases (all by default; pick with --cases):
   cross_validation   5-fold x 10-seed cross_validate (one program) vs 50 fit + evaluate calls
   compile            first-call time (trace + lower + compile) of the jitted LSTM fwd+bwd at
                      T=10 and T=1000
+  remat              LSTM(64) fwd+bwd, batch 8, 8 features, with and without `remat=True`
+                     (both implementations): temp memory of the compiled gradient program at
+                     T=500/1000/2000/4000, and the time at T=4000
 Peers in the same process: Flax nn.RNN(OptimizedLSTMCell / GRUCell) always; torch.nn.LSTM/GRU
 (batch_first, torch's default threads) and Keras 3 when installed (else their rows are skipped,
 with a note). jaxseq runs its default implementation ("auto": the fused path) and, as "jaxseq
@@ -73,7 +76,7 @@ DEFAULT_SIZES = "64x100x128x128,64x100x256x256,32x200x512x512"
 QUICK_SIZES = "4x6x3x5"
 ALL_CASES = ("lstm", "gru", "lstm_fwd", "gru_fwd", "minimal", "tutorial", "train", "replicas",
              "cross_validation",
-             "compile")
+             "compile", "remat")
 TUTORIAL = {"one_to_one": (1000, 5), "many_to_one": (500, 1), "many_to_many": (1000, 1)}
 GATES = {"lstm": 4, "gru": 3}
 
@@ -549,6 +552,27 @@ def minimal_case(size, *, repeats: int) -> dict:
             "jax_stats": stats}
 
 
+def remat_case(*, quick: bool, repeats: int) -> dict:
+    """LSTM(64) fwd+bwd (loss: mean of the last output), batch 8, 8 features, remat False/True,
+    "auto" (fused) and "scan": temp bytes of the compiled gradient program per length, and
+    interleaved timings at the longest length."""
+    b, i, h = 8, 8, 64
+    lengths = (6, 12) if quick else (500, 1000, 2000, 4000)
+    rows, fns = [], {}
+    for impl in ("auto", "scan"):
+        for t in lengths:
+            x = jax.random.normal(jax.random.key(0), (b, t, i))
+            for r in (False, True):
+                stats = {}
+                fn = _jax_case(js.LSTM(h, implementation=impl, remat=r), x, backward=True,
+                               stats=stats, name="lstm")
+                rows.append({"implementation": impl, "time": t, "remat": r, **stats["lstm"]})
+                if t == lengths[-1]:
+                    fns[f"{impl} remat={r}"] = fn
+    return {"case": "remat", "size_bih": [b, i, h], "lengths": list(lengths), "rows": rows,
+            "samples_s": measure(fns, repeats)}
+
+
 def compile_case(*, quick: bool, repeats: int) -> dict:
     """First-call time of a fresh jit of LSTM fwd+bwd, short vs long sequences."""
     b, i, h = (2, 3, 4) if quick else (16, 32, 32)
@@ -728,6 +752,17 @@ def report(results: list[dict], peak: float, notes: list) -> str:
             for row in r["rows"]:
                 lines.append(f"  {row['name']:16s} T={row['time']:<5d}"
                              f"{_median(row['samples_s']):7.2f} s")
+        elif r["case"] == "remat":
+            b, i, h = r["size_bih"]
+            lines.append(f"remat: LSTM({h}) fwd+bwd, B={b}, I={i}; temp MB without -> with "
+                         f"remat=True; median ms at T={r['lengths'][-1]}:")
+            temp = {(w["implementation"], w["time"], w["remat"]): w["temp_bytes"] / 2**20
+                    for w in r["rows"]}
+            for impl, t, _ in [k for k in temp if not k[2]]:
+                lines.append(f"  {impl:5s} T={t:<5d}{temp[impl, t, False]:9.2f} ->"
+                             f"{temp[impl, t, True]:7.2f}")
+            for k, v in r["samples_s"].items():
+                lines.append(f"  {k:16s}{_median(v) * 1e3:9.1f} ms")
     lines.append("")
     lines.append("Ratios against their bounds:")
     for t in targets(results, peak):
@@ -805,6 +840,8 @@ def main(argv=None) -> dict:
             results.append(cv_case(quick=args.quick, cpu_devices=args.cpu_devices is not None))
         elif case == "compile":
             results.append(compile_case(quick=args.quick, repeats=repeats))
+        elif case == "remat":
+            results.append(remat_case(quick=args.quick, repeats=repeats))
         case_wall[case] = time.perf_counter() - t_case
     text = report(results, peak["gflops"], notes)
     print("\n" + text)

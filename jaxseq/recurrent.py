@@ -82,6 +82,10 @@ class LSTM(RNN):
         out of the loop (`jaxseq.fused`); it supports the activations tanh, sigmoid, linear
         and relu and no `proj_size`; reverse mode only (use "scan" for `jax.jvp` /
         `jax.jacfwd`). "auto": "fused" where it supports the layer, else "scan".
+      remat: False (default), True or an int k >= 1: gradient checkpointing over time
+        (`jaxseq.remat`): segments of ceil(sqrt(time)) steps (True) or k steps, only the
+        states between segments kept for the backward pass, one segment recomputed at a time
+        (about one more forward pass). Same outputs, gradients equal to float rounding.
 
     Example:
       >>> import jax, numpy as np, jaxseq as js
@@ -187,6 +191,10 @@ class GRU(RNN):
         out of the loop (`jaxseq.fused`); it supports `reset_after=True` with the
         activations tanh, sigmoid, linear and relu; reverse mode only (use "scan" for
         `jax.jvp` / `jax.jacfwd`). "auto": "fused" where it supports the layer, else "scan".
+      remat: False (default), True or an int k >= 1: gradient checkpointing over time
+        (`jaxseq.remat`): segments of ceil(sqrt(time)) steps (True) or k steps, only the
+        states between segments kept for the backward pass, one segment recomputed at a time
+        (about one more forward pass). Same outputs, gradients equal to float rounding.
 
     Call arguments:
       `layer.apply(variables, x, *, mask=None, initial_state=None, deterministic=True)`
@@ -266,6 +274,10 @@ class SimpleRNN(RNN):
         out of the loop (`jaxseq.fused`); it supports the activations tanh, sigmoid, linear
         and relu; reverse mode only (use "scan" for `jax.jvp` / `jax.jacfwd`). "auto":
         "fused" where it supports the layer, else "scan".
+      remat: False (default), True or an int k >= 1: gradient checkpointing over time
+        (`jaxseq.remat`): segments of ceil(sqrt(time)) steps (True) or k steps, only the
+        states between segments kept for the backward pass, one segment recomputed at a time
+        (about one more forward pass). Same outputs, gradients equal to float rounding.
 
     Call arguments:
       `layer.apply(variables, x, *, mask=None, initial_state=None, deterministic=True)`

@@ -17,6 +17,7 @@ processing order (reversed time). A fully masked row returns its initial state.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -25,13 +26,28 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxseq import contracts, fused
+from jaxseq import contracts, fused, remat
 from jaxseq.cells import CellBase
 from jaxseq.typing import STATE_COLLECTION, Array, Mask, Sequences, States
 
 __all__ = ["RNN"]
 
 Initializer = Callable[..., Array]
+
+
+def _masked_step(cell: CellBase, zero_output_for_mask: bool, emit_outputs: bool, states,
+                 inputs, rparams, rmask):
+    """One step of the scan path: the cell's step, then Keras 3 masking (a masked step keeps
+    every state; its output repeats h, or is zeros with `zero_output_for_mask`)."""
+    xp, m = inputs
+    new = cell.step(rparams, states, xp, rmask)
+    if m is not None:
+        keep = m[:, None]
+        new = tuple(jnp.where(keep, n, s) for n, s in zip(new, states, strict=True))
+        y = jnp.where(keep, new[0], jnp.zeros_like(new[0])) if zero_output_for_mask else new[0]
+    else:
+        y = new[0]
+    return new, (y if emit_outputs else None)
 
 
 class _Recurrence(nn.Module):
@@ -44,16 +60,8 @@ class _Recurrence(nn.Module):
 
     @nn.compact
     def __call__(self, states, inputs, rparams, rmask):
-        xp, m = inputs
-        new = self.cell.step(rparams, states, xp, rmask)
-        if m is not None:
-            keep = m[:, None]
-            new = tuple(jnp.where(keep, n, s) for n, s in zip(new, states, strict=True))
-            y = jnp.where(keep, new[0], jnp.zeros_like(new[0])) if self.zero_output_for_mask \
-                else new[0]
-        else:
-            y = new[0]
-        return new, (y if self.emit_outputs else None)
+        return _masked_step(self.cell, self.zero_output_for_mask, self.emit_outputs, states,
+                            inputs, rparams, rmask)
 
 
 def _dropout_mask(module: nn.Module, rate: float, shape, dtype) -> Array:
@@ -119,6 +127,13 @@ class RNN(nn.Module):
         without `proj_size`, and reverse-mode differentiation only (use "scan" for
         `jax.jvp` / `jax.jacfwd`). "auto" takes "fused" wherever it supports the layer, else
         "scan". Both give the same values to float rounding.
+      remat: gradient checkpointing over time (`jaxseq.remat`): False (default) keeps every
+        step's residuals for the backward pass (memory linear in time); True cuts the
+        sequence into segments of ceil(sqrt(time)) steps, a positive int k into segments of k
+        steps, and keeps only the states between segments, recomputing one segment at a time
+        in the backward pass (about one more forward pass of time; the fused path runs its
+        own backward per segment). Same outputs; gradients equal to float rounding. k >= time
+        runs unsegmented. Anything else is a ValueError.
 
     Raises:
       ValueError: from the call: `units` < 1, a dropout rate outside [0, 1), an unknown
@@ -146,6 +161,7 @@ class RNN(nn.Module):
     # "auto" | "scan" | "fused". "fused" (jaxseq.fused): time-major scan with a custom
     # backward pass; "auto" takes it wherever it supports the layer, else the nn.scan reference.
     implementation: str = "auto"
+    remat: bool | int = False  # checkpointed segments of time (see the class docstring)
 
     cell_class: ClassVar[type[CellBase]] = CellBase
     extra_cell_fields: ClassVar[tuple[str, ...]] = ()
@@ -167,6 +183,7 @@ class RNN(nn.Module):
             rate = getattr(self, name)
             if not 0.0 <= rate < 1.0:
                 raise ValueError(f"{where} expects {name} in [0, 1); got {rate}.")
+        remat.check_remat(self.remat, where)
         self.make_cell().check_config(where)
 
     @nn.nowrap
@@ -253,15 +270,33 @@ class RNN(nn.Module):
         m = None if mask is None else jnp.asarray(mask).astype(bool)
         if m is not None:  # padding may hold anything (NaN, Inf): select it away before any
             x = jnp.where(m[:, :, None], x, jnp.zeros_like(x))  # arithmetic, values and grads
+        seg = remat.segment_length(self.remat, time)
         if fused.select(self.implementation, cell, where) == "fused":
-            final, ys = fused.layer_recurrence(self, cell, params, x, states, m, rmask)
+            if seg is None:
+                final, ys = fused.layer_recurrence(self, cell, params, x, states, m, rmask)
+            else:  # the fused recurrence (and its own backward) per checkpointed segment
+                final, ys = remat.segmented(
+                    lambda s, xm: fused.layer_recurrence(self, cell, params, xm[0], s, xm[1],
+                                                         rmask),
+                    states, (x, m), seg, reverse=self.go_backwards, emit=self.return_sequences)
+            self._keep(carried, final)
+            return self._finish(final, ys, m, batch, time)
+        unroll = time if self.unroll is True else max(int(self.unroll), 1)
+        rparams = {k: v for k, v in params.items()  # the scan's weights: all but the input's
+                   if k != "kernel" and not k.startswith("kernel_norm")}
+        if seg is not None:  # the scan below, per checkpointed segment
+            step = functools.partial(_masked_step, cell, self.zero_output_for_mask,
+                                     self.return_sequences, rparams=rparams, rmask=rmask)
+            body = remat.scan_body(step, functools.partial(cell.project, params),
+                                   reverse=self.go_backwards, unroll=unroll)
+            final, ys = remat.segmented(body, states, (x, m), seg, reverse=self.go_backwards,
+                                        emit=self.return_sequences)
             self._keep(carried, final)
             return self._finish(final, ys, m, batch, time)
 
         xp = cell.project(params, x)  # (b, t, g): the input part of every step at once
         chex.assert_shape(xp, (batch, time, cell.gates * self.units))
 
-        unroll = time if self.unroll is True else max(int(self.unroll), 1)
         scan = nn.scan(
             _Recurrence,
             variable_broadcast="params",
@@ -277,8 +312,6 @@ class RNN(nn.Module):
             emit_outputs=self.return_sequences,
             name="recurrence",
         )
-        rparams = {k: v for k, v in params.items()  # the scan's weights: all but the input's
-                   if k != "kernel" and not k.startswith("kernel_norm")}
         final, ys = body(states, (xp, m), rparams, rmask)
         self._keep(carried, final)
         if self.return_sequences and self.go_backwards:
