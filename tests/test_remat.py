@@ -213,3 +213,17 @@ def test_segment_length():
 def test_bad_remat_raises(cls, bad):
     with pytest.raises(ValueError, match=r"remat.*positive int.*got"):
         cls(U, remat=bad).init(jax.random.key(0), jnp.zeros((B, T, F)))
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_remat_with_layer_norm_gives_the_default_gradients(kind):
+    """Layer norm runs on the scan path; its input norm is part of each segment's projection."""
+    cls, n = LAYERS[kind]
+    with jax.enable_x64(True):
+        x, init = _data(n, jnp.float64)
+        make = lambda **kw: cls(U, return_sequences=True, return_state=True, layer_norm=True,
+                                param_dtype=jnp.float64, **kw)
+        params = make().init(jax.random.PRNGKey(0), x, initial_state=init)
+        want = _grads(make(), params, x, init, mask=MASK)
+        got = _grads(make(remat=3), params, x, init, mask=MASK)
+        _assert_close(got, want, rtol=1e-10, atol=1e-12)
