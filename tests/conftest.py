@@ -7,6 +7,13 @@ float64 stays off by default (as for users); tests that need a float64 reference
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
+# XLA:CPU compiles the tests' own programs (layer applies, gradients, references) with the loop
+# emitters, as jaxseq compiles its drivers' programs (compile.CPU_OPTIONS): the suite's programs
+# are tiny, so compiling them is most of its time, and the loop emitters compile them in about
+# half the time. Subprocesses inherit the flag; one the environment already sets is kept.
+_flags = os.environ.get("XLA_FLAGS", "")
+if "--xla_cpu_use_fusion_emitters" not in _flags:
+    os.environ["XLA_FLAGS"] = f"{_flags} --xla_cpu_use_fusion_emitters=false".strip()
 
 import jax  # noqa: E402
 
