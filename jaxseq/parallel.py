@@ -53,12 +53,9 @@ def make_mesh(devices=None, axis_name: str = AXIS) -> Mesh:
 
 
 def check_mesh(mesh: Mesh, where: str) -> str:
-    """The axis name of a 1-D `mesh`; TypeError for a non-Mesh, ValueError for another rank,
-    naming `where`."""
-    if not isinstance(mesh, Mesh):
-        raise TypeError(f"{where} expects mesh to be a 1-D jax.sharding.Mesh (e.g. "
-                        f"jaxseq.parallel.make_mesh()) or None; got {type(mesh).__name__}.")
-    if len(mesh.axis_names) != 1:
+    """The axis name of a 1-D `mesh`; a ValueError naming `where` (and what `mesh` is) for
+    anything else."""
+    if not isinstance(mesh, Mesh) or len(mesh.axis_names) != 1:
         raise ValueError(
             f"{where} expects a 1-D jax.sharding.Mesh (e.g. jaxseq.parallel.make_mesh()); got "
             f"{mesh!r}."

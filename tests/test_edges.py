@@ -443,7 +443,7 @@ def test_seeds_splits_meshes_and_compare_arguments_are_checked():
         with pytest.raises(kind, match="seeds"):
             js.fit_replicas(MODEL, X, Y, seeds=seeds, epochs=1)
     x4 = np.ones((4, 5, 1), np.float32)
-    with pytest.raises(TypeError, match="mesh to be a 1-D jax.sharding.Mesh"):
+    with pytest.raises(ValueError, match="cross_validate expects a 1-D jax.sharding.Mesh"):
         evaluation.cross_validate(MODEL, x4, x4, epochs=1, mesh=3,
                                   splitter=[([0, 1], [2, 3])])
     with pytest.raises(ValueError, match="split 0 of splitter must be a \\(train, test\\) pair"):
