@@ -26,10 +26,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxseq import contracts
-from jaxseq.activations import ACTIVATIONS as _ACTIVATIONS  # noqa: F401 - named here too
 from jaxseq.activations import get_activation
-from jaxseq.initializers import forget_bias_init as _forget_bias_init
-from jaxseq.initializers import in_float32 as _in_float32
+from jaxseq.initializers import forget_bias_init, in_float32
 from jaxseq.normalization import NORM_EPSILON, check_norm_config, layer_norm, norm_specs
 from jaxseq.products import matmul
 from jaxseq.typing import Array, PRNGKey
@@ -138,7 +136,7 @@ class CellBase(nn.RNNCellBase):
     def create_params(self, module: nn.Module, features: int) -> dict[str, Array]:
         """Declare this cell's parameters on `module` (the cell itself or a layer)."""
         return {
-            name: module.param(name, _in_float32(init), shape, self.param_dtype)
+            name: module.param(name, in_float32(init), shape, self.param_dtype)
             for name, (init, shape) in self.param_specs(features).items()
         }
 
@@ -248,7 +246,7 @@ class LSTMCell(CellBase):
     def bias_spec(self):
         init = self.bias_init
         if self.unit_forget_bias:
-            init = _forget_bias_init(self.bias_init, self.units)
+            init = forget_bias_init(self.bias_init, self.units)
         return init, (4 * self.units,)
 
     def step(self, params, states, xp, rmask=None):

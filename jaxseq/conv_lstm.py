@@ -28,16 +28,14 @@ How a layer runs:
 Dropout (Keras' `DropoutRNNCell` with `dropout_mask_count = 4`): `dropout` draws four inverted-
 dropout masks of the step input's shape (b, *S, c), one per gate, once per call, used at every
 step; `recurrent_dropout` four of h's shape (b, *S', f), multiplying h where it enters the
-recurrent convolution. The four masked input copies run as one grouped convolution (the
-(…, c, 4f) kernel is already the layout of four groups of c -> f), the four masked h as one
-einsum over gates.
+recurrent convolution. The four masked inputs run as one grouped convolution (the (…, c, 4f)
+kernel is four groups of c -> f), the four masked h as one einsum over gates.
 
 Differences from Keras, by design: channels_last only (no `data_format`), no `stateful`, no
 regularizers or constraints. Keras 3.15's JAX scan path cannot apply a (batch, time) mask to
 ConvLSTM states (it broadcasts a (b, 1) flag against (b, *S', f)); jaxseq applies the mask per
-sample, as Keras' unrolled path (`unroll=True`) and its LSTM do. `unroll` here is only
-`lax.scan`'s unroll: it never changes results (Keras' unrolled path outputs zeros, not the
-initial h, at leading masked steps).
+sample, as Keras' unrolled path and its LSTM do. `unroll` is only `lax.scan`'s unroll: it never
+changes results (Keras' unrolled path outputs zeros, not h0, at leading masked steps).
 """
 
 from __future__ import annotations
@@ -51,7 +49,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxseq import contracts
-from jaxseq.cells import Initializer, _forget_bias_init, _in_float32, expand_to, get_activation
+from jaxseq.activations import get_activation
+from jaxseq.cells import expand_to
 from jaxseq.conv_ops import (
     GATES,
     PADDINGS,
@@ -61,6 +60,7 @@ from jaxseq.conv_ops import (
     recurrent_conv,
     standardize_tuple,
 )
+from jaxseq.initializers import Initializer, forget_bias_init, in_float32
 from jaxseq.typing import Mask
 
 
@@ -188,13 +188,13 @@ class ConvLSTM(nn.Module):
         f4 = GATES * self.filters
         bias_init = self.bias_init
         if self.unit_forget_bias:
-            bias_init = _forget_bias_init(self.bias_init, self.filters)
+            bias_init = forget_bias_init(self.bias_init, self.filters)
         specs = {"kernel": (self.kernel_init, (*kernel_size, channels, f4)),
                  "recurrent_kernel": (self.recurrent_kernel_init, (*kernel_size, self.filters,
                                                                    f4))}
         if self.use_bias:
             specs["bias"] = (bias_init, (f4,))
-        params = {n: self.param(n, _in_float32(init), shape, self.param_dtype)
+        params = {n: self.param(n, in_float32(init), shape, self.param_dtype)
                   for n, (init, shape) in specs.items()}
         dtype = self.dtype or jnp.result_type(x, *params.values())
         params = {n: jnp.asarray(p, dtype) for n, p in params.items()}

@@ -44,7 +44,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxseq import contracts
-from jaxseq.cells import _ACTIVATIONS, CellBase, GRUCell, LSTMCell, SimpleRNNCell, matmul_last
+from jaxseq.activations import ACTIVATIONS
+from jaxseq.cells import CellBase, GRUCell, LSTMCell, SimpleRNNCell, matmul_last
 from jaxseq.products import fused_matmul as matmul
 from jaxseq.products import fused_matmul_t as matmul_t
 from jaxseq.typing import Array
@@ -91,7 +92,7 @@ def _activation_name(act) -> str | None:
     if isinstance(act, str):
         return act if act in _ACT else None
     for name in _ACT:
-        if _ACTIVATIONS.get(name) is act:
+        if ACTIVATIONS.get(name) is act:
             return name
     return None
 

@@ -35,7 +35,7 @@ from jaxseq._trees import (
     unflatten,
     write_msgpack,
 )
-from jaxseq.cells import _ACTIVATIONS
+from jaxseq.activations import ACTIVATIONS
 from jaxseq.conv_lstm import ConvLSTM1D, ConvLSTM2D
 from jaxseq.layers import Dense, Dropout, Masking
 from jaxseq.minimal import MinGRU, MinLSTM
@@ -71,7 +71,7 @@ def _encode(value, where: str):
         return {"__dtype__": jnp.dtype(value).name}
     except TypeError:
         pass
-    for name, fn in _ACTIVATIONS.items():
+    for name, fn in ACTIVATIONS.items():
         if fn is value:
             return {"__activation__": name}
     raise TypeError(f"save_model: {where} is {value!r}, which a model file cannot hold. Use "
@@ -166,7 +166,7 @@ def _decode(value, where: str):
             return jnp.dtype(inner)
         except TypeError as err:
             raise ValueError(f"{where}: unknown dtype {inner!r}.") from err
-    if not isinstance(inner, str) or inner not in _ACTIVATIONS:
+    if not isinstance(inner, str) or inner not in ACTIVATIONS:
         raise ValueError(f"{where}: unknown activation {inner!r}.")
     return inner
 
@@ -264,7 +264,7 @@ def _check_weights(path: str, model: nn.Module, variables: dict, spec) -> None:
     except (TypeError, ValueError) as err:
         raise ValueError(f"{path!r}: the model in the file cannot be built for its recorded "
                          f"input {x.shape} {x.dtype}: {err}") from err
-    want = {k: v for k, v in flatten(dict(want)).items()}
+    want = flatten(dict(want))
     got = flatten(variables)
     if STATE_COLLECTION in variables:  # kept states have the batch of their last call
         want = {k: v for k, v in want.items() if not k.startswith(STATE_COLLECTION + "/")}
