@@ -14,8 +14,8 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def _run(script: str, *args: str, cwd: Path) -> str:
+    # the scripts inherit the suite's XLA_FLAGS (conftest: the faster-compiling loop emitters)
     env = {**os.environ, "MPLBACKEND": "Agg"}
-    env.pop("XLA_FLAGS", None)
     proc = subprocess.run(
         [sys.executable, str(ROOT / "experiments" / script), *args],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=400,

@@ -74,10 +74,10 @@ def _free_port() -> int:
 
 def test_two_processes_form_one_mesh(tmp_path):
     port = _free_port()
-    # The workers import the same jaxseq as this process: the checkout above tests/.
+    # The workers import the same jaxseq as this process: the checkout above tests/. They
+    # inherit the suite's XLA_FLAGS (conftest: the faster-compiling loop emitters).
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
            "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent)])}
-    env.pop("XLA_FLAGS", None)
     procs = [
         subprocess.Popen(
             [sys.executable, str(HERE / "dist_worker.py"), str(i), "2", str(port), str(tmp_path)],

@@ -11,14 +11,9 @@ import pytest
 pytest.importorskip("jaxtyping")
 pytest.importorskip("beartype")
 
+# Representative calls with named axes (masks, sample weights, replicas, a layer with an integer
+# mask), run after WHOLE_PACKAGE in the same interpreter, under its hook.
 CHECKED = r'''
-import jaxtyping
-# the annotated modules (flax's own dataclass fields, e.g. Dense's Protocol-typed promote_dtype,
-# are not beartype-checkable, so layers.py stays outside the hook)
-with jaxtyping.install_import_hook(["jaxseq.training.drivers", "jaxseq.training.predict",
-                                    "jaxseq.replicas", "jaxseq.recurrent"], "beartype.beartype"):
-    import jaxseq as js
-import jax, numpy as np
 x, y = js.problems.frame(js.problems.echo_sequence(5), "many_to_many")
 model = js.models.many_to_many(units=3)
 mask = np.ones((1, 5), bool)
@@ -31,22 +26,29 @@ scores = js.skill(model, states, x, y, n_boot=10)
 layer = js.GRU(2, return_sequences=True)
 params = layer.init(jax.random.PRNGKey(0), x)
 layer.apply(params, x, mask=mask.astype(np.int32))
-print("ok", out.shape)
+print("checked ok", out.shape)
 try:  # x has 1 sample, y 2: the named "batch" axis disagrees
     js.fit(model, x, np.concatenate([y, y]), epochs=1, verbose=0)
 except Exception as err:
-    print("caught", type(err).__module__.split(".")[0], type(err).__name__)
+    print("batch caught", type(err).__module__.split(".")[0], type(err).__name__)
 '''
 
 
-def test_public_calls_satisfy_their_jaxtyping_annotations():
-    proc = subprocess.run([sys.executable, "-c", CHECKED], capture_output=True, text=True,
-                          timeout=300)
+@pytest.fixture(scope="module")
+def hooked_run():
+    """stdout of one interpreter that imports jaxseq under the import hook and runs
+    WHOLE_PACKAGE, then CHECKED."""
+    root = pathlib.Path(__file__).resolve().parents[1]  # import this checkout's jaxseq
+    proc = subprocess.run([sys.executable, "-c", WHOLE_PACKAGE + CHECKED], capture_output=True,
+                          text=True, timeout=600, cwd=root)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = proc.stdout.split("\n")
-    assert "ok (1, 5, 1)" in lines
+    return proc.stdout.split("\n")
+
+
+def test_public_calls_satisfy_their_jaxtyping_annotations(hooked_run):
+    assert "checked ok (1, 5, 1)" in hooked_run
     # the checker, not jaxseq's own contracts, caught the batch mismatch: annotations are live
-    caught = [ln for ln in lines if ln.startswith("caught")]
+    caught = [ln for ln in hooked_run if ln.startswith("batch caught")]
     assert caught and ("jaxtyping" in caught[0] or "beartype" in caught[0]), caught
 
 
@@ -102,15 +104,12 @@ for bad in [dict(epochs="3"), dict(epochs=1, optimizer=3), dict(epochs=1, seed="
 '''
 
 
-def test_whole_package_under_the_import_hook_accepts_the_documented_inputs():
-    root = pathlib.Path(__file__).resolve().parents[1]  # import this checkout's jaxseq
-    proc = subprocess.run([sys.executable, "-c", WHOLE_PACKAGE], capture_output=True,
-                          text=True, timeout=600, cwd=root)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = proc.stdout.split("\n")
-    assert "ok (1, 5, 1) Sequential" in lines, proc.stdout
+def test_whole_package_under_the_import_hook_accepts_the_documented_inputs(hooked_run):
+    lines = hooked_run
+    stdout = "\n".join(lines)
+    assert "ok (1, 5, 1) Sequential" in lines, stdout
     caught = [ln.split()[1:] for ln in lines if ln.startswith(("caught", "missed"))]
-    assert len(caught) == 3 and "missed" not in proc.stdout, proc.stdout
+    assert len(caught) == 3 and "missed" not in stdout, stdout
     # epochs="3": the checker itself refuses it (the hook is live); the others are refused by
     # the checker or by jaxseq's own TypeError naming the argument
     assert caught[0] == ["jaxtyping", "TypeCheckError"], caught
