@@ -16,7 +16,8 @@ import jaxtyping
 # the annotated modules (flax's own dataclass fields, e.g. Dense's Protocol-typed promote_dtype,
 # are not beartype-checkable, so layers.py stays outside the hook)
 with jaxtyping.install_import_hook(["jaxseq.training.drivers", "jaxseq.training.predict",
-                                    "jaxseq.replicas", "jaxseq.recurrent"], "beartype.beartype"):
+                                    "jaxseq.evaluation.replicas", "jaxseq.recurrent"],
+                                   "beartype.beartype"):
     import jaxseq as js
 import jax, numpy as np
 x, y = js.problems.frame(js.problems.echo_sequence(5), "many_to_many")
