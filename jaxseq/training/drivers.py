@@ -44,14 +44,30 @@ __all__ = ["drive", "fit", "fit_replicas"]
 def drive(program: Program, layout: Layout, host: Host, data: Source,
           state: TrainState | None = None) -> tuple[TrainState, History]:
     """Train `program` on `data`, one run per replica of `layout`, with `host`'s hooks: the
-    driver behind `fit`, `fit_replicas` and `evaluation.cross_validate`.
+    driver behind `fit`, `fit_replicas` and `evaluation.cross_validate`, each of which parses
+    its keyword arguments (`jaxseq.training.parse`) and calls it once.
 
-    state: a single run continues from it instead of initializing from the layout's seed.
-    Returns (state, history) as `fit` returns them (a single layout) or as `fit_replicas` does
-    (a leading replica axis R in the layout's row order; `history.nonfinite` (R,)). Raises
-    NonFiniteLossError (`host.on_nan` "raise"), CheckpointSaveError, ValueError for a stateful
-    model in the wrong layout or a checkpoint directory that does not match the run,
-    RuntimeError for a checkpoint directory in use.
+    Args:
+      program: what is compiled (`spec.Program`, from `parse.parse_program`).
+      layout: the replicas (`spec.Layout`): a single run, K seeds sharing the data, or S
+        splits x K seeds (the data then has a leading split axis S).
+      host: epochs, output, callbacks, checkpoints and `on_nan` (`spec.Host`).
+      data: the checked data (`spec.Source`, from `parse.parse_data` or
+        `Source.per_split`).
+      state: a single run continues from this `TrainState` instead of initializing from the
+        layout's seed (its optimizer must be `program.tx`).
+
+    Returns:
+      (state, history) as `fit` returns them for a single layout, or as `fit_replicas` does:
+      every leaf with a leading replica axis R in the layout's row order, history entries
+      (R, epochs), `history.nonfinite` (R,) bool.
+
+    Raises:
+      NonFiniteLossError: training went non-finite and `host.on_nan` is "raise".
+      CheckpointSaveError: a checkpoint could not be written (carrying the run so far).
+      ValueError: a stateful model in a shuffled or ragged layout, an EarlyStopping monitor
+        the run does not log, a checkpoint directory of another run or other settings.
+      RuntimeError: the checkpoint directory is in use by another run.
     """
     state, key = programs.start(program, layout, data, state)
     hooks.check_stateful(state, program, data.n, host.where)

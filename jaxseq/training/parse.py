@@ -148,7 +148,8 @@ def parse_program(where: str, model: nn.Module, tx: optax.GradientTransformation
                   validation_batch_size: int | None, reset_states: str | None,
                   mesh: jax.sharding.Mesh | None) -> Program:
     """`fit`'s compiled options (same names, same meaning) for `data` and `layout` -> a
-    `Program` (the batch size capped at the samples per split)."""
+    `Program`, its batch sizes capped at the samples (per split) as the loop caps them, so that
+    runs that differ only in a batch size larger than the data share one program."""
     contracts.check_positive_int(batch_size, "batch_size", where)
     if validation_batch_size is not None:
         contracts.check_positive_int(validation_batch_size, "validation_batch_size", where)
@@ -163,6 +164,7 @@ def parse_program(where: str, model: nn.Module, tx: optax.GradientTransformation
         _check_mesh(mesh, layout, where)
     sharding = parallel.training_sharding(mesh, bs, layout.size if layout.replicated else None,
                                           where)
-    return Program(model, tx, loss_fn, metric_list, bs, bool(shuffle),
-                   validation_batch_size or batch_size, reset_states == "epoch", mesh, sharding,
+    val_bs = None if data.val is None else min(validation_batch_size or batch_size, data.n_val)
+    return Program(model, tx, loss_fn, metric_list, bs, bool(shuffle), val_bs,
+                   reset_states == "epoch", mesh, sharding,
                    loss_name=loss if isinstance(loss, str) else None)

@@ -72,16 +72,13 @@ def start(program: Program, layout: Layout, data: Source, state: TrainState | No
     seeds on the first `batch_size` rows of `data`) and its training key(s); with a replica
     axis R in the layout's row order when the layout is replicated."""
     if layout.replicated:
-        init_keys, key = stack_seeds(layout.row_seeds)
-        if state is None:
-            x1, axis = data.first_rows(program.batch_size, layout)
-            state = init_program(program.model, program.tx, True, axis)(jax.device_put(x1),
-                                                                         init_keys)
-        return state, key
-    init_key, key = split_seed(layout.seeds[0])
+        init_key, key = stack_seeds(layout.row_seeds)
+    else:
+        init_key, key = split_seed(layout.seeds[0])
     if state is None:
-        state = create_train_state(program.model, program.tx, data.train.x, init_key,
-                                   batch_size=program.batch_size)
+        x1, axis = data.first_rows(program.batch_size, layout)
+        init = init_program(program.model, program.tx, layout.replicated, axis)
+        state = init(jax.device_put(x1), init_key)
     return state, key
 
 

@@ -55,10 +55,10 @@ class Program:
 
     model: the linen Module; tx: the optax transformation; loss: `(y_true, y_pred) -> values`;
     metrics: the checked `losses.Metric`s; batch_size: mini-batch size, capped at the samples
-    per split; shuffle: reshuffle every epoch; val_batch_size: validation mini-batch size
-    (capped by the loop at the validation samples); reset_states: zero stateful layers' states
-    before every epoch; mesh: the 1-D device mesh or None; sharding: the mini-batches'
-    data-parallel sharding (a single run on a mesh), else None.
+    per split; shuffle: reshuffle every epoch; val_batch_size: validation mini-batch size,
+    capped at the validation samples (None without validation); reset_states: zero stateful
+    layers' states before every epoch; mesh: the 1-D device mesh or None; sharding: the
+    mini-batches' data-parallel sharding (a single run on a mesh), else None.
     """
 
     model: nn.Module
@@ -67,7 +67,7 @@ class Program:
     metrics: tuple[losses.Metric, ...]
     batch_size: int
     shuffle: bool
-    val_batch_size: int
+    val_batch_size: int | None
     reset_states: bool
     mesh: Mesh | None = None
     sharding: NamedSharding | None = None
@@ -112,6 +112,17 @@ class Layout:
     splits: int = 0
     seeds_outer: bool = False
 
+    def __post_init__(self):
+        seeds = self.seeds
+        if not isinstance(seeds, tuple) or not seeds or not all(
+                isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in seeds):
+            raise TypeError(f"Layout expects seeds as a non-empty tuple of ints; got {seeds!r}.")
+        if isinstance(self.splits, bool) or not isinstance(self.splits, int) or self.splits < 0:
+            raise ValueError(f"Layout expects splits to be an int >= 0; got {self.splits!r}.")
+        if not self.replicated and (len(seeds) != 1 or self.splits):
+            raise ValueError(f"Layout: a single run (replicated=False) has one seed and no "
+                             f"splits; got seeds={seeds!r}, splits={self.splits}.")
+
     @classmethod
     def single(cls, seed: int) -> Layout:
         """One run (no replica axis) from `seed`."""
@@ -121,6 +132,14 @@ class Layout:
     def size(self) -> int:
         """R, the number of replicas (1 for a single run)."""
         return len(self.seeds) * max(self.splits, 1)
+
+    def chunks(self, size: int) -> tuple[Layout, ...]:
+        """The layout cut into layouts of at most `size` seeds each, in seed order, with the
+        same splits and row order (a single run is its own only chunk). Without splits, or with
+        seeds outermost, the chunks' replica rows, concatenated, are this layout's rows."""
+        contracts.check_positive_int(size, "size", "Layout.chunks")
+        return tuple(dataclasses.replace(self, seeds=self.seeds[i:i + size])
+                     for i in range(0, len(self.seeds), size))
 
     def table(self) -> np.ndarray:
         """(max(S, 1), K) int: the replica row of (split i, seed j)."""
@@ -237,6 +256,15 @@ class Source:
     splits: int = 0
     val_per_split: bool = False
 
+    def __post_init__(self):
+        if self.splits and _leading(self.train.x, 0) != self.splits:
+            raise ValueError(f"Source expects train with a leading split axis of {self.splits}; "
+                             f"got x of shape {contracts.shape_of(self.train.x)}.")
+        if self.val_per_split and self.val is not None and (
+                _leading(self.val.x, 0) != self.splits):
+            raise ValueError(f"Source expects val with a leading split axis of {self.splits}; "
+                             f"got x of shape {contracts.shape_of(self.val.x)}.")
+
     @classmethod
     def per_split(cls, trains: Sequence[Batch], vals: Sequence[Batch | None] | Batch | None
                   ) -> Source:
@@ -250,6 +278,13 @@ class Source:
     def n(self) -> int:
         """Training samples (per split)."""
         return _leading(self.train.x, 1 if self.splits else 0)
+
+    @property
+    def n_val(self) -> int | None:
+        """Validation samples (per split), or None without validation."""
+        if self.val is None:
+            return None
+        return _leading(self.val.x, 1 if self.val_per_split else 0)
 
     def first_rows(self, batch_size: int, layout: Layout):
         """(inputs to initialize from, their vmap axis): `batch_size` rows of x, with a
