@@ -181,8 +181,8 @@ class Layout:
         in_axes: one entry per positional argument: "replica" (a leading replica axis R in row
         order), "split" (a leading split axis S: each replica takes its split's entry; shared
         when the layout has no splits) or None (shared by every replica). Every output gets a
-        leading replica axis in row order. The vmap axes are named `axis_name` (outer, inner:
-        `SPLIT_AXES` with splits)."""
+        leading replica axis in row order. The vmap axes are named `axis_name`: "replica", or
+        with splits one axis "split" and one "seed" (`SPLIT_AXES`), seeds outermost or not."""
         if not self.replicated:
             return fn
         own = tuple(0 if a in ("replica", "split") else None for a in in_axes)
