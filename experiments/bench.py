@@ -7,7 +7,7 @@ Cases (all by default; pick with --cases):
   tutorial           the TimeDistributed tutorial (echo of [0.0, 0.2, ..., 0.8], three
                      framings): jaxseq.fit per epoch (warm) and the whole run from cold
                      (compilation included); Keras 3 model.fit (jax backend) alongside
-  replicas           jaxseq.replicas.fit_replicas with 1 vs 32 seeds (many_to_many, tutorial data)
+  replicas           jaxseq.fit_replicas with 1 vs 32 seeds (many_to_many, tutorial data)
   minimal            fwd+bwd of MinGRU / MinLSTM (sequential and parallel modes) vs GRU / LSTM,
                      32x100x32x128 and 32x1000x32x128, with compile times
   train              training workloads, per epoch: LSTM(32) forecaster and LSTM(64) mid-size,
@@ -342,7 +342,7 @@ def tutorial_case(*, quick: bool, keras_epochs: int | None, notes: list) -> dict
 
 def replicas_case(*, quick: bool, notes: list, cpu_devices: bool = False) -> dict:
     try:
-        from jaxseq.replicas import fit_replicas
+        from jaxseq import fit_replicas
     except ImportError as err:
         notes.append(f"replicas rows skipped ({err})")
         return {"case": "replicas", "rows": []}

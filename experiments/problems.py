@@ -1,7 +1,7 @@
 """Problem suite: LSTM, GRU, SimpleRNN, MinGRU and MinLSTM on four sequence problems, over seeds.
 
 Each (problem, length, cell) trains a small model (16 units + a Dense head) on the problem's
-training split for every seed at once (`jaxseq.replicas.fit_replicas`: one compiled program,
+training split for every seed at once (`jaxseq.fit_replicas`: one compiled program,
 `jax.vmap` over seeds), then scores each replica on the test split as skill against the
 problem's trivial baseline: skill = 1 - MSE / baseline MSE (1 = perfect, 0 = no better than
 the baseline, < 0 = worse). MinGRU / MinLSTM run their default mode ("auto": the sequential
@@ -51,7 +51,7 @@ import numpy as np
 import optax
 
 import jaxseq as js
-from jaxseq import evaluation, problems, replicas
+from jaxseq import evaluation, problems
 
 CELLS = {"LSTM": js.LSTM, "GRU": js.GRU, "SimpleRNN": js.SimpleRNN, "MinGRU": js.MinGRU,
          "MinLSTM": js.MinLSTM}
@@ -83,8 +83,8 @@ def train(model, split: problems.Split, *, seeds: list[int], epochs: int, batch_
           ) -> np.ndarray:
     """Test MSE of one replica per seed (all seeds in one `fit_replicas` program)."""
     kw = dict(epochs=epochs, batch_size=batch_size, optimizer=OPTIMIZER)
-    states, _ = replicas.fit_replicas(model, split.x_train, split.y_train, seeds=seeds, **kw)
-    return replicas.scores(model, states.params, split.x_test, split.y_test)["mse"]
+    states, _ = js.fit_replicas(model, split.x_train, split.y_train, seeds=seeds, **kw)
+    return evaluation.replicas.scores(model, states.params, split.x_test, split.y_test)["mse"]
 
 
 def run(settings: dict, lengths: tuple[int, ...] | None = None, cells=tuple(CELLS),

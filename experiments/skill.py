@@ -1,7 +1,7 @@
 """Skill over seeds: N replicas of each tutorial framing, trained at once, as a distribution.
 
 One training run of a small LSTM says little: whether it learns depends on the seed. This trains
-N replicas (default 30) per framing in ONE compiled program (`jaxseq.replicas.fit_replicas`,
+N replicas (default 30) per framing in ONE compiled program (`jaxseq.fit_replicas`,
 `jax.vmap` over the seeds), scores each replica on the echo (RMSE), and reports mean ± std,
 median, worst, the fraction of replicas that learned the echo (every prediction within 0.05 of
 its target; 0.1 for many-to-many), and the wall time. It then trains the same N replicas one
@@ -38,7 +38,7 @@ import jax
 import numpy as np
 
 import jaxseq as js
-from jaxseq import evaluation, parallel, replicas
+from jaxseq import evaluation, parallel
 
 # framing -> (model builder, epochs, batch size, tolerance for "learned")
 FRAMINGS = {
@@ -58,15 +58,15 @@ def run_framing(framing: str, *, n_replicas: int, length: int, epochs: int | Non
     kw = dict(epochs=epochs, batch_size=batch_size)
 
     t0 = time.perf_counter()
-    states, history = replicas.fit_replicas(model, x, y, seeds=seeds, mesh=mesh, **kw)
+    states, history = js.fit_replicas(model, x, y, seeds=seeds, mesh=mesh, **kw)
     params = parallel.to_host(states.params)
     cold = time.perf_counter() - t0
     t0 = time.perf_counter()
-    states2, _ = replicas.fit_replicas(model, x, y, seeds=seeds, mesh=mesh, **kw)
+    states2, _ = js.fit_replicas(model, x, y, seeds=seeds, mesh=mesh, **kw)
     jax.block_until_ready(states2.params)
     warm = time.perf_counter() - t0
 
-    sk = replicas.skill(model, params, x, y, history=history)
+    sk = evaluation.replicas.skill(model, params, x, y, history=history)
     rmse, summary = sk["rmse"]
     preds = np.stack([np.asarray(js.predict(model, jax.tree.map(lambda a, i=i: a[i], params), x))
                       for i in range(len(seeds))])

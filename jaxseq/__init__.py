@@ -10,17 +10,18 @@ from jaxseq import (
     models,
     parallel,
     problems,
-    replicas,
     training,
 )
 from jaxseq.cells import GRUCell, LSTMCell, SimpleRNNCell
 from jaxseq.checkpointing import load_params, save_params
 from jaxseq.conv_lstm import ConvLSTM1D, ConvLSTM2D
+from jaxseq.evaluation import replicas
+from jaxseq.evaluation.replicas import skill
+from jaxseq.inference import rollout
 from jaxseq.layers import Dense, Dropout, Masking
 from jaxseq.minimal import MinGRU, MinLSTM
-from jaxseq.models import Sequential, rollout, seq2seq
+from jaxseq.models import Sequential, seq2seq
 from jaxseq.recurrent import GRU, LSTM, RNN, Bidirectional, SimpleRNN
-from jaxseq.replicas import skill
 from jaxseq.saving import load_model, save_model
 from jaxseq.summary import summary, summary_rows
 from jaxseq.training import (

@@ -64,13 +64,13 @@ from jaxseq._trees import (
     flatten,
     unflatten,
 )
+from jaxseq.history import CheckpointSaveError, History
 from jaxseq.saving import (  # weights for sharing live with the model files; named here too
     PARAMS_FORMAT,
     PARAMS_VERSION,
     load_params,
     save_params,
 )
-from jaxseq.training.state import CheckpointSaveError, History, split_seed
 
 __all__ = ["PARAMS_FORMAT", "PARAMS_VERSION", "Checkpoint", "Checkpointer", "digest",
            "latest_epoch", "load_params", "restore", "resume", "save_params", "training_tree"]
@@ -323,9 +323,10 @@ def restore(directory: str | os.PathLike, like: TrainState, *,
             epoch: int | None = None) -> Checkpoint:
     """Read the checkpoint after `epoch` epochs (default: the latest complete one).
 
-    like: a TrainState of the same model and optimizer (e.g. `training.init_state(model, x, tx,
-    key)`); only its tree structure, shapes and dtypes are used. Returns a `Checkpoint` whose
-    `state` holds the training parameters (not the early-stopping best ones, which are in
+    like: a TrainState of the same model and optimizer (e.g.
+    `training.create_train_state(model, tx, x, key)`); only its tree structure, shapes and
+    dtypes are used. Returns a `Checkpoint` whose `state` holds the training parameters (not
+    the early-stopping best ones, which are in
     `early_stopping["early_stopping/best_params/..."]`). Raises FileNotFoundError when there is
     no complete checkpoint, ValueError on a mismatching tree or a corrupt checkpoint.
     """
@@ -339,7 +340,7 @@ def restore(directory: str | os.PathLike, like: TrainState, *,
             raise FileNotFoundError(f"No complete checkpoint for epoch {epoch} in "
                                     f"{checkpointer.directory!r}; there are "
                                     f"{sorted(checkpointer.manager.all_steps())}.")
-        _, key = split_seed(0)  # shapes and dtypes only
+        key = jax.random.PRNGKey(0)  # a training key's shape and dtype (`split_seed`'s)
         expected = training_tree(like, key)
         record = checkpointer.record(epoch)
         arrays = checkpointer.arrays(epoch, expected, where="restore",

@@ -22,13 +22,13 @@ def main() -> None:
     from tests_common import DATA_SEED, dist_case
 
     import jaxseq as js
-    from jaxseq import parallel, replicas
+    from jaxseq import parallel
 
     mesh = parallel.make_mesh()
     assert mesh.size == 2 * nproc, mesh
     model, x, y, fit_kw, rep_kw = dist_case(DATA_SEED)
     state, history = js.fit(model, x, y, mesh=mesh, verbose=0, **fit_kw)
-    rstates, rhistory = replicas.fit_replicas(model, x, y, mesh=mesh, **rep_kw)
+    rstates, rhistory = js.fit_replicas(model, x, y, mesh=mesh, **rep_kw)
     flat = {}
     for prefix, tree in (("fit", state.params), ("rep", rstates.params)):
         for path, leaf in jax.tree_util.tree_leaves_with_path(parallel.to_host(tree)):

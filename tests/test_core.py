@@ -196,7 +196,7 @@ def test_inject_hyperparams_sweeps_a_learning_rate_with_one_compilation():
     key = training.split_seed(0)[0]
 
     def run(lr):
-        state = training.init_state(model, tx, x, key)  # compiled once, cached
+        state = training.create_train_state(model, tx, x, key)  # compiled once, cached
         state.opt_state.hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
         return js.fit(model, x, y, epochs=20, batch_size=1, state=state, verbose=0)
 

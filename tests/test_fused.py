@@ -370,7 +370,7 @@ def test_layer_check_grads_float64(name):
 
 
 # --------------------------------------------------------------------------------------------
-# Transformations: vmap over replicas (as jaxseq.replicas does) under jit.
+# Transformations: vmap over replicas (as jaxseq.fit_replicas does) under jit.
 
 
 def test_vmap_over_replicas_matches_per_replica_scan():

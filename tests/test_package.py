@@ -153,3 +153,34 @@ def test_py_typed_marker_ships_with_the_package():
     assert '[tool.setuptools.package-data]\njaxseq = ["py.typed"]' in project
     assert 'license = "Apache-2.0"\nlicense-files = ["LICENSE"]' in project
     assert (root.parent / "LICENSE").read_text().split()[:3] == ["Apache", "License", "Version"]
+
+
+def _jaxseq_imports(path) -> set[str]:
+    """The jaxseq modules a file imports, at the top or late ('from jaxseq import parallel'
+    counts as jaxseq.parallel)."""
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names |= {node.module} if node.module != "jaxseq" else {
+                f"jaxseq.{a.name}" for a in node.names}
+    return {n for n in names if n == "jaxseq" or n.startswith("jaxseq.")}
+
+
+def test_imports_run_down_the_layers():
+    # The training package imports the rooms below it only (checkpointing lazily, for its
+    # checkpoint hook); checkpointing and the models import nothing of training.
+    import pathlib
+
+    root = pathlib.Path(js.__file__).parent
+    below = {"jaxseq.contracts", "jaxseq.parallel", "jaxseq.typing", "jaxseq.history",
+             "jaxseq.checkpointing"}
+    for path in sorted((root / "training").glob("*.py")):
+        outside = {n for n in _jaxseq_imports(path) if not n.startswith("jaxseq.training")}
+        assert outside <= below, (path.name, sorted(outside - below))
+    for name in ("checkpointing.py", "models.py", "history.py"):
+        up = {n for n in _jaxseq_imports(root / name) if n.startswith("jaxseq.training")}
+        assert not up, (name, sorted(up))

@@ -13,7 +13,7 @@ import pytest
 from tests_common import dist_case
 
 import jaxseq as js
-from jaxseq import parallel, replicas
+from jaxseq import parallel
 
 HERE = Path(__file__).parent
 
@@ -102,7 +102,7 @@ def test_two_processes_form_one_mesh(tmp_path):
 
     model, x, y, fit_kw, rep_kw = dist_case()
     single, history = js.fit(model, x, y, verbose=0, **fit_kw)
-    rsingle, rhistory = replicas.fit_replicas(model, x, y, **rep_kw)
+    rsingle, rhistory = js.fit_replicas(model, x, y, **rep_kw)
     np.testing.assert_allclose(a["loss"], history.loss, rtol=1e-5)
     np.testing.assert_allclose(a["rloss"], rhistory.loss, rtol=1e-5)
     for prefix, tree in (("fit", single.params), ("rep", rsingle.params)):

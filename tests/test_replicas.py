@@ -36,7 +36,7 @@ def _assert_replica_equals_fit(states, history, i, state, h, rtol=1e-6):
 def test_replica_i_equals_fit_with_seed_i(framing, build, batch_size):
     x, y = problems.frame(SEQ, framing)
     model = build()
-    states, history = replicas.fit_replicas(model, x, y, seeds=SEEDS, epochs=30,
+    states, history = training.fit_replicas(model, x, y, seeds=SEEDS, epochs=30,
                                             batch_size=batch_size)
     chex.assert_shape(history.loss, (len(SEEDS), 30))
     np.testing.assert_array_equal(history.epoch, np.arange(30))
@@ -74,7 +74,7 @@ def test_replicas_have_every_option_of_fit():
               validation_data=(x[:3], y[:3], np.ones((3,), np.float32)))
     stop = lambda: js.EarlyStopping(monitor="val_mse", patience=1, restore_best_weights=True)
     es = stop()
-    states, history = replicas.fit_replicas(model, x, y, seeds=SEEDS,
+    states, history = training.fit_replicas(model, x, y, seeds=SEEDS,
                                             callbacks=[es, Recorder()], **kw)
     assert seen[0] == "begin" and seen[-1] == "end" and seen[1] == (0, (3,))
     stopped = []
@@ -98,12 +98,12 @@ def test_seeds_int_and_stacked_seeds_equal_split_seed():
         np.testing.assert_array_equal(init[i], ref_init)
         np.testing.assert_array_equal(key[i], ref_key)
     x, y = problems.frame(SEQ, "one_to_one")
-    a, ha = replicas.fit_replicas(models.one_to_one(), x, y, seeds=3, epochs=2, batch_size=5)
-    b, hb = replicas.fit_replicas(models.one_to_one(), x, y, seeds=[0, 1, 2], epochs=2,
+    a, ha = training.fit_replicas(models.one_to_one(), x, y, seeds=3, epochs=2, batch_size=5)
+    b, hb = training.fit_replicas(models.one_to_one(), x, y, seeds=[0, 1, 2], epochs=2,
                                   batch_size=5)
     chex.assert_trees_all_equal(a.params, b.params)
     with pytest.raises(ValueError, match="seeds that fit in int32; got 1099511627776"):
-        replicas.fit_replicas(models.one_to_one(), x, y, seeds=[2**40], epochs=1)
+        training.fit_replicas(models.one_to_one(), x, y, seeds=[2**40], epochs=1)
 
 
 def test_replicas_are_one_program_not_a_python_loop(monkeypatch):
@@ -117,12 +117,12 @@ def test_replicas_are_one_program_not_a_python_loop(monkeypatch):
     monkeypatch.setattr(training.loop, "_epoch", counted)
     x, y = problems.frame(SEQ, "many_to_one")
     model = models.many_to_one(5)  # a fresh model object: nothing cached for it yet
-    replicas.fit_replicas(model, x, y, seeds=range(4), epochs=3, batch_size=1)
+    training.fit_replicas(model, x, y, seeds=range(4), epochs=3, batch_size=1)
     assert len(calls) == 1  # the epoch body is traced once for all 4 replicas
-    replicas.fit_replicas(model, x, y, seeds=range(8), epochs=3, batch_size=1)
+    training.fit_replicas(model, x, y, seeds=range(8), epochs=3, batch_size=1)
     # N = 8 retraces the vmapped program once (new shapes), but still one epoch trace, not 8.
     assert len(calls) == 2
-    replicas.fit_replicas(model, x, y, seeds=range(10, 18), epochs=3, batch_size=1)
+    training.fit_replicas(model, x, y, seeds=range(10, 18), epochs=3, batch_size=1)
     assert len(calls) == 2  # same N, other seeds: compiled program reused
 
 
@@ -130,22 +130,22 @@ def test_replica_checkpoints_resume_bitwise(tmp_path):
     x, y = problems.frame(SEQ, "many_to_many")
     model = models.many_to_many()
     kw = dict(seeds=[1, 2], epochs=6, batch_size=1, epochs_per_chunk=2)
-    ref, href = replicas.fit_replicas(model, x, y, **kw)
+    ref, href = training.fit_replicas(model, x, y, **kw)
     d = tmp_path / "run"
-    replicas.fit_replicas(model, x, y, checkpoint_dir=d, checkpoint_every=2, keep=None, **kw)
+    training.fit_replicas(model, x, y, checkpoint_dir=d, checkpoint_every=2, keep=None, **kw)
     assert sorted(int(p.name) for p in d.iterdir()
                   if p.name != checkpointing.LOCK_NAME) == [2, 4, 6]
     import shutil
 
     shutil.rmtree(d / "6")
     shutil.rmtree(d / "4")
-    state, history = replicas.fit_replicas(model, x, y, checkpoint_dir=d, checkpoint_every=2,
+    state, history = training.fit_replicas(model, x, y, checkpoint_dir=d, checkpoint_every=2,
                                            resume=True, **kw)
     chex.assert_trees_all_equal(state.params, ref.params)
     chex.assert_trees_all_equal(state.opt_state, ref.opt_state)
     np.testing.assert_array_equal(history.loss, href.loss)
     with pytest.raises(ValueError, match=r"written with seed=\[1, 2\]"):
-        replicas.fit_replicas(model, x, y, checkpoint_dir=d, resume=True,
+        training.fit_replicas(model, x, y, checkpoint_dir=d, resume=True,
                               **{**kw, "seeds": [1, 3]})
 
 
@@ -169,7 +169,7 @@ def test_skill_statistics_equal_numpy():
 def test_skill_scores_per_replica():
     x, y = problems.frame(SEQ, "many_to_many")
     model = models.many_to_many()
-    states, _ = replicas.fit_replicas(model, x, y, seeds=range(3), epochs=2, batch_size=1)
+    states, _ = training.fit_replicas(model, x, y, seeds=range(3), epochs=2, batch_size=1)
     sk = replicas.skill(model, states.params, x, y, n_boot=100)
     for i in range(3):
         pred = np.asarray(js.predict(model, jax.tree.map(lambda a, i=i: a[i], states.params), x))
@@ -198,7 +198,7 @@ def test_non_finite_replicas_are_counted_named_and_left_out():
     assert 0 < bad.sum() < len(seeds)  # a mixture: some replicas fail, others learn
     kw = dict(seeds=seeds, epochs=4, batch_size=5, optimizer=optax.sgd(0.01))
     with pytest.warns(RuntimeWarning, match=r"fit_replicas: replica\(s\) \[\d"):
-        states, history = replicas.fit_replicas(model, x, y, **kw)
+        states, history = training.fit_replicas(model, x, y, **kw)
     np.testing.assert_array_equal(history.nonfinite, bad)
     assert np.all(np.isnan(history.loss[bad])) and np.all(np.isfinite(history.loss[~bad]))
     for leaf in jax.tree.leaves(states.params):  # every replica keeps its last finite state
@@ -208,7 +208,7 @@ def test_non_finite_replicas_are_counted_named_and_left_out():
     assert (summary.n, summary.n_nonfinite) == (int((~bad).sum()), int(bad.sum()))
     np.testing.assert_allclose(summary.mean, np.mean(sk["mse"][0][~bad]), rtol=1e-12)
     with pytest.raises(js.NonFiniteLossError, match=r"replica\(s\)") as info:
-        replicas.fit_replicas(model, x, y, on_nan="raise", **kw)
+        training.fit_replicas(model, x, y, on_nan="raise", **kw)
     assert info.value.replicas == tuple(np.flatnonzero(bad))
     assert info.value.state.params["Dense_0"]["kernel"].shape[0] == len(seeds)
 
@@ -219,9 +219,9 @@ def test_replica_parallel_equals_single_device():
     x, y = problems.frame(SEQ, "many_to_many")
     model = models.many_to_many()
     mesh = parallel.make_mesh(devices)
-    sharded, hs = replicas.fit_replicas(model, x, y, seeds=range(8), epochs=10, batch_size=1,
+    sharded, hs = training.fit_replicas(model, x, y, seeds=range(8), epochs=10, batch_size=1,
                                         mesh=mesh)
-    single, h1 = replicas.fit_replicas(model, x, y, seeds=range(8), epochs=10, batch_size=1)
+    single, h1 = training.fit_replicas(model, x, y, seeds=range(8), epochs=10, batch_size=1)
     kernel = sharded.params["lstm"]["kernel"]
     assert len(kernel.sharding.device_set) == 8
     assert kernel.sharding.spec == jax.sharding.PartitionSpec(parallel.AXIS)
@@ -229,17 +229,17 @@ def test_replica_parallel_equals_single_device():
                                 rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(hs.loss, h1.loss, rtol=1e-6, atol=1e-9)
     with pytest.raises(ValueError, match="seeds divisible by the mesh size 8; got 6"):
-        replicas.fit_replicas(model, x, y, seeds=range(6), epochs=1, batch_size=1, mesh=mesh)
+        training.fit_replicas(model, x, y, seeds=range(6), epochs=1, batch_size=1, mesh=mesh)
 
 
 def test_fit_replicas_contracts():
     x, y = problems.frame(SEQ, "one_to_one")
     model = models.one_to_one()
     with pytest.raises(ValueError, match="at least one seed"):
-        replicas.fit_replicas(model, x, y, seeds=[], epochs=1)
+        training.fit_replicas(model, x, y, seeds=[], epochs=1)
     with pytest.raises(ValueError, match=r"distinct seeds; got \[1, 1\]"):
-        replicas.fit_replicas(model, x, y, seeds=[1, 1], epochs=1)
+        training.fit_replicas(model, x, y, seeds=[1, 1], epochs=1)
     with pytest.raises(TypeError, match="integer seeds; got 0.5"):
-        replicas.fit_replicas(model, x, y, seeds=[0.5], epochs=1)
+        training.fit_replicas(model, x, y, seeds=[0.5], epochs=1)
     with pytest.raises(ValueError, match=r"y must have shape \(n, 1\); got y \(5,\)"):
-        replicas.fit_replicas(model, x, y[:, 0], seeds=[0], epochs=1)
+        training.fit_replicas(model, x, y[:, 0], seeds=[0], epochs=1)

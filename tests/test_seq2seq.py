@@ -1,5 +1,5 @@
 """Encoder-decoder models (`jaxseq.models.seq2seq`) and stateful step-by-step prediction
-(`jaxseq.models.rollout`)."""
+(`jaxseq.inference.rollout`)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import optax  # noqa: E402
 import pytest  # noqa: E402
 
 from jaxseq import training  # noqa: E402
-from jaxseq.models import Sequential, rollout, seq2seq  # noqa: E402
+from jaxseq.inference import rollout  # noqa: E402
+from jaxseq.models import Sequential, seq2seq  # noqa: E402
 from jaxseq.recurrent import GRU, LSTM, Bidirectional  # noqa: E402
 from jaxseq.training import evaluate, fit, predict  # noqa: E402
 from jaxseq.wrappers import TimeDistributed  # noqa: E402

@@ -89,7 +89,7 @@ def test_compiled_init_equals_eager_init_bitwise(build):
     model = build()
     x, _ = problems.frame(SEQ, "many_to_many")
     key, _ = training.split_seed(4)
-    state = training.init_state(model, training.DEFAULT_OPTIMIZER, x, key)
+    state = training.create_train_state(model, training.DEFAULT_OPTIMIZER, x, key)
     chex.assert_trees_all_equal(state.params, model.init(key, x[:1])["params"])
 
 

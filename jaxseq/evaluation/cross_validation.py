@@ -26,16 +26,17 @@ import jax
 import numpy as np
 import optax
 
-from jaxseq import contracts, parallel
 from jaxseq.evaluation import splits as splits_mod
-from jaxseq.replicas import Summary, summarize
+from jaxseq.evaluation.replicas import Summary, summarize
+from jaxseq.history import History
 from jaxseq.training import callbacks as cbs
 from jaxseq.training import data as data_mod
-from jaxseq.training import loop, losses, programs
+from jaxseq.training import loop, parse
 from jaxseq.training.compile import cached, jit
 from jaxseq.training.data import Batch
 from jaxseq.training.drivers import drive
-from jaxseq.training.state import History, TrainState, check_seeds
+from jaxseq.training.spec import Layout, Program, Source, stack
+from jaxseq.training.state import TrainState, check_seeds
 from jaxseq.typing import Inputs, Mask, SampleWeight, Seed, Seeds, Targets
 
 __all__ = ["CrossValidation", "cross_validate", "make_splits"]
@@ -140,23 +141,17 @@ def _named(flags: np.ndarray, seeds) -> str:
                                                                    strict=True))
 
 
-def _stack(batches: Sequence[Batch]) -> Batch:
-    return Batch(*(None if parts[0] is None else np.stack(parts)
-                   for parts in zip(*batches, strict=True)))
-
-
-def _held_out(model, states, test: Batch, inner: int, outer: bool, *, batch_size, loss_fn,
-              metric_list):
-    """Keras' batched evaluate of every replica on its split's held-out rows -> {name: (R,)},
-    in the replica order of the training program."""
+def _held_out(program: Program, layout: Layout, states, test: Batch, batch_size: int
+              ) -> dict[str, np.ndarray]:
+    """Keras' batched evaluate of every replica on its split's held-out rows (`test`, a
+    leading split axis) -> {name: (R,)}, in the layout's row order."""
     def build():
-        one = partial(loop.evaluate_batches, batch_size=batch_size, loss=loss_fn,
-                      metrics=metric_list)
-        nested = programs.over_splits(one, (0, 0), (0, None), outer)
-        return jit(lambda s, d: programs.flat(nested(programs.by_split(s, inner), d)))
+        one = partial(loop.evaluate_batches, batch_size=batch_size, loss=program.loss,
+                      metrics=program.metrics)
+        return jit(layout.vmap(one, ("replica", "split")))
 
-    fn = cached("cv_evaluate", model, loss_fn, metric_list, batch_size, inner, outer,
-                build=build)
+    fn = cached("cv_evaluate", program.model, program.loss, program.metrics, batch_size,
+                *layout.structure(), build=build)
     values = fn(states, data_mod.as_device(test))
     return {name: np.asarray(v, np.float64) for name, v in values.items()}
 
@@ -226,67 +221,54 @@ def cross_validate(
       TypeError: a bad type, naming the argument, before anything is compiled.
     """
     where = "cross_validate"
-    seeds = check_seeds(seeds, where)
-    data = data_mod.check_batch(model, x, y, sample_weight, mask, where=where)
-    n = data_mod.num_samples(data.x)
-    pairs = make_splits(n, splitter, folds=folds, n_splits=n_splits, test_size=test_size,
-                        gap=gap, max_train_size=max_train_size, shuffle_folds=shuffle_folds,
-                        split_seed=split_seed)
-    contracts.check_positive_int(batch_size, "batch_size", where)
-    loss_fn, metric_list = losses.get_loss(loss, where), losses.get_metrics(metrics, where)
-    if validation_data is not None and validation_split is not None:
-        raise ValueError(f"{where} got both validation_data and validation_split; pass one.")
+    seeds = tuple(check_seeds(seeds, where))
+    whole = parse.parse_data(where, model, x, y, sample_weight=sample_weight, mask=mask).train
+    pairs = make_splits(data_mod.num_samples(whole.x), splitter, folds=folds, n_splits=n_splits,
+                        test_size=test_size, gap=gap, max_train_size=max_train_size,
+                        shuffle_folds=shuffle_folds, split_seed=split_seed)
+    host = parse.parse_host(where, epochs=epochs, verbose=verbose, callbacks=callbacks,
+                            epochs_per_chunk=epochs_per_chunk, on_nan="stop")
+    tx = parse.parse_optimizer(where, model, optimizer, None)
+    parse.check_validation_choice(validation_data, validation_split, where)
     shared_val = data_mod.check_validation(model, validation_data, where)
-    if mesh is not None:
-        parallel.check_mesh(mesh, where)
-    if mesh is not None and len(seeds) % mesh.size:
-        raise ValueError(
-            f"{where} with a mesh expects a number of seeds divisible by the mesh size "
-            f"{mesh.size} (each device trains whole seeds of every split); got {len(seeds)} "
-            "seeds.")
     trains, vals, tests = [], [], []
     for i, (tr, te) in enumerate(pairs):
-        train = loop.take(data, tr)
+        train = loop.take(whole, tr)
         val = None
         if validation_split is not None:
             train, val = data_mod.split_validation(train, validation_split, f"{where} split {i}")
         trains.append(train)
         vals.append(val)
-        tests.append(loop.take(data, te))
+        tests.append(loop.take(whole, te))
     groups: dict[tuple, list[int]] = {}
     for i, (tr, va, te) in enumerate(zip(trains, vals, tests, strict=True)):
         size = (len(tr.x), None if va is None else len(va.x), len(te.x))
         groups.setdefault(size, []).append(i)
+    # One layout per group of equally sized splits. With a mesh, the replica axis is cut into
+    # equal contiguous shards: seeds outermost keeps every shard aligned with whole seeds.
+    runs = []
+    for members in groups.values():
+        layout = Layout(seeds, splits=len(members), seeds_outer=mesh is not None)
+        source = Source.per_split([trains[i] for i in members], shared_val if (
+            validation_split is None) else [vals[i] for i in members])
+        runs.append((members, layout, source, parse.parse_program(
+            where, model, tx, source, layout, loss=loss, metrics=metrics,
+            batch_size=batch_size, shuffle=shuffle, validation_batch_size=validation_batch_size,
+            reset_states=None, mesh=mesh)))
 
     k, s = len(seeds), len(pairs)
-    names = loop.log_names(metric_list, validation_data is not None or
+    names = loop.log_names(runs[0][3].metrics, validation_data is not None or
                            validation_split is not None)
-    scores = {m: np.full((s, k), np.nan) for m in loop.log_names(metric_list, False)}
+    scores = {m: np.full((s, k), np.nan) for m in loop.log_names(runs[0][3].metrics, False)}
     failed = np.zeros((s, k), bool)
     states, histories = [None] * s, [None] * s
-    # With a mesh, the replica axis is cut into equal contiguous shards: seeds outermost keeps
-    # every shard aligned with whole seeds (checked above: their number divides the mesh size).
-    outer = mesh is not None
-    for members in groups.values():
-        val = shared_val if vals[members[0]] is None else _stack([vals[i] for i in members])
+    for members, layout, source, program in runs:
         with warnings.catch_warnings():  # failures are reported below, by (split, seed)
             warnings.filterwarnings("ignore", message=f"{where}: ", category=RuntimeWarning)
-            state, history = drive(
-                model, None, None, where=where, seeds=seeds, state=None, epochs=epochs,
-                batch_size=batch_size, optimizer=optimizer, loss=loss, metrics=metrics,
-                shuffle=shuffle, validation_data=validation_data, validation_split=None,
-                validation_batch_size=validation_batch_size, sample_weight=None, mask=None,
-                callbacks=callbacks, verbose=verbose, epochs_per_chunk=epochs_per_chunk,
-                on_nan="stop", reset_states=None, checkpoint_dir=None, checkpoint_every=None,
-                keep=None, resume=False, mesh=mesh,
-                per_split=(_stack([trains[i] for i in members]), val, outer))
-        g = len(members)
-        held = _held_out(model, state, _stack([tests[i] for i in members]), g if outer else k,
-                         outer, batch_size=batch_size,
-                         loss_fn=loss_fn, metric_list=metric_list)
-        # rows[a, j]: the replica of the group's a-th split and seed j
-        rows = np.arange(g * k).reshape((k, g) if outer else (g, k))
-        rows = rows.T if outer else rows
+            state, history = drive(program, layout, host, source)
+        held = _held_out(program, layout, state, stack([tests[i] for i in members]),
+                         batch_size)
+        rows = layout.table()  # rows[a, j]: the replica of the group's a-th split and seed j
         bad = history.nonfinite[rows]
         for a, i in enumerate(members):
             failed[i] = bad[a]

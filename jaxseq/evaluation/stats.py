@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from jaxseq.replicas import as_scores, bootstrap_means, check_bootstrap
+from jaxseq.evaluation.replicas import as_scores, bootstrap_means, check_bootstrap
 
 
 def repeats_curve(scores, *, n_boot: int = 2000, seed: int = 0) -> dict[str, np.ndarray]:

@@ -3,10 +3,12 @@
 Core (see `loop`): `create_train_state`, `train_step`, `eval_step`, `train_epoch`,
 `evaluate_batches`, `train_loop`; data as `Batch`; losses and metrics with Keras' reduction
 (`losses`); Keras' optimizers by name with their clipping arguments (`keras_optimizer`,
-module `optimizers`). Drivers: `fit`, `fit_replicas`, `predict`, `evaluate`. Compilation cache:
-`clear_caches`, `set_cache_size`, `cache_size`.
+module `optimizers`). Drivers: `fit`, `fit_replicas`, `predict`, `evaluate`. A run's shape
+(`spec`): `Program`, `Layout`, `Host`, `Source`, built by the parsers of `parse` and run by
+`drive`. Compilation cache: `clear_caches`, `set_cache_size`, `cache_size`.
 """
 
+from jaxseq.history import CheckpointSaveError, History, NonFiniteLossError
 from jaxseq.training import (
     callbacks,
     compile,
@@ -15,6 +17,9 @@ from jaxseq.training import (
     loop,
     losses,
     optimizers,
+    parse,
+    programs,
+    spec,
     state,
 )
 from jaxseq.training.callbacks import Callback, EarlyStopping
@@ -26,7 +31,7 @@ from jaxseq.training.compile import (
     set_cache_size,
 )
 from jaxseq.training.data import Batch
-from jaxseq.training.drivers import DEFAULT_OPTIMIZER, fit, fit_replicas, init_state
+from jaxseq.training.drivers import drive, fit, fit_replicas
 from jaxseq.training.loop import (
     LoopState,
     eval_step,
@@ -37,15 +42,9 @@ from jaxseq.training.loop import (
 )
 from jaxseq.training.optimizers import keras_optimizer
 from jaxseq.training.predict import evaluate, predict
-from jaxseq.training.state import (
-    CheckpointSaveError,
-    History,
-    ModelFn,
-    NonFiniteLossError,
-    TrainState,
-    create_train_state,
-    split_seed,
-)
+from jaxseq.training.programs import create_train_state
+from jaxseq.training.spec import Host, Layout, Program, Source
+from jaxseq.training.state import DEFAULT_OPTIMIZER, ModelFn, TrainState, split_seed
 
 __all__ = [
     "CheckpointSaveError",
@@ -54,9 +53,13 @@ __all__ = [
     "Callback",
     "EarlyStopping",
     "History",
+    "Host",
+    "Layout",
     "LoopState",
     "ModelFn",
     "NonFiniteLossError",
+    "Program",
+    "Source",
     "TrainState",
     "cache_size",
     "callbacks",
@@ -65,6 +68,7 @@ __all__ = [
     "compiler_options",
     "create_train_state",
     "data",
+    "drive",
     "drivers",
     "enable_compilation_cache",
     "eval_step",
@@ -72,13 +76,15 @@ __all__ = [
     "evaluate_batches",
     "fit",
     "fit_replicas",
-    "init_state",
     "keras_optimizer",
     "losses",
     "loop",
     "optimizers",
+    "parse",
     "predict",
+    "programs",
     "set_cache_size",
+    "spec",
     "split_seed",
     "state",
     "train_epoch",
@@ -88,5 +94,5 @@ __all__ = [
 
 
 def __dir__() -> list[str]:
-    # the public names only (submodules such as `programs` are imported by their full names)
+    # the public names only (other submodules are imported by their full names)
     return sorted([*__all__, *(name for name in globals() if name.startswith("__"))])

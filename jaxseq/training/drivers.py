@@ -1,241 +1,101 @@
-"""`fit` and `fit_replicas`: host drivers over the functional core (`loop.train_loop`).
+"""`fit` and `fit_replicas`: Keras-style front doors over one driver, `drive`.
 
-One driver serves both: validate -> initialize -> run the compiled loop chunk by chunk ->
-host hooks (progress, callbacks, checkpoints) -> result. `fit_replicas` runs the same jitted
+Each front door parses its keyword arguments once (`jaxseq.training.parse`) into the frozen
+values of `jaxseq.training.spec` -- a `Program` (what is compiled), a `Layout` (the replicas), a
+`Host` (what the host does) and a `Source` (the data) -- and makes one call of `drive`, which
+works on those values only: initialize -> run the compiled loop chunk by chunk -> host hooks
+(progress, callbacks, checkpoints) -> result. `fit_replicas` runs the same jitted
 `train_loop`, `jax.vmap`-ed over a leading replica axis of the state, the key and the
 early-stopping carry; data and settings are shared. Replica i therefore follows exactly the
 computation of `fit(..., seed=seeds[i])`, to float32 rounding (XLA may order batched sums
 differently; the tests check 1e-6 relative, 1e-5 for a GRU(3) trained with mae).
 
-What is compiled depends only on: the model, the optimizer object, loss and metrics, the
-(capped) batch size, shuffle, the validation batch size, the mesh, and array shapes. The number
-of epochs, the seed, `verbose`, callbacks, `EarlyStopping`'s settings, `epochs_per_chunk` and
-the checkpoint cadence are runtime values or host logic: a second `fit` that changes only those
-compiles nothing. The compiled loop is a `lax.while_loop` over epochs; the host wakes once per
-chunk of epochs (all of them, up to 1024, when nobody watches; about 20 chunks per run with
-`verbose` or host callbacks).
+What is compiled depends only on the `Program` (the model, the optimizer object, loss and
+metrics, the (capped) batch size, shuffle, the validation batch size, state resets, the mesh),
+the layout's structure, and array shapes. The number of epochs, the seeds, `verbose`,
+callbacks, `EarlyStopping`'s settings, `epochs_per_chunk` and the checkpoint cadence are runtime
+values or host logic: a second `fit` that changes only those compiles nothing. The compiled loop
+is a `lax.while_loop` over epochs; the host wakes once per chunk of epochs (all of them, up to
+1024, when nobody watches; about 20 chunks per run with `verbose` or host callbacks).
 """
 
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from jaxseq import contracts, parallel
-from jaxseq.training import _hooks as hooks
+from jaxseq.history import History
 from jaxseq.training import callbacks as cbs
-from jaxseq.training import data as data_mod
-from jaxseq.training import loop, losses, programs
-from jaxseq.training.programs import init_state
-from jaxseq.training.state import (
-    DEFAULT_OPTIMIZER,
-    CheckpointSaveError,
-    History,
-    NonFiniteLossError,
-    TrainState,
-    check_seeds,
-    check_state,
-    get_optimizer,
-    split_seed,
-)
+from jaxseq.training import hooks, loop, programs
+from jaxseq.training.checkpoints import Saver
+from jaxseq.training.parse import parse_data, parse_host, parse_optimizer, parse_program
+from jaxseq.training.spec import Host, Layout, Program, Source
+from jaxseq.training.state import TrainState, check_seeds
 from jaxseq.typing import Inputs, Mask, SampleWeight, Seed, Seeds, Targets
 
-__all__ = ["DEFAULT_OPTIMIZER", "fit", "fit_replicas", "init_state"]
+__all__ = ["drive", "fit", "fit_replicas"]
 
 
-def drive(model, x, y, *, where, seed=0, seeds, state, epochs, batch_size, optimizer, loss,
-          metrics, shuffle, validation_data, validation_split, validation_batch_size,
-          sample_weight, mask, callbacks, verbose, epochs_per_chunk, on_nan, reset_states,
-          checkpoint_dir, checkpoint_every, keep, resume, mesh, per_split=None):
-    """The one driver behind `fit` (seeds None), `fit_replicas` and cross-validation.
-    `per_split`: (train, val, seeds_outer): checked `Batch`es with a leading split axis S (val:
-    None, or shared when validation_data is given); every seed trains on every split, replica
-    r = (split r // K, seed r % K), or (seed r // S, split r % S) with seeds_outer; x, y,
-    sample_weight, mask and validation_split are then unused."""
-    replicated = seeds is not None
-    hooks.check_run_options(where, epochs=epochs, batch_size=batch_size,
-                            validation_batch_size=validation_batch_size,
-                            epochs_per_chunk=epochs_per_chunk, shuffle=shuffle, verbose=verbose,
-                            on_nan=on_nan, checkpoint_dir=checkpoint_dir)
-    hooks.check_checkpoint_args(checkpoint_dir, checkpoint_every, keep, resume, where)
-    loss_fn = losses.get_loss(loss, where)
-    metric_list = losses.get_metrics(metrics, where)
-    stopper, host = hooks.split_callbacks(callbacks, where)
-    if state is not None:
-        check_state(state, model, where)
-        if not bool(loop.all_finite(state.params)):
-            raise ValueError(f"{where}: state= holds non-finite parameters (NaN or Inf); "
-                             "training cannot start from them. Pass the last finite state (a "
-                             "NonFiniteLossError's .state is one), or initialize anew.")
-    tx = state.tx if state is not None else get_optimizer(optimizer, where)
-    if state is not None and optimizer is not None and optimizer is not state.tx:
-        raise ValueError(f"{where}: state= carries its own optimizer (state.tx); do not pass "
-                         "another optimizer with it.")
+def drive(program: Program, layout: Layout, host: Host, data: Source,
+          state: TrainState | None = None) -> tuple[TrainState, History]:
+    """Train `program` on `data`, one run per replica of `layout`, with `host`'s hooks: the
+    driver behind `fit`, `fit_replicas` and `evaluation.cross_validate`, each of which parses
+    its keyword arguments (`jaxseq.training.parse`) and calls it once.
 
-    if per_split is None:
-        train = data_mod.check_batch(model, x, y, sample_weight, mask, where=where)
-        val = data_mod.check_validation(model, validation_data, where)
-        if validation_split is not None:
-            if val is not None:
-                raise ValueError(f"{where} got both validation_data and validation_split; "
-                                 "pass one.")
-            train, val = data_mod.split_validation(train, validation_split, where)
-    else:
-        train, val, outer = per_split
-        s, k = contracts.shape_of(train.x)[0], len(seeds)
-        per_split = (s if outer else k, 0 if validation_data is None else None, outer)
-        seeds = [a for a in seeds for _ in range(s)] if outer else [a for _ in range(s)
-                                                                     for a in seeds]
-    n = contracts.shape_of(train.x)[1 if per_split else 0]
-    bs = min(batch_size, n)
-    names = loop.log_names(metric_list, val is not None)
-    sharding = parallel.training_sharding(mesh, bs, len(seeds) if replicated else None, where)
+    Args:
+      program: what is compiled (`spec.Program`, from `parse.parse_program`).
+      layout: the replicas (`spec.Layout`): a single run, K seeds sharing the data, or S
+        splits x K seeds (the data then has a leading split axis S).
+      host: epochs, output, callbacks, checkpoints and `on_nan` (`spec.Host`).
+      data: the checked data (`spec.Source`, from `parse.parse_data` or
+        `Source.per_split`).
+      state: a single run continues from this `TrainState` instead of initializing from the
+        layout's seed (its optimizer must be `program.tx`).
 
-    # Initialize (or continue from `state`).
-    if replicated:
-        init_keys, key = programs.stack_seeds(seeds)
-        if state is None:
-            x0 = train.x[:bs]
-            if per_split:
-                x0 = np.concatenate([train.x[:, :bs]] * k) if outer else np.repeat(
-                    train.x[:, :bs], k, axis=0)
-            state = programs.init_program(model, tx, True, bs, 0 if per_split else None)(
-                jax.device_put(x0), init_keys)
-    else:
-        init_key, key = split_seed(seed)
-        if state is None:
-            state = init_state(model, tx, train.x, init_key, batch_size=bs)
-    hooks.check_stateful(state, shuffle, n, bs, reset_states, where)
-    stop = cbs.stop_state(stopper, (state.params, state.model_state), names)
-    if replicated:
-        stop = cbs.with_replica_axis(stop, len(seeds))
+    Returns:
+      (state, history) as `fit` returns them for a single layout, or as `fit_replicas` does:
+      every leaf with a leading replica axis R in the layout's row order, history entries
+      (R, epochs), `history.nonfinite` (R,) bool.
 
-    chunk = hooks.chunk_length(epochs, verbose, host, epochs_per_chunk, loop.EPOCH_BUFFER)
-    every = None
-    if checkpoint_dir is not None:
-        every = hooks.checkpoint_every(epochs, checkpoint_every)
-    static = dict(batch_size=bs, shuffle=bool(shuffle), loss=loss_fn,
-                  reset_states=reset_states == "epoch",
-                  metrics=metric_list, val_batch_size=validation_batch_size or batch_size,
-                  sharding=sharding)
-    run = programs.loop_program(model, tx, static, replicated, per_split,
-                                mesh if replicated else None)
-    batches = -(-n // bs)
-
-    history = History()
-    first = saved = 0
-    saver = settings = None
-    if checkpoint_dir is not None:
-        from jaxseq import checkpointing  # imports orbax only when checkpoints are used
-
-        settings = dict(
-            seed=seeds if replicated else seed, batch_size=bs, n_samples=n,
-            shuffle=bool(shuffle), validation=val is not None, logs=list(names),
-            loss=loss if isinstance(loss, str) else None,
-            early_stopping=stopper.config() if stopper else None)
-        saver = checkpointing.Checkpointer(checkpoint_dir, keep=keep, where=where)
+    Raises:
+      NonFiniteLossError: training went non-finite and `host.on_nan` is "raise".
+      CheckpointSaveError: a checkpoint could not be written (carrying the run so far).
+      ValueError: a stateful model in a shuffled or ragged layout, an EarlyStopping monitor
+        the run does not log, a checkpoint directory of another run or other settings.
+      RuntimeError: the checkpoint directory is in use by another run.
+    """
+    state, key = programs.start(program, layout, data, state)
+    hooks.check_stateful(state, program, data.n, host.where)
+    names = loop.log_names(program.metrics, data.val is not None)
+    stop = cbs.stop_state(host.stopper, (state.params, state.model_state), names)
+    if layout.replicated:
+        stop = cbs.with_replica_axis(stop, layout.size)
+    run = programs.loop_program(program, layout, data.val_per_split)
+    record = hooks.Record(host, layout.replicated, names)
+    saver = Saver.open(program, layout, host, data, names)
     try:
-        if saver is not None and (latest := saver.latest()) is not None:
-            if not resume:
-                raise ValueError(
-                    f"{where}: {saver.directory!r} already holds checkpoints (the latest after "
-                    f"{latest} epochs). Pass resume=True to continue that run, or use an empty "
-                    "checkpoint_dir for a new one.")
-            state, key, saved_stop, history = checkpointing.resume(
-                saver, latest, state, key, stop if stopper else (), settings)
-            stop = saved_stop if stopper else stop
-            first = saved = latest
+        if saver is not None:
+            state, key, stop = saver.resume(state, key, stop, record)
         # Donation consumes the buffers passed in; keep the caller's state usable.
-        carry = loop.LoopState(jax.tree.map(jnp.copy, state),
-                               ~jnp.asarray(stop.stopped), stop)
-        train_d, val_d = data_mod.as_device(train), data_mod.as_device(val)
-        if mesh is not None:
-            if replicated:
-                carry, key = parallel.shard_replicas((carry, key), mesh)
-            else:
-                carry, key = parallel.replicate((carry, key), mesh)
-            train_d, val_d = parallel.replicate((train_d, val_d), mesh)
-        for cb in [*([stopper] if stopper else []), *host]:
-            cb.stop_training = False  # as Keras' fit: a stop asked for in an earlier run ends
-            cb.on_train_begin(state)  # that run only
-        progress = hooks.Progress(epochs, verbose, first)
-        failure = None
-        finished = not np.asarray(parallel.to_host(carry.alive)).any()
-        while first < epochs and not finished:
-            last = min(epochs, first + chunk)
-            if every is not None:  # chunks end at checkpoint epochs
-                last = min(last, (first // every + 1) * every)
-            carry, out = run(carry, key, jnp.asarray(first, jnp.int32),
-                             jnp.asarray(last, jnp.int32), train_d, val_d)
-            out = parallel.to_host(out)
-            out = out if replicated else {k: v[None] for k, v in out.items()}
-            good = out["ran"] & out["finite"]  # (R, E): contiguous from each row's start
-            cols = int(good.sum(axis=1).max())
-            logs = {k: np.where(good, out[k], np.nan)[:, :cols].astype(np.float32)
-                    for k in names}
-            logs = logs if replicated else {k: v[0] for k, v in logs.items()}
-            history.extend(logs)
-            progress.report(first, logs)
-            stop_requested = hooks.epoch_callbacks(host, first, logs)
-            failure = hooks.record_failures(failure, out, first)
-            first += cols
-            alive = np.asarray(parallel.to_host(carry.alive))
-            finished = stop_requested or not alive.any() or (
-                not replicated and failure is not None)
-            # A stop found in the chunk after a save rewrites that save with its reason.
-            restate = finished and failure is not None and first == saved > 0
-            if saver is not None and (restate or first != saved and (
-                    first % every == 0 or finished or first >= epochs)):
-                early = np.asarray(parallel.to_host(carry.stop.stopped)).any()
-                why = "non_finite" if failure else "early_stopping" if early else None
-                try:
-                    saver.save(first, checkpointing.training_tree(
-                        carry.state, key, carry.stop if stopper else ()),
-                               dict(step=np.asarray(parallel.to_host(carry.state.step)).tolist(),
-                                    history=checkpointing.history_record(history),
-                                    stopped=why, settings=settings), replace=restate)
-                except CheckpointSaveError as err:
-                    progress.close()
-                    raise CheckpointSaveError(
-                        f"{where}: {err} Training stopped after {first} epoch(s); nothing "
-                        "trained is lost: this error's .state and .history hold the run as "
-                        f"fit(epochs={first}) returns it (save them, or pass state= to go on).",
-                        path=err.path, epoch=first, state=cbs.restore_best(carry.stop,
-                                                                          carry.state),
-                        history=history) from err.__cause__
-                saved = first
-        progress.close()
+        carry = loop.LoopState(jax.tree.map(jnp.copy, state), ~jnp.asarray(stop.stopped), stop)
+        carry, key, train, val = programs.place(carry, key, data, program.mesh, layout)
+        record.begin(state, carry.alive)
+        while not record.done:
+            carry, out = run(carry, key, *record.window(), train, val)
+            record.add(out, carry.alive)
+            if saver is not None:
+                saver.after_chunk(record, carry, key)
+        record.progress.close()
     finally:
         if saver is not None:
             saver.close()
-    s = carry.stop
-    state = cbs.restore_best(s, carry.state)
-    if replicated:
-        history.nonfinite = np.isin(np.arange(len(seeds)), list(failure or ()))
-    if stopper is not None:
-        stopper.finish(parallel.to_host(s) if mesh is not None else s)
-    for cb in host:
-        cb.on_train_end(state, history)
-    if failure:
-        replicas = tuple(sorted(failure))
-        f = failure[replicas[0]]
-        message = hooks.non_finite_message(
-            where=where, **f, epochs=epochs, batches=batches,
-            saved=saver.directory if saver is not None else None,
-            replicas=replicas if replicated else ())
-        if on_nan == "raise":
-            raise NonFiniteLossError(message, epoch=f["epoch"], batch=(
-                f["batch"] if f["batch"] >= 0 else None), state=state, history=history,
-                replicas=replicas if replicated else ())
-        warnings.warn(message, RuntimeWarning, stacklevel=3)
-    return state, history
+    return record.finish(carry, batches=-(-data.n // program.batch_size), mesh=program.mesh,
+                         saved=saver.directory if saver is not None else None)
 
 
 def fit(
@@ -332,9 +192,20 @@ def fit(
       CheckpointSaveError: a checkpoint could not be written; its `.state` and `.history`
         hold the run up to that epoch.
     """
-    options = {k: v for k, v in locals().items() if k not in ("model", "x", "y", "seed")}
-    return drive(model, x, y, where="fit", seed=check_seeds([seed], "fit")[0], seeds=None,
-                  **options)
+    where = "fit"
+    layout = Layout.single(check_seeds([seed], where)[0])
+    host = parse_host(where, epochs=epochs, verbose=verbose, callbacks=callbacks,
+                      epochs_per_chunk=epochs_per_chunk, on_nan=on_nan,
+                      checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
+                      keep=keep, resume=resume)
+    tx = parse_optimizer(where, model, optimizer, state)
+    data = parse_data(where, model, x, y, sample_weight=sample_weight, mask=mask,
+                      validation_data=validation_data, validation_split=validation_split)
+    program = parse_program(where, model, tx, data, layout, loss=loss, metrics=metrics,
+                            batch_size=batch_size, shuffle=shuffle,
+                            validation_batch_size=validation_batch_size,
+                            reset_states=reset_states, mesh=mesh)
+    return drive(program, layout, host, data, state)
 
 
 def fit_replicas(
@@ -383,6 +254,17 @@ def fit_replicas(
       (`states.params["lstm"]["kernel"][i]` is replica i's; `states.step` (replicas,)), and a
       `History` whose entries have shape (replicas, epochs), NaN after a replica stopped.
     """
-    options = {k: v for k, v in locals().items() if k not in ("model", "x", "y", "seeds")}
-    return drive(model, x, y, where="fit_replicas", seeds=check_seeds(seeds), state=None,
-                  **options)
+    where = "fit_replicas"
+    layout = Layout(tuple(check_seeds(seeds, where)))
+    host = parse_host(where, epochs=epochs, verbose=verbose, callbacks=callbacks,
+                      epochs_per_chunk=epochs_per_chunk, on_nan=on_nan,
+                      checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
+                      keep=keep, resume=resume)
+    tx = parse_optimizer(where, model, optimizer, None)
+    data = parse_data(where, model, x, y, sample_weight=sample_weight, mask=mask,
+                      validation_data=validation_data, validation_split=validation_split)
+    program = parse_program(where, model, tx, data, layout, loss=loss, metrics=metrics,
+                            batch_size=batch_size, shuffle=shuffle,
+                            validation_batch_size=validation_batch_size,
+                            reset_states=reset_states, mesh=mesh)
+    return drive(program, layout, host, data)

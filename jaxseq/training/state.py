@@ -1,4 +1,4 @@
-"""The train state, the model call convention, PRNG keys, History and the training error.
+"""The train state, the model call convention, PRNG keys, seeds, and the checks of a state.
 
 `TrainState` is flax's `TrainState` plus `model_state`: every variable collection of the model
 other than `params` (`batch_stats` of BatchNorm, the carried state of stateful layers). Its
@@ -195,25 +195,6 @@ def reset_states(variables, rows=None):
     return {**variables, STATE_COLLECTION: zeroed}
 
 
-def init_variables(model: nn.Module, tx: optax.GradientTransformation, key, x1):
-    """The pure `(model, tx, key, x1) -> (variables, opt_state)` behind `create_train_state`:
-    x1 is one sample batch (1, ...); `opt_state = tx.init(variables["params"])`."""
-    variables = dict(model.init(key, x1))
-    return variables, tx.init(variables["params"])
-
-
-def create_train_state(model: nn.Module, tx: optax.GradientTransformation, x, key, *,
-                       batch_size: int = 1) -> TrainState:
-    """A fresh `TrainState` for `model` on inputs shaped like x (batch, ...): only
-    `x[:batch_size]` is used (shapes and dtype; the parameters do not depend on it, the states
-    of stateful layers get `batch_size` rows). Every variable collection of `model.init` is
-    kept. Pure and traceable (works under `jit`, `vmap` over keys, `eval_shape`)."""
-    variables, opt_state = init_variables(model, tx, key, jnp.asarray(x[:batch_size]))
-    params = variables.pop("params")
-    return TrainState(step=jnp.zeros((), jnp.int32), apply_fn=ModelFn(model), params=params,
-                      tx=tx, opt_state=opt_state, model_state=variables)
-
-
 def as_variables(state_or_variables, where: str) -> dict:
     """A TrainState, a variables dict (`{"params": ..., "batch_stats": ...}`) or a bare params
     dict -> the variables dict a model applies."""
@@ -226,66 +207,3 @@ def as_variables(state_or_variables, where: str) -> dict:
     if "params" in state_or_variables:
         return dict(state_or_variables)
     return {"params": state_or_variables}
-
-
-@dataclasses.dataclass
-class History:
-    """Per-epoch logs, as Keras' `History`: `history.history["loss"]`, or `history.loss`.
-
-    Each entry has shape (epochs,) for `fit`, (replicas, epochs) for `fit_replicas` (NaN after a
-    replica stopped). `epoch` lists the epoch indices run. `nonfinite` (fit_replicas): bool
-    (replicas,), True for the replicas whose training went non-finite."""
-
-    history: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
-    nonfinite: np.ndarray | None = None  # bool (replicas,) for fit_replicas: training failed
-
-    @property
-    def epoch(self) -> np.ndarray:
-        return np.arange(np.shape(self.loss)[-1])
-
-    @property
-    def loss(self) -> np.ndarray:
-        return self.history.get("loss", np.zeros((0,), np.float32))
-
-    @property
-    def val_loss(self) -> np.ndarray | None:
-        return self.history.get("val_loss")
-
-    def __getattr__(self, name: str):
-        if name != "history" and name in self.__dict__.get("history", {}):
-            return self.history[name]
-        raise AttributeError(name)
-
-    def extend(self, logs: dict[str, np.ndarray]) -> None:
-        """Append per-epoch values along the last (epoch) axis."""
-        for key, values in logs.items():
-            values = np.asarray(values)
-            old = self.history.get(key)
-            self.history[key] = values if old is None else np.concatenate([old, values], -1)
-
-
-class NonFiniteLossError(FloatingPointError):
-    """Training produced a non-finite loss (or parameters).
-
-    For `fit`: `epoch` and `batch` are 0-based indices (`batch` is None when only the epoch mean
-    overflowed). For `fit_replicas`: `replicas` lists the failed replica indices and `epoch`,
-    `batch` are those of the first of them. `state` and `history` are the last finite ones, as
-    `on_nan="stop"` returns them."""
-
-    def __init__(self, message: str, *, epoch: int, batch: int | None, state, history,
-                 replicas: tuple[int, ...] = ()):
-        super().__init__(message)
-        self.epoch, self.batch, self.state, self.history = epoch, batch, state, history
-        self.replicas = replicas
-
-
-class CheckpointSaveError(OSError):
-    """A training checkpoint could not be written (disk full, directory removed or read-only).
-
-    The run stops there, and nothing trained is lost: `state` and `history` are what `fit` (or
-    `fit_replicas`) would have returned had it been asked for exactly `epoch` epochs. `path` is
-    the checkpoint directory. No temporary directory of the failed save is left behind."""
-
-    def __init__(self, message: str, *, path: str, epoch: int, state=None, history=None):
-        super().__init__(message)
-        self.path, self.epoch, self.state, self.history = path, epoch, state, history

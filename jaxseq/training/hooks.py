@@ -1,4 +1,5 @@
-"""Host-side hooks of the drivers: progress output, callbacks, checkpoint saving, failure text.
+"""Host-side hooks of the driver: a run's `Record` (history, progress output, callbacks,
+failures), the check of stateful layers, and the text of a non-finite failure.
 
 Nothing here is compiled; none of it changes what `fit` compiles (verbose, callbacks and the
 checkpoint cadence are host logic).
@@ -8,33 +9,19 @@ from __future__ import annotations
 
 import math
 import sys
+import warnings
 from collections.abc import Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from jaxseq import contracts
-from jaxseq.training.callbacks import Callback, EarlyStopping
+from jaxseq import parallel
+from jaxseq.history import History, NonFiniteLossError
+from jaxseq.training import callbacks as cbs
+from jaxseq.training.callbacks import Callback
+from jaxseq.training.spec import Host, Program
 from jaxseq.typing import STATE_COLLECTION
-
-VERBOSE = (0, 1, 2)
-
-
-def split_callbacks(callbacks, where: str) -> tuple[EarlyStopping | None, list[Callback]]:
-    """-> (the one EarlyStopping or None, the host callbacks), checked."""
-    if isinstance(callbacks, Callback):
-        callbacks = [callbacks]  # one callback, not in a list
-    callbacks = list(callbacks or ())
-    for cb in callbacks:
-        if not isinstance(cb, Callback):
-            raise TypeError(
-                f"{where} expects callbacks that subclass jaxseq.Callback (or "
-                f"jaxseq.EarlyStopping); got {type(cb).__module__}.{type(cb).__name__}. Keras "
-                "callbacks do not run in jaxseq: use js.EarlyStopping, or subclass js.Callback.")
-    stoppers = [cb for cb in callbacks if isinstance(cb, EarlyStopping)]
-    if len(stoppers) > 1:
-        raise ValueError(f"{where} takes at most one EarlyStopping; got {len(stoppers)}.")
-    host = [cb for cb in callbacks if not isinstance(cb, EarlyStopping)]
-    return (stoppers[0] if stoppers else None), host
 
 
 def _fmt(v) -> str:
@@ -80,20 +67,6 @@ class Progress:
             self.bar.close()
 
 
-def chunk_length(epochs: int, verbose: int, host: Sequence, epochs_per_chunk: int | None,
-                 buffer: int) -> int:
-    """Epochs per call of the compiled loop, a runtime value (nothing recompiles): as given; one
-    with host callbacks (each sees its epoch, and `stop_training` takes effect, before the next
-    epoch runs, as in Keras); all of them (up to the loop's buffer) when nobody watches; else
-    about 20 calls per run, so progress shows as training goes."""
-    if epochs_per_chunk is None:
-        if host:  # Keras: a callback sees each epoch before the next runs, and can stop it
-            epochs_per_chunk = 1
-        else:
-            epochs_per_chunk = epochs if verbose == 0 else math.ceil(epochs / 20)
-    return max(1, min(epochs_per_chunk, buffer))
-
-
 def epoch_callbacks(host: Sequence[Callback], first: int, logs: dict[str, np.ndarray]) -> bool:
     """Run `on_epoch_end` for each epoch of a chunk; -> whether a callback asked to stop."""
     stop = False
@@ -119,56 +92,21 @@ def record_failures(failure: dict | None, out: dict, first: int) -> dict | None:
     return failure
 
 
-def check_run_options(where: str, *, epochs, batch_size, validation_batch_size,
-                      epochs_per_chunk, shuffle, verbose, on_nan, checkpoint_dir=None) -> None:
-    """The scalar options of `fit` / `fit_replicas`, checked before anything else."""
-    contracts.check_positive_int(epochs, "epochs", where)
-    if checkpoint_dir is not None:
-        contracts.check_path(checkpoint_dir, "checkpoint_dir", where)
-    contracts.check_positive_int(batch_size, "batch_size", where)
-    for name, value in (("validation_batch_size", validation_batch_size),
-                        ("epochs_per_chunk", epochs_per_chunk)):
-        if value is not None:
-            contracts.check_positive_int(value, name, where)
-    if not isinstance(shuffle, (bool, np.bool_)):
-        raise TypeError(f"{where} expects shuffle to be True or False; got {shuffle!r} (Keras' "
-                        "'batch' shuffling is not supported).")
-    if verbose not in VERBOSE:
-        raise ValueError(f"{where} expects verbose in {VERBOSE}; got {verbose!r}.")
-    contracts.check_choice(on_nan, ("raise", "stop"), "on_nan", where)
-
-
-def check_stateful(state, shuffle, n: int, bs: int, reset_states, where: str) -> None:
+def check_stateful(state, program: Program, n: int, where: str) -> None:
     """Truncated BPTT in Keras' layout: row j of batch k + 1 continues row j of batch k."""
-    contracts.check_choice(reset_states, (None, "epoch"), "reset_states", where)
     if STATE_COLLECTION not in state.model_state:
-        if reset_states is not None:
-            raise ValueError(f"{where}: reset_states={reset_states!r} needs a stateful layer "
+        if program.reset_states:
+            raise ValueError(f"{where}: reset_states={'epoch'!r} needs a stateful layer "
                              "(stateful=True); this model keeps no states.")
         return
-    if shuffle:
+    bs = program.batch_size
+    if program.shuffle:
         raise ValueError(f"{where}: the model has stateful layers, whose states carry from row "
                          "j of one batch to row j of the next; pass shuffle=False.")
     if n % bs:
         raise ValueError(f"{where}: the model has stateful layers, so the {n} samples must be a "
                          f"multiple of batch_size={bs} (every batch has the same rows). Trim "
                          f"or pad the data to {n - n % bs} or {n + bs - n % bs} samples.")
-
-
-def check_checkpoint_args(checkpoint_dir, checkpoint_every, keep, resume, where: str) -> None:
-    if checkpoint_dir is None:
-        if checkpoint_every is not None or resume:
-            name = "resume=True" if resume else "checkpoint_every"
-            raise ValueError(f"{where}: {name} needs checkpoint_dir (the directory of the run).")
-        return
-    if checkpoint_every is not None:
-        contracts.check_positive_int(checkpoint_every, "checkpoint_every", where)
-    if keep is not None:
-        contracts.check_positive_int(keep, "keep", where)
-
-
-def checkpoint_every(epochs: int, every: int | None) -> int:
-    return every or math.ceil(epochs / 20)
 
 
 def non_finite_message(*, where, epoch, batch, batch_loss, epoch_loss, epochs, batches, saved,
@@ -191,3 +129,81 @@ def non_finite_message(*, where, epoch, batch, batch_loss, epoch_loss, epochs, b
         f"epoch(s){where_saved}. Lower the learning rate, clip gradients "
         "(optax.clip_by_global_norm), or check the loss."
     )
+
+
+class Record:
+    """The host side of one run while its compiled loop runs: the `history` so far, progress
+    output, host callbacks, each replica's first non-finite epoch (`failure`), and `first`, the
+    epochs done. `stopped`: a callback asked to stop, every replica stopped, or a single run
+    went non-finite."""
+
+    def __init__(self, host: Host, replicated: bool, names: Sequence[str]):
+        self.host, self.replicated, self.names = host, replicated, tuple(names)
+        self.every = host.checkpoints.every if host.checkpoints is not None else None
+        self.history, self.first, self.failure = History(), 0, None
+        self.stopped, self.progress = False, Progress(0, 0)
+
+    @property
+    def done(self) -> bool:
+        return self.stopped or self.first >= self.host.epochs
+
+    def begin(self, state, alive) -> None:
+        """Callbacks' `on_train_begin` and progress output, from epoch `first`."""
+        for cb in self.host.everyone:
+            cb.stop_training = False  # as Keras' fit: a stop asked for in an earlier run ends
+            cb.on_train_begin(state)  # that run only
+        self.progress = Progress(self.host.epochs, self.host.verbose, self.first)
+        self.stopped = not np.asarray(parallel.to_host(alive)).any()
+
+    def window(self) -> tuple[jax.Array, jax.Array]:
+        """The next chunk's (first, last) epochs as int32: up to `host.chunk` epochs, ending at
+        a checkpoint epoch."""
+        last = min(self.host.epochs, self.first + self.host.chunk)
+        if self.every is not None:  # chunks end at checkpoint epochs
+            last = min(last, (self.first // self.every + 1) * self.every)
+        return jnp.asarray(self.first, jnp.int32), jnp.asarray(last, jnp.int32)
+
+    def add(self, out: dict, alive) -> None:
+        """One chunk: `train_loop`'s logs (with the replica axis when replicated) and the
+        alive flags after it -> history, output, callbacks, failures, `first`, `stopped`."""
+        out = parallel.to_host(out)
+        out = out if self.replicated else {k: v[None] for k, v in out.items()}
+        good = out["ran"] & out["finite"]  # (R, E): contiguous from each row's start
+        cols = int(good.sum(axis=1).max())
+        logs = {k: np.where(good, out[k], np.nan)[:, :cols].astype(np.float32)
+                for k in self.names}
+        logs = logs if self.replicated else {k: v[0] for k, v in logs.items()}
+        self.history.extend(logs)
+        self.progress.report(self.first, logs)
+        asked = epoch_callbacks(self.host.callbacks, self.first, logs)
+        self.failure = record_failures(self.failure, out, self.first)
+        self.first += cols
+        alive = np.asarray(parallel.to_host(alive))
+        self.stopped = asked or not alive.any() or (
+            not self.replicated and self.failure is not None)
+
+    def finish(self, carry, *, batches: int, mesh, saved: str | None):
+        """-> (state, history) as the driver returns them: the best weights restored where
+        EarlyStopping asks, callbacks' `on_train_end`; a failure raised (on_nan="raise") or
+        warned about ("stop")."""
+        host, stop = self.host, carry.stop
+        state = cbs.restore_best(stop, carry.state)
+        replicas = tuple(sorted(self.failure or ()))
+        if self.replicated:
+            self.history.nonfinite = np.isin(np.arange(np.shape(carry.alive)[0]), replicas)
+        if host.stopper is not None:
+            host.stopper.finish(parallel.to_host(stop) if mesh is not None else stop)
+        for cb in host.callbacks:
+            cb.on_train_end(state, self.history)
+        if not replicas:
+            return state, self.history
+        f = self.failure[replicas[0]]
+        named = replicas if self.replicated else ()
+        message = non_finite_message(where=host.where, **f, epochs=host.epochs,
+                                     batches=batches, saved=saved, replicas=named)
+        if host.on_nan == "raise":
+            raise NonFiniteLossError(message, epoch=f["epoch"], batch=(
+                f["batch"] if f["batch"] >= 0 else None), state=state, history=self.history,
+                replicas=named)
+        warnings.warn(message, RuntimeWarning, stacklevel=4)  # the caller of fit
+        return state, self.history

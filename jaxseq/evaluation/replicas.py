@@ -1,9 +1,7 @@
-"""Skill over replicas: many seeds trained at once (`jaxseq.fit_replicas`), scored and summarized.
+"""Skill over replicas: the replicas of `jaxseq.fit_replicas` scored and summarized.
 
-`fit_replicas(model, x, y, seeds=30, epochs=..., batch_size=...)` (in `jaxseq.training.fit`,
-re-exported here) trains one replica per seed in ONE compiled program: the `fit` loop vmapped over
-the replicas' states and keys.
-
+`fit_replicas(model, x, y, seeds=30, epochs=..., batch_size=...)` trains one replica per seed in
+ONE compiled program: the `fit` loop vmapped over the replicas' states and keys. Then
 `skill(model, states, x, y, history=history)` scores every replica (MSE, RMSE, MAE) and
 summarizes each score over replicas: mean, std (ddof=1, the sample standard deviation), min,
 median, max and a 95% bootstrap interval of the mean. Replicas whose training went non-finite
@@ -20,13 +18,13 @@ import jax
 import numpy as np
 
 from jaxseq import contracts
+from jaxseq.history import History
 from jaxseq.training import data as data_mod
 from jaxseq.training.compile import cached, jit
-from jaxseq.training.drivers import fit_replicas
-from jaxseq.training.state import History, ModelFn, as_variables
+from jaxseq.training.state import ModelFn, as_variables
 from jaxseq.typing import Inputs, Targets
 
-__all__ = ["Summary", "bootstrap_means", "fit_replicas", "scores", "skill", "summarize"]
+__all__ = ["Summary", "bootstrap_means", "scores", "skill", "summarize"]
 
 
 # ---------------------------------------------------------------------------------------------
