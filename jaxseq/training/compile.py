@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import os
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -101,16 +102,22 @@ _shapes: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
 _SHAPES_SIZE = 256
 
 
+# One lock for both stores: fit_replicas(strategy="concurrent") looks programs up from
+# several threads; building under the lock keeps one program per key.
+_lock = threading.RLock()
+
+
 def _memo(store, size: int, kind: str, parts, build: Callable):
     key = (kind, *(_key(p) for p in parts))
-    if key in store:
-        store.move_to_end(key)
-        return store[key][1]
-    value = build()
-    store[key] = (parts, value)
-    while len(store) > size:
-        store.popitem(last=False)
-    return value
+    with _lock:
+        if key in store:
+            store.move_to_end(key)
+            return store[key][1]
+        value = build()
+        store[key] = (parts, value)
+        while len(store) > size:
+            store.popitem(last=False)
+        return value
 
 
 def cached(kind: str, *parts, build: Callable):

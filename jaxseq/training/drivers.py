@@ -31,7 +31,7 @@ import optax
 
 from jaxseq.history import History
 from jaxseq.training import callbacks as cbs
-from jaxseq.training import hooks, loop, programs
+from jaxseq.training import hooks, loop, programs, strategies
 from jaxseq.training.checkpoints import Saver
 from jaxseq.training.parse import parse_data, parse_host, parse_optimizer, parse_program
 from jaxseq.training.spec import Host, Layout, Program, Source
@@ -235,8 +235,10 @@ def fit_replicas(
     keep: int | None = 3,
     resume: bool = False,
     mesh: jax.sharding.Mesh | None = None,
+    strategy: str = "auto",
 ) -> tuple[TrainState, History]:
-    """Train one replica of `model` per seed, all in one compiled program (`fit`, vmapped).
+    """Train one replica of `model` per seed: in one compiled program (`fit`, vmapped over a
+    replica axis), or as one `fit` per seed run concurrently on the CPU's cores (`strategy`).
 
     Args: those of `fit` (same meaning, same checks), except:
       seeds: a list of distinct int seeds, or an int n meaning `range(n)`.
@@ -248,6 +250,13 @@ def fit_replicas(
         holds every replica).
       mesh: the replica axis is sharded over the mesh (seeds divisible by its size); data and
         settings are replicated.
+      strategy: "vmap" (one program, a leading replica axis), "concurrent" (replica i is
+        exactly `fit(seed=seeds[i])`'s program; one host thread per available CPU core runs
+        them, each replica stops at its own epoch; not with a mesh, host callbacks or
+        checkpoints), or "auto" (default): "vmap" on GPU/TPU, with a mesh, host callbacks or
+        checkpoints, and for small models (parameters x batch size < 16384, where a vmapped
+        step costs little more than one); "concurrent" otherwise
+        (`jaxseq.training.strategies`; measured in docs/benchmarks.md).
 
     Returns:
       (states, history): a `TrainState` whose leaves have a leading replica axis
@@ -267,4 +276,6 @@ def fit_replicas(
                             batch_size=batch_size, shuffle=shuffle,
                             validation_batch_size=validation_batch_size,
                             reset_states=reset_states, mesh=mesh)
+    if strategies.resolve(strategy, program, layout, host, data) == "concurrent":
+        return strategies.drive_each(program, layout, host, data, drive)
     return drive(program, layout, host, data)
