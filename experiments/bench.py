@@ -75,7 +75,7 @@ from jaxseq import parallel  # noqa: E402
 DEFAULT_SIZES = "64x100x128x128,64x100x256x256,32x200x512x512"
 QUICK_SIZES = "4x6x3x5"
 ALL_CASES = ("lstm", "gru", "lstm_fwd", "gru_fwd", "minimal", "tutorial", "train", "replicas",
-             "cross_validation",
+             "forecaster", "cross_validation",
              "compile", "remat")
 TUTORIAL = {"one_to_one": (1000, 5), "many_to_one": (500, 1), "many_to_many": (1000, 1)}
 GATES = {"lstm": 4, "gru": 3}
@@ -838,6 +838,11 @@ def main(argv=None) -> dict:
                 print(f"done train {name}", flush=True)
         elif case == "cross_validation":
             results.append(cv_case(quick=args.quick, cpu_devices=args.cpu_devices is not None))
+        elif case == "forecaster":
+            import bench_forecaster  # beside this script (statsmodels' series; optional)
+
+            results.append(bench_forecaster.forecaster_case(quick=args.quick, notes=notes))
+            print(bench_forecaster.table(results[-1]), flush=True)
         elif case == "compile":
             results.append(compile_case(quick=args.quick, repeats=repeats))
         elif case == "remat":
