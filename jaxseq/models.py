@@ -19,8 +19,9 @@ import jax.numpy as jnp
 from jaxseq import contracts
 from jaxseq.contracts import accepts
 from jaxseq.layers import Dense
-from jaxseq.minimal import MinimalRNN
-from jaxseq.recurrent import LSTM, RNN, Bidirectional
+from jaxseq.recurrent import LSTM, Bidirectional
+from jaxseq.registry import register
+from jaxseq.rnn import RNN
 from jaxseq.typing import Array
 from jaxseq.wrappers import RepeatVector, TimeDistributed
 
@@ -33,6 +34,7 @@ def keras_name(cls: type) -> str:
     return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
+@register(keras="Sequential")
 class Sequential(nn.Module):
     """Layers applied in order, with Keras names, `deterministic` and `mask` propagation.
 
@@ -166,7 +168,7 @@ def _rollout_fn(model: Sequential, steps: int):
                 f"rollout expects causal, step-wise layers (forward recurrent layers, Dense, "
                 f"TimeDistributed, callables); got {type(layer).__name__} ({name})."
             )
-        if isinstance(layer, (RNN, MinimalRNN)):
+        if isinstance(layer, RNN):
             layer = layer.clone(parent=None, name=None, return_sequences=True, return_state=True)
         elif isinstance(layer, nn.Module):
             layer = layer.clone(parent=None, name=None)
@@ -180,7 +182,7 @@ def _rollout_fn(model: Sequential, steps: int):
                 continue
             kwargs = {"deterministic": True} if accepts(layer, "deterministic") else {}
             variables = {"params": params[name]} if name in params else {}
-            if isinstance(layer, (RNN, MinimalRNN)):
+            if isinstance(layer, RNN):
                 x, *state = layer.apply(variables, x, initial_state=state, **kwargs)
                 state = tuple(state)
             else:
