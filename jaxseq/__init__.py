@@ -10,6 +10,7 @@ from jaxseq import (
     models,
     parallel,
     problems,
+    registry,
     replicas,
     training,
 )
@@ -82,6 +83,7 @@ __all__ = [
     "parallel",
     "predict",
     "problems",
+    "registry",
     "replicas",
     "reset_states",
     "rollout",

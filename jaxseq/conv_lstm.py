@@ -90,8 +90,6 @@ class ConvLSTM(RNN):
     rank: ClassVar[int] = 0
     spatial_axes: ClassVar[tuple[str, ...]] = ()
     state_names: ClassVar[tuple[str, ...]] = ("h", "c")
-    implementations: ClassVar[tuple[str, ...]] = ("scan",)
-    auto_family: ClassVar[str] = "conv"
 
     @nn.nowrap
     def config(self) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], str]:

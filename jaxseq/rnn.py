@@ -67,8 +67,9 @@ def resolve_implementation(layer: RNN, platform: str) -> str:
 
     The one place where `implementation` is read: a name from `layer.implementations` runs as
     asked (a ValueError when it cannot run this configuration, naming one that can); "auto"
-    takes the first of `tuning.AUTO_IMPLEMENTATIONS[layer.auto_family][platform]` that supports
-    the configuration (as recurrentgemma's `resolve_scan_type`).
+    takes the first name of `tuning.AUTO_IMPLEMENTATIONS[layer.auto_family][platform]`, then of
+    `layer.implementations`, that supports the configuration (as recurrentgemma's
+    `resolve_scan_type` resolves its AUTO).
 
     Raises:
       ValueError: an unknown name (listing the layer's choices), or a forced one that does not
@@ -77,16 +78,17 @@ def resolve_implementation(layer: RNN, platform: str) -> str:
     where = type(layer).__name__
     requested, argument = layer.requested_implementation()
     contracts.check_choice(requested, ("auto", *layer.implementations), argument, where)
+    runs = [n for n in layer.implementations if layer.implementation_unsupported(n) is None]
     if requested != "auto":
-        reason = layer.implementation_unsupported(requested)
-        if reason is not None:
-            other = next(n for n in layer.implementations
-                         if layer.implementation_unsupported(n) is None)
-            raise ValueError(f"{where}({argument}={requested!r}) does not support {reason}; use "
-                             f"{argument}={other!r} (or 'auto', which falls back to it).")
+        if requested not in runs:
+            raise ValueError(
+                f"{where}({argument}={requested!r}) does not support "
+                f"{layer.implementation_unsupported(requested)}; use {argument}={runs[0]!r} "
+                "(or 'auto', which falls back to it).")
         return requested
-    order = tuning.AUTO_IMPLEMENTATIONS[layer.auto_family][platform]
-    return next(n for n in order if layer.implementation_unsupported(n) is None)
+    family = tuning.AUTO_IMPLEMENTATIONS.get(layer.auto_family, {})
+    preferred = family.get(platform, family.get("default", ()))
+    return next(n for n in (*preferred, *runs) if n in runs)
 
 
 class RNN(nn.Module):
@@ -151,8 +153,8 @@ class RNN(nn.Module):
 
     # What a subclass declares besides its fields and hooks.
     state_names: ClassVar[tuple[str, ...]] = ("h",)  # the states, in `return_state` order
-    implementations: ClassVar[tuple[str, ...]] = ()  # the choices besides "auto"
-    auto_family: ClassVar[str] = "cell"  # its row of `tuning.AUTO_IMPLEMENTATIONS`
+    implementations: ClassVar[tuple[str, ...]] = ("scan",)  # the choices besides "auto"
+    auto_family: ClassVar[str | None] = None  # its row of `tuning.AUTO_IMPLEMENTATIONS`
 
     # -- hooks ------------------------------------------------------------------------------
     @nn.nowrap

@@ -8,7 +8,8 @@ here and say what each choice does, not how it was measured.
 `AUTO_IMPLEMENTATIONS` is what a layer's `implementation="auto"` runs: per family of layers and
 per platform the program is lowered for ("cpu", or "default" for every other), the
 implementations in order of preference; the first that supports the layer's configuration
-runs (`jaxseq.rnn.resolve_implementation`).
+runs (`jaxseq.rnn.resolve_implementation`). A layer of no family here (ConvLSTM, one
+implementation) takes the first of its own that supports it.
 """
 
 from __future__ import annotations
@@ -29,8 +30,6 @@ AUTO_IMPLEMENTATIONS = MappingProxyType({
     "cell": MappingProxyType({"cpu": ("fused", "scan"), "default": ("fused", "scan")}),
     # MinGRU, MinLSTM: the sequential loop on CPU, the O(log T)-depth scan on accelerators.
     "minimal": MappingProxyType({"cpu": ("sequential",), "default": ("parallel",)}),
-    # ConvLSTM1D/2D: one implementation.
-    "conv": MappingProxyType({"cpu": ("scan",), "default": ("scan",)}),
 })
 
 # jaxseq.fused: the loop unroll when a layer leaves `unroll=False`.

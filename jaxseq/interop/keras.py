@@ -282,13 +282,20 @@ def _check_counterparts(module, where: str) -> None:
 def load_keras_weights(path, model: Sequential, x) -> dict:
     """Params for the jaxseq `model` read from a Keras `model.save_weights(path)` file
     (`.weights.h5`) of the matching Keras Sequential. `x`: a sample input (or a
-    `jax.ShapeDtypeStruct`), used to check every shape against the model's own."""
-    import h5py
+    `jax.ShapeDtypeStruct`), used to check every shape against the model's own.
 
+    Raises:
+      TypeError: `model` is not a Sequential, or holds a layer without a Keras layout (a
+        layer kind registered without a Keras counterpart, or an unregistered module), named
+        with the kinds that have one, before the file is opened.
+      ValueError: the file lacks a weight the model has, or a shape differs (naming both).
+    """
     if not isinstance(model, Sequential):
         raise TypeError("load_keras_weights expects a jaxseq Sequential (Keras saves models, "
                         f"not layers); got {type(model).__name__}.")
     _check_counterparts(model, "load_keras_weights")
+    import h5py
+
     want = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), x)["params"]
     with h5py.File(path, "r") as f:
         got = _h5_tree(model, f, "load_keras_weights")
