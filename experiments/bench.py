@@ -8,7 +8,7 @@ Cases (all by default; pick with --cases):
                      framings): jaxseq.fit per epoch (warm) and the whole run from cold
                      (compilation included); Keras 3 model.fit (jax backend) alongside
   replicas           jaxseq.fit_replicas with 1 vs 32 seeds (many_to_many, tutorial data)
-  minimal            fwd+bwd of MinGRU / MinLSTM (sequential and parallel modes) vs GRU / LSTM,
+  minimal            fwd+bwd of MinGRU / MinLSTM (sequential and parallel) vs GRU / LSTM,
                      32x100x32x128 and 32x1000x32x128, with compile times
   train              training workloads, per epoch: LSTM(32) forecaster and LSTM(64) mid-size,
                      jaxseq.fit vs Keras fit vs torch eager; 16 replicas vs 16 fits
@@ -21,7 +21,7 @@ Cases (all by default; pick with --cases):
 Peers in the same process: Flax nn.RNN(OptimizedLSTMCell / GRUCell) always; torch.nn.LSTM/GRU
 (batch_first, torch's default threads) and Keras 3 when installed (else their rows are skipped,
 with a note). jaxseq runs its default implementation ("auto": the fused path) and, as "jaxseq
-[scan]", the nn.scan reference path.
+[scan]", the lax.scan reference path.
 
 Method: build every contender of a case, warm up (2 calls), then `--repeats` rounds in which
 every contender runs once, in turn (interleaved, so that a load spike hits all of them alike);
@@ -534,17 +534,19 @@ def train_case(name: str, *, quick: bool, notes: list, cpu_devices: bool = False
 
 
 def minimal_case(size, *, repeats: int) -> dict:
-    """fwd+bwd of MinGRU / MinLSTM (both modes; log-space and plain) next to jaxseq's GRU and
-    LSTM at one size BxTxIxH, return_sequences, float32; compile time of each."""
+    """fwd+bwd of MinGRU / MinLSTM (both implementations; log-space and plain) next to
+    jaxseq's GRU and LSTM at one size BxTxIxH, return_sequences, float32; compile time of
+    each."""
     b, t, i, h = size
     x = jnp.asarray(np.random.default_rng(0).standard_normal((b, t, i)).astype(np.float32))
     seq = dict(return_sequences=True)
     layers = {"GRU": js.GRU(h, **seq), "LSTM": js.LSTM(h, **seq),
-              "MinGRU sequential": js.MinGRU(h, mode="sequential", **seq),
-              "MinGRU parallel": js.MinGRU(h, mode="parallel", **seq),
-              "MinGRU sequential plain": js.MinGRU(h, mode="sequential", log_space=False, **seq),
-              "MinLSTM sequential": js.MinLSTM(h, mode="sequential", **seq),
-              "MinLSTM parallel": js.MinLSTM(h, mode="parallel", **seq)}
+              "MinGRU sequential": js.MinGRU(h, implementation="sequential", **seq),
+              "MinGRU parallel": js.MinGRU(h, implementation="parallel", **seq),
+              "MinGRU sequential plain": js.MinGRU(h, implementation="sequential",
+                                                       log_space=False, **seq),
+              "MinLSTM sequential": js.MinLSTM(h, implementation="sequential", **seq),
+              "MinLSTM parallel": js.MinLSTM(h, implementation="parallel", **seq)}
     stats = {}
     fns = {name: _jax_case(layer, x, backward=True, stats=stats, name=name)
            for name, layer in layers.items()}

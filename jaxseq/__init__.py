@@ -10,6 +10,7 @@ from jaxseq import (
     models,
     parallel,
     problems,
+    registry,
     training,
 )
 from jaxseq.cells import GRUCell, LSTMCell, SimpleRNNCell
@@ -83,6 +84,7 @@ __all__ = [
     "parallel",
     "predict",
     "problems",
+    "registry",
     "replicas",
     "reset_states",
     "rollout",

@@ -5,8 +5,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxseq import contracts
-from jaxseq.conv_lstm import ConvLSTM
+from jaxseq import contracts, registry
 from jaxseq.rnn import RNN
 from jaxseq.typing import Array
 
@@ -28,20 +27,17 @@ def _merge(fw: Array, bw: Array, mode: str | None):
     return [fw, bw]
 
 
-_WRAPPABLE = ("go_backwards", "return_sequences", "return_state", "zero_output_for_mask")
-
-
 def _state_names(layer) -> tuple[str, ...] | None:
-    """The states of a layer Bidirectional can wrap: a jaxseq RNN's (its cell's), or those
-    declared in `state_names` by a layer with the fields of `_WRAPPABLE` (MinGRU, MinLSTM);
-    None for any other layer."""
-    if isinstance(layer, RNN):
-        return layer.make_cell().state_names
-    if all(hasattr(layer, f) for f in _WRAPPABLE):
-        return getattr(type(layer), "state_names", None)
-    return None
+    """The states of a layer Bidirectional can wrap (any `jaxseq.RNN`); None for any other."""
+    return tuple(layer.state_names) if isinstance(layer, RNN) else None
 
 
+def _wrappable() -> str:
+    """The registered recurrent layer kinds, for messages."""
+    return ", ".join(k.name for k in registry.kinds() if issubclass(k.cls, RNN))
+
+
+@registry.register(keras="Bidirectional")
 class Bidirectional(nn.Module):
     """Keras 3 `Bidirectional(layer, merge_mode="concat")`: run a recurrent layer forwards and
     backwards over the sequence and merge the two (`keras/src/layers/rnn/bidirectional.py`).
@@ -52,9 +48,10 @@ class Bidirectional(nn.Module):
     masked steps output zeros in both directions (Keras sets `zero_output_for_mask` then).
 
     Attributes:
-      layer: the layer to wrap: `LSTM`, `GRU`, `SimpleRNN` (any `RNN`), `MinGRU`, `MinLSTM`,
-        `ConvLSTM1D` or `ConvLSTM2D`. Its flags (`return_sequences`, `return_state`,
-        `go_backwards`, dropout, ...) apply to both directions.
+      layer: the layer to wrap: any `jaxseq.RNN` (`LSTM`, `GRU`, `SimpleRNN`, `MinGRU`,
+        `MinLSTM`, `ConvLSTM1D`, `ConvLSTM2D`, or a subclass of one's own). Its flags
+        (`return_sequences`, `return_state`, `go_backwards`, dropout, ...) apply to both
+        directions.
       merge_mode: how the two outputs combine: "concat" (default: along the last axis,
         2 units wide; for ConvLSTM the filters), "sum", "mul", "ave" (the mean; these three
         need outputs of one shape) or None (no merge: a list `[forward, backward]`).
@@ -90,7 +87,7 @@ class Bidirectional(nn.Module):
         layers' state counts; the wrapped layers' own errors.
     """
 
-    layer: nn.Module  # RNN, MinGRU, MinLSTM, ConvLSTM1D/2D (checked at call)
+    layer: nn.Module  # a jaxseq.RNN (checked at call)
     merge_mode: str | None = "concat"
     backward_layer: nn.Module | None = None
 
@@ -99,8 +96,7 @@ class Bidirectional(nn.Module):
         # adopted as the child named after the field ("backward_layer"), so the flag is set on
         # the field's value here rather than on a clone at call time.
         bw = self.backward_layer
-        if isinstance(bw, nn.Module) and hasattr(bw, "zero_output_for_mask") and hasattr(
-                bw, "return_sequences") and bw.zero_output_for_mask != bw.return_sequences:
+        if isinstance(bw, RNN) and bw.zero_output_for_mask != bw.return_sequences:
             object.__setattr__(self, "backward_layer",
                                bw.clone(zero_output_for_mask=bw.return_sequences))
         super().__post_init__()
@@ -109,10 +105,8 @@ class Bidirectional(nn.Module):
     def __call__(self, x, *, mask=None, initial_state=None, deterministic: bool = True):
         names = _state_names(self.layer)
         if names is None:
-            raise TypeError(
-                "Bidirectional expects a jaxseq recurrent layer (LSTM, GRU, SimpleRNN, MinGRU, "
-                f"MinLSTM, ConvLSTM1D, ConvLSTM2D); got {type(self.layer).__name__}."
-            )
+            raise TypeError(f"Bidirectional expects a jaxseq recurrent layer, a jaxseq.RNN "
+                            f"({_wrappable()}); got {type(self.layer).__name__}.")
         contracts.check_choice(self.merge_mode, _MERGE_MODES, "merge_mode", "Bidirectional")
         base = self.layer
         fw_layer = base.clone(
@@ -138,8 +132,7 @@ class Bidirectional(nn.Module):
         fw_init = bw_init = None
         if initial_state is not None:
             n, m = len(names), len(bw_names)
-            each = ("(batch, *spatial', filters)" if isinstance(base, ConvLSTM)
-                    else "(batch, units)")
+            each = base.state_spelling()
             states = list(initial_state) if isinstance(initial_state, (tuple, list)) else [
                 initial_state
             ]

@@ -34,8 +34,9 @@ from jaxseq.typing import Array, PRNGKey
 
 Initializer = Callable[..., Array]
 
-def expand_to(v: Array, ndim: int) -> Array:
-    """Leading unit axes so `v` broadcasts explicitly (the tests forbid rank promotion)."""
+def with_leading_axes(v: Array, ndim: int) -> Array:
+    """`v` with unit axes in front, up to `ndim` axes, so it broadcasts against an array of
+    that rank explicitly (the tests forbid rank promotion)."""
     return v.reshape((1,) * (ndim - v.ndim) + v.shape)
 
 
@@ -99,7 +100,7 @@ class CellBase(nn.RNNCellBase):
         """x (..., f) -> (..., gates*u): the input part of every gate, input bias included."""
         xp = self.normalize(params, "kernel_norm", matmul_last(x, params["kernel"]))
         bias = self.input_bias(params)
-        return xp if bias is None else xp + expand_to(bias, xp.ndim)
+        return xp if bias is None else xp + with_leading_axes(bias, xp.ndim)
 
     def check_config(self, where: str) -> None:
         """Raise ValueError / TypeError, naming `where`, for fields that cannot work."""
@@ -347,7 +348,7 @@ class GRUCell(CellBase):
         if self.reset_after:
             inner = self.normalize(params, "recurrent_norm", matmul(h_rec, rk))
             if self.use_bias:
-                inner = inner + expand_to(params["bias"][1], inner.ndim)
+                inner = inner + with_leading_axes(params["bias"][1], inner.ndim)
             r_z, r_r, r_h = jnp.split(inner, 3, axis=-1)
             z = ract(x_z + r_z)
             r = ract(x_r + r_r)

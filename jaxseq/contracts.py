@@ -115,19 +115,21 @@ def check_mask_dtype(mask, where: str) -> None:
 
 
 def check_state_shapes(
-    states: Sequence, expected: Sequence[tuple[int, ...]], names: Sequence[str], where: str
+    states: Sequence, expected: Sequence[tuple[int, ...]], names: Sequence[str], where: str, *,
+    spelled: str = "(batch, units)",
 ) -> None:
-    """Each initial state must have its expected shape; the count must match."""
+    """Each initial state must have its expected shape; the count must match. `spelled`: a
+    state's shape in named axes, for the messages."""
     if len(states) != len(expected):
         raise ValueError(
             f"{where} expects initial_state with {len(expected)} array(s) "
-            f"({', '.join(names)}), each of shape (batch, units); got {len(states)}."
+            f"({', '.join(names)}), each of shape {spelled}; got {len(states)}."
         )
     for state, shape, state_name in zip(states, expected, names, strict=True):
         got = shape_of(state)
         if got != tuple(shape):
             raise ValueError(
-                f"{where} expects initial_state {state_name} of shape (batch, units) = "
+                f"{where} expects initial_state {state_name} of shape {spelled} = "
                 f"{tuple(shape)}; got {got}."
             )
 
@@ -151,6 +153,14 @@ def check_positive_int(value, name: str, where: str) -> None:
         raise TypeError(f"{where} expects {name} to be a positive int; got {value!r}.")
     if value < 1:
         raise ValueError(f"{where} expects {name} >= 1; got {value}.")
+
+
+def check_rates(module, names: Sequence[str], where: str) -> None:
+    """Each of `module`'s fields `names` (dropout rates) must be in [0, 1)."""
+    for name in names:
+        rate = getattr(module, name)
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"{where} expects {name} in [0, 1); got {rate}.")
 
 
 def check_path(path, name: str, where: str) -> str:

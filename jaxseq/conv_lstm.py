@@ -14,16 +14,15 @@ c = input channels, f = filters, S' = S after the input convolution), channels l
   states h, c       (b, *S', f)
 Gates i, f, c, o in that order along every 4f axis, as the Keras LSTM.
 
-How a layer runs:
-1. contracts: x, mask (b, t), initial_state (h, c) each (b, *S', f), before any tracing;
-2. the input convolution (`strides`, `padding`, `dilation_rate`) plus bias for every time
+How a layer runs: `jaxseq.RNN` owns the checks, masks (Keras 3's: a masked step keeps h and c
+and outputs the previous h, or zeros with `zero_output_for_mask`), states, direction and return
+flags; the recurrence here is
+1. the input convolution (`strides`, `padding`, `dilation_rate`) plus bias for every time
    step in ONE `lax.conv_general_dilated` call, time folded into the batch;
-3. `lax.scan` over time of the recurrent convolution only. As Keras' `recurrent_conv`, it
+2. `lax.scan` over time of the recurrent convolution only. As Keras' `recurrent_conv`, it
    always uses padding "same", strides 1 and no dilation, so the states keep the shape S'.
    It runs as patches @ kernel (the same sums; `jaxseq.conv_ops`): on CPU, XLA's convolution
-   weight gradient inside the scan makes a training step about 10x slower;
-4. masking as Keras 3's RNN: a masked step keeps h and c and outputs the previous h (zeros
-   with `zero_output_for_mask`, which `Bidirectional` sets when returning sequences).
+   weight gradient inside the scan makes a training step about 10x slower.
 
 Dropout (Keras' `DropoutRNNCell` with `dropout_mask_count = 4`): `dropout` draws four inverted-
 dropout masks of the step input's shape (b, *S, c), one per gate, once per call, used at every
@@ -31,8 +30,8 @@ step; `recurrent_dropout` four of h's shape (b, *S', f), multiplying h where it 
 recurrent convolution. The four masked inputs run as one grouped convolution (the (…, c, 4f)
 kernel is four groups of c -> f), the four masked h as one einsum over gates.
 
-Differences from Keras, by design: channels_last only (no `data_format`), no `stateful`, no
-regularizers or constraints. Keras 3.15's JAX scan path cannot apply a (batch, time) mask to
+Differences from Keras, by design: channels_last only (no `data_format`), no regularizers or
+constraints. Keras 3.15's JAX scan path cannot apply a (batch, time) mask to
 ConvLSTM states (it broadcasts a (b, 1) flag against (b, *S', f)); jaxseq applies the mask per
 sample, as Keras' unrolled path and its LSTM do. `unroll` is only `lax.scan`'s unroll: it never
 changes results (Keras' unrolled path outputs zeros, not h0, at leading masked steps).
@@ -40,8 +39,9 @@ changes results (Keras' unrolled path outputs zeros, not h0, at leading masked s
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import chex
 import flax.linen as nn
@@ -50,7 +50,7 @@ import jax.numpy as jnp
 
 from jaxseq import contracts
 from jaxseq.activations import get_activation
-from jaxseq.cells import expand_to
+from jaxseq.cells import with_leading_axes
 from jaxseq.conv_ops import (
     GATES,
     PADDINGS,
@@ -61,12 +61,14 @@ from jaxseq.conv_ops import (
     standardize_tuple,
 )
 from jaxseq.initializers import Initializer, forget_bias_init, in_float32
-from jaxseq.typing import Mask
+from jaxseq.registry import register
+from jaxseq.rnn import RNN, unroll_steps
 
 
-class ConvLSTM(nn.Module):
-    """The base of `ConvLSTM1D` and `ConvLSTM2D` (subclasses set `rank` and `spatial_axes`);
-    the fields, call, outputs and errors are documented on those two classes."""
+class ConvLSTM(RNN):
+    """The base of `ConvLSTM1D` and `ConvLSTM2D` (subclasses set `rank` and `spatial_axes`): an
+    `RNN` whose recurrence is the convolutional LSTM step. The fields, call, outputs and errors
+    are documented on those two classes."""
 
     filters: int
     kernel_size: int | tuple[int, ...]
@@ -80,15 +82,10 @@ class ConvLSTM(nn.Module):
     recurrent_kernel_init: Initializer = nn.initializers.orthogonal()
     bias_init: Initializer = nn.initializers.zeros_init()
     unit_forget_bias: bool = True
+    _: dataclasses.KW_ONLY
     dropout: float = 0.0
     recurrent_dropout: float = 0.0
-    return_sequences: bool = False
-    return_state: bool = False
-    go_backwards: bool = False
-    zero_output_for_mask: bool = False
     unroll: bool | int = False
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
 
     rank: ClassVar[int] = 0
     spatial_axes: ClassVar[tuple[str, ...]] = ()
@@ -107,10 +104,7 @@ class ConvLSTM(nn.Module):
                              f"strides={strides} and dilation_rate={dilation}.")
         padding = self.padding.lower() if isinstance(self.padding, str) else self.padding
         contracts.check_choice(padding, PADDINGS, "padding", where)
-        for name in ("dropout", "recurrent_dropout"):
-            rate = getattr(self, name)
-            if not 0.0 <= rate < 1.0:
-                raise ValueError(f"{where} expects {name} in [0, 1); got {rate}.")
+        contracts.check_rates(self, ("dropout", "recurrent_dropout"), where)
         return kernel, strides, dilation, padding
 
     @nn.nowrap
@@ -139,12 +133,23 @@ class ConvLSTM(nn.Module):
             out.append(max(-(-span // s), 0))
         return (input_shape[0], *out, self.filters)
 
+    # -- the RNN hooks ----------------------------------------------------------------------
     @nn.nowrap
-    def _check(self, x, mask, initial_state) -> tuple[int, ...]:
-        """Every input check, on static shapes; returns the state shape (b, *S', f)."""
+    def check_config(self) -> None:
+        self.config()
+
+    @nn.nowrap
+    def step_mask(self, x, mask):
+        if mask is not None and len(contracts.shape_of(mask)) > 2:
+            contracts.check_spatial_sequence_input(x, self.spatial_axes, type(self).__name__)
+            mask = self.compute_mask(x, mask)
+        return mask
+
+    @nn.nowrap
+    def check_input(self, x) -> tuple[int, int]:
         where = type(self).__name__
         shape = contracts.check_spatial_sequence_input(x, self.spatial_axes, where)
-        batch, time, channels = shape[0], shape[1], shape[-1]
+        channels = shape[-1]
         if self.has_variable("params", "kernel"):
             built = self.get_variable("params", "kernel").shape[-2]
             if channels != built:
@@ -152,66 +157,59 @@ class ConvLSTM(nn.Module):
                     f"{where} was built for {built} input channels, but x has {channels} (its "
                     f"last axis). Expected x of shape (batch, time, "
                     f"{', '.join(self.spatial_axes)}, {built}).")
-        state = self.state_shape(shape)
-        if min(state[1:-1]) < 1:
+        if min(self.state_shape(shape)[1:-1]) < 1:
             kernel, strides, dilation, _ = self.config()
             raise ValueError(
                 f"{where} with padding 'valid', kernel_size={kernel}, dilation_rate={dilation}, "
                 f"strides={strides} leaves no output on x of shape {shape} (spatial axes "
                 f"{', '.join(self.spatial_axes)} = {shape[2:-1]}); use larger inputs or "
                 "padding='same'.")
-        if mask is not None:
-            contracts.check_mask(mask, batch, time, where)
-        if initial_state is not None:
-            primed = ", ".join(f"{a}'" for a in self.spatial_axes)
-            spelled = f"(batch, {primed}, filters)"
-            states = list(initial_state) if isinstance(initial_state, (tuple, list)) else [
-                initial_state]
-            if len(states) != 2:
-                raise ValueError(f"{where} expects initial_state (h, c), each of shape "
-                                 f"{spelled} = {state}; got {len(states)} array(s).")
-            for s, n in zip(states, self.state_names, strict=True):
-                if contracts.shape_of(s) != state:
-                    raise ValueError(f"{where} expects initial_state {n} of shape {spelled} = "
-                                     f"{state}; got {contracts.shape_of(s)}.")
-        return state
+        return shape[0], shape[1]
 
-    @nn.compact
-    def __call__(self, x, *, mask: Mask | None = None, initial_state=None,
-                 deterministic: bool = True):
-        if mask is not None and len(contracts.shape_of(mask)) > 2:
-            contracts.check_spatial_sequence_input(x, self.spatial_axes, type(self).__name__)
-            mask = self.compute_mask(x, mask)
-        state_shape = self._check(x, mask, initial_state)
-        kernel_size, strides, dilation, padding = self.config()
-        batch, time, *space, channels = contracts.shape_of(x)
+    @nn.nowrap
+    def state_shapes(self, input_shape):
+        return (self.state_shape(input_shape),) * 2
+
+    @nn.nowrap
+    def state_spelling(self) -> str:
+        primed = ", ".join(a + "'" for a in self.spatial_axes)
+        return f"(batch, {primed}, filters)"
+
+    @nn.nowrap
+    def create_params(self, input_shape):
+        kernel_size = self.config()[0]
         f4 = GATES * self.filters
         bias_init = self.bias_init
         if self.unit_forget_bias:
             bias_init = forget_bias_init(self.bias_init, self.filters)
-        specs = {"kernel": (self.kernel_init, (*kernel_size, channels, f4)),
+        specs = {"kernel": (self.kernel_init, (*kernel_size, input_shape[-1], f4)),
                  "recurrent_kernel": (self.recurrent_kernel_init, (*kernel_size, self.filters,
                                                                    f4))}
         if self.use_bias:
             specs["bias"] = (bias_init, (f4,))
-        params = {n: self.param(n, in_float32(init), shape, self.param_dtype)
-                  for n, (init, shape) in specs.items()}
-        dtype = self.dtype or jnp.result_type(x, *params.values())
-        params = {n: jnp.asarray(p, dtype) for n, p in params.items()}
-        x = jnp.asarray(x, dtype)
+        return {n: self.param(n, in_float32(init), shape, self.param_dtype)
+                for n, (init, shape) in specs.items()}
 
-        if initial_state is None:
-            h0 = c0 = jnp.zeros(state_shape, dtype)
-        else:
-            h0, c0 = (jnp.asarray(s, dtype) for s in initial_state)
-        m = None if mask is None else jnp.asarray(mask).astype(bool)
-        if m is not None:  # padding may hold anything (NaN, Inf): select it away first
-            x = jnp.where(m.reshape(m.shape + (1,) * (x.ndim - 2)), x, jnp.zeros_like(x))
+    @nn.nowrap
+    def dropout_masks(self, input_shape, shapes, dtype):
+        """(GATES input masks (4, b, *S, c) or None, GATES recurrent masks (4, b, *S', f) or
+        None), one per gate (Keras' `dropout_mask_count = 4`)."""
         xmasks = rmasks = None
-        if not deterministic and self.dropout > 0:
-            xmasks = gate_dropout_masks(self, self.dropout, (batch, *space, channels), dtype)
-        if not deterministic and self.recurrent_dropout > 0:
-            rmasks = gate_dropout_masks(self, self.recurrent_dropout, state_shape, dtype)
+        if self.dropout > 0:
+            step = (input_shape[0], *input_shape[2:])
+            xmasks = gate_dropout_masks(self, self.dropout, step, dtype)
+        if self.recurrent_dropout > 0:
+            rmasks = gate_dropout_masks(self, self.recurrent_dropout, shapes[0], dtype)
+        return xmasks, rmasks
+
+    @nn.nowrap
+    def recurrence(self, implementation, params, states, x, mask, noise):
+        del implementation  # one: "scan"
+        _, strides, dilation, padding = self.config()
+        batch, time, *space, _ = x.shape
+        state_shape = states[0].shape
+        f4 = GATES * self.filters
+        xmasks, rmasks = (None, None) if noise is None else noise
 
         # 1. the input convolution of every step at once: time-major, time folded into batch
         xt = jnp.swapaxes(x, 0, 1)  # (t, b, *S, c)
@@ -219,11 +217,10 @@ class ConvLSTM(nn.Module):
             xmasks = xmasks[:, None]  # (4, 1, b, *S, c): the same masks at every step
         xs, groups = per_gate(xt, xmasks)
         xp = conv(xs.reshape((time * batch, *space, xs.shape[-1])), params["kernel"], strides,
-                   padding, dilation, groups)
+                  padding, dilation, groups)
         if self.use_bias:
-            xp = xp + expand_to(params["bias"], xp.ndim)
+            xp = xp + with_leading_axes(params["bias"], xp.ndim)
         xp = xp.reshape((time, *state_shape[:-1], f4))  # (t, b, *S', 4f)
-        chex.assert_shape(xp, (time, *state_shape[:-1], f4))
 
         # 2. the recurrence: only the recurrent convolution inside the loop
         act = get_activation(self.activation)
@@ -245,23 +242,17 @@ class ConvLSTM(nn.Module):
                 y = jnp.where(keep, h_new, jnp.zeros_like(h_new)) if zero_out else h_new
             return (h_new, c_new), (y if emit else None)
 
-        unroll = time if self.unroll is True else max(int(self.unroll), 1)
-        xs_scan = (xp, None if m is None else m.T)
-        (h, c), ys = jax.lax.scan(step, (h0, c0), xs_scan, reverse=self.go_backwards,
-                                  unroll=unroll)
+        final, ys = jax.lax.scan(step, tuple(states), (xp, None if mask is None else mask.T),
+                                 reverse=self.go_backwards,
+                                 unroll=unroll_steps(self.unroll, time))
         if emit:
             ys = jnp.swapaxes(ys, 0, 1)  # (b, t, *S', f)
-            output = jnp.flip(ys, axis=1) if self.go_backwards else ys  # processing order
-            chex.assert_shape(output, (batch, time, *state_shape[1:]))
-        else:
-            output = h
-            if zero_out and m is not None:
-                last = m[:, 0] if self.go_backwards else m[:, -1]
-                output = jnp.where(last.reshape((batch,) + (1,) * (h.ndim - 1)), output,
-                                   jnp.zeros_like(output))
-        return (output, h, c) if self.return_state else output
+            ys = jnp.flip(ys, axis=1) if self.go_backwards else ys  # processing order
+            chex.assert_shape(ys, (batch, time, *state_shape[1:]))
+        return final, ys
 
 
+@register(keras="ConvLSTM1D")
 class ConvLSTM1D(ConvLSTM):
     """Keras 3 `ConvLSTM1D` (`keras/src/layers/rnn/conv_lstm1d.py`; Shi et al., 2015): an LSTM
     whose input and recurrent transforms are 1-D convolutions, over (batch, time, rows,
@@ -299,6 +290,9 @@ class ConvLSTM1D(ConvLSTM):
       zero_output_for_mask: bool: masked steps output zeros instead of the previous h
         (`Bidirectional` sets it). Default False.
       unroll: False (default), True or an int k >= 1: `lax.scan`'s unroll (results unchanged).
+      stateful: bool: keep the final h and c for the next call (`jaxseq.RNN`). Default False.
+      implementation: "auto" (default) or "scan", the one implementation.
+      remat: False (default), True or an int k >= 1: checkpointing over time (`jaxseq.RNN`).
       dtype: computation dtype; None (default) promotes x's and the parameters' dtypes.
       param_dtype: dtype of the parameters. Default float32.
 
@@ -323,14 +317,14 @@ class ConvLSTM1D(ConvLSTM):
         wrong shape.
       TypeError: filters not an int; x not floating; a float mask.
 
-    Differences from Keras: channels last only, no `stateful`, no regularizers or
-    constraints.
+    Differences from Keras: channels last only, no regularizers or constraints.
     """
 
     rank: ClassVar[int] = 1
     spatial_axes: ClassVar[tuple[str, ...]] = ("rows",)
 
 
+@register(keras="ConvLSTM2D")
 class ConvLSTM2D(ConvLSTM):
     """Keras 3 `ConvLSTM2D` (`keras/src/layers/rnn/conv_lstm2d.py`; Shi et al., 2015): an LSTM
     whose input and recurrent transforms are 2-D convolutions, over (batch, time, rows, cols,
@@ -368,6 +362,9 @@ class ConvLSTM2D(ConvLSTM):
       zero_output_for_mask: bool: masked steps output zeros instead of the previous h
         (`Bidirectional` sets it). Default False.
       unroll: False (default), True or an int k >= 1: `lax.scan`'s unroll (results unchanged).
+      stateful: bool: keep the final h and c for the next call (`jaxseq.RNN`). Default False.
+      implementation: "auto" (default) or "scan", the one implementation.
+      remat: False (default), True or an int k >= 1: checkpointing over time (`jaxseq.RNN`).
       dtype: computation dtype; None (default) promotes x's and the parameters' dtypes.
       param_dtype: dtype of the parameters. Default float32.
 
@@ -392,8 +389,7 @@ class ConvLSTM2D(ConvLSTM):
         wrong shape.
       TypeError: filters not an int; x not floating; a float mask.
 
-    Differences from Keras: channels last only, no `stateful`, no regularizers or
-    constraints.
+    Differences from Keras: channels last only, no regularizers or constraints.
     """
 
     rank: ClassVar[int] = 2

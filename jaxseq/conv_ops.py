@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxseq.rnn import dropout_mask
 from jaxseq.typing import Array
 
 PADDINGS = ("valid", "same")
@@ -77,5 +78,4 @@ def recurrent_conv(h: Array, rk: Array, masks: Array | None) -> Array:
 def gate_dropout_masks(module: nn.Module, rate: float, shape, dtype) -> Array:
     """GATES inverted-dropout masks (GATES, *shape) from the "dropout" rng, values 0 or
     1 / (1 - rate): one per gate, drawn once per call (Keras' `_create_dropout_mask`)."""
-    keep = jax.random.bernoulli(module.make_rng("dropout"), 1.0 - rate, (GATES, *shape))
-    return jnp.where(keep, 1.0 / (1.0 - rate), 0.0).astype(dtype)
+    return dropout_mask(module, rate, (GATES, *shape), dtype)

@@ -13,11 +13,12 @@ Layout: batch-major, as the layer gets its input: the projection `x @ kernel` is
 (b*t, f), the loop reads step t as the slice [:, t] and writes its outputs in place; no
 transposes, no flips (`go_backwards` only changes which slice a step reads and writes).
 
-Choices by size, all measured on XLA:CPU with 2 cores (see the functions for the numbers): every
-gate nonlinearity in one elementwise pass (one tanh for sigmoid gates); for small steps (XLA runs
-their products on one thread) the backward product is taken per gate (`split_products`) and the
-training forward folds the input projection into the step (`project_in_loop`), which keeps the
-(b, t, g) projection out of memory; no loop unrolling (`AUTO_UNROLL`).
+Choices by size (the thresholds are named in `jaxseq.tuning`, the measurements that chose them
+are on the benchmarks page): every gate nonlinearity in one elementwise pass (one tanh for
+sigmoid gates); for small steps (XLA runs their products on one thread) the backward product is
+taken per gate (`split_products`) and the training forward folds the input projection into the
+step (`project_in_loop`), which keeps the (b, t, g) projection out of memory; the loop unroll
+of a layer that leaves `unroll=False` is `tuning.AUTO_UNROLL`.
 
 What the forward saves, per step (b = batch, u = units): the factors that the backward step
 multiplies its carried gradients by, computed in the forward's own elementwise pass, where every
@@ -43,14 +44,12 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from jaxseq import contracts
 from jaxseq.activations import ACTIVATIONS
 from jaxseq.cells import CellBase, GRUCell, LSTMCell, SimpleRNNCell, matmul_last
 from jaxseq.products import fused_matmul as matmul
 from jaxseq.products import fused_matmul_t as matmul_t
+from jaxseq.tuning import SMALL_STEP_MULTIPLY_ADDS
 from jaxseq.typing import Array
-
-IMPLEMENTATIONS = ("auto", "scan", "fused")
 
 # name -> (activation, its derivative written in terms of the activation's OUTPUT y)
 _ACT: dict[str, tuple[Callable[[Array], Array], Callable[[Array], Array]]] = {
@@ -60,11 +59,6 @@ _ACT: dict[str, tuple[Callable[[Array], Array], Callable[[Array], Array]]] = {
     "relu": (jax.nn.relu, lambda y: (y > 0).astype(y.dtype)),
 }
 _KINDS = {LSTMCell: "lstm", GRUCell: "gru", SimpleRNNCell: "simple_rnn"}
-
-# Loop unroll when the layer leaves `unroll` at False. Measured on XLA:CPU (2 cores), LSTM
-# fwd+bwd 64x100x128x128: unroll 2 is 1.10x and 4 is 1.24x the time of 1; the tutorial's
-# T=5 LSTM(5) trains no faster fully unrolled. Larger steps only dilute the loop overhead more.
-AUTO_UNROLL = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,23 +109,6 @@ def unsupported(cell: CellBase) -> str | None:
         if _activation_name(act) is None:
             return f"{field}={act!r} (fused supports {', '.join(_ACT)})"
     return None
-
-
-def select(implementation: str, cell: CellBase, where: str) -> str:
-    """The implementation a layer runs: "scan" or "fused" (or raises for a forced one that
-    cannot run here). "auto" takes "fused" whenever it supports the cell, else "scan"."""
-    contracts.check_choice(implementation, IMPLEMENTATIONS, "implementation", where)
-    if implementation == "scan":
-        return "scan"
-    reason = unsupported(cell)
-    if reason is None:
-        return "fused"
-    if implementation == "fused":
-        raise ValueError(
-            f"{where}(implementation='fused') does not support {reason}; use "
-            "implementation='scan' (or 'auto', which falls back to it)."
-        )
-    return "scan"
 
 
 def spec_for(cell: CellBase, **kw) -> Spec:
@@ -321,30 +298,28 @@ def _forward_variant(spec: Spec, x, kernel, xb, rk, rb, states, mask, rmask, *, 
 
 def _small_step(batch: int, units: int, gates: int) -> bool:
     """Whether a step's product h @ recurrent_kernel is small enough that XLA:CPU runs it on
-    one thread (measured: (64, 128) @ (128, 512) does, (64, 256) @ (256, 1024) does not). The
-    CPU variants this enables are chosen with `jax.lax.platform_dependent`: by the platform the
-    program is lowered for (a CPU mesh on a GPU host, an export for another platform)."""
-    return 2 * batch * gates * units * units < 16e6
+    one thread (`tuning.SMALL_STEP_MULTIPLY_ADDS`). The CPU variants this enables are chosen
+    with `jax.lax.platform_dependent`: by the platform the program is lowered for (a CPU mesh
+    on a GPU host, an export for another platform)."""
+    return 2 * batch * gates * units * units < SMALL_STEP_MULTIPLY_ADDS
 
 
 def split_products(batch: int, units: int, gates: int) -> bool:
     """Whether the backward step multiplies by recurrent_kernel.T gate by gate (n products
-    (b, u) @ (u, u)) rather than once ((b, n*u) @ (n*u, u)). For a small step the per-gate
-    products measured 1.3-1.8x faster for the backward loop (no gate array to assemble); a
-    large product runs on every core, better as one."""
+    (b, u) @ (u, u)) rather than once ((b, n*u) @ (n*u, u)): for a small step, where the
+    per-gate products need no gate array assembled; a large product runs on every core,
+    better as one."""
     return _small_step(batch, units, gates)
 
 
 def project_in_loop(batch: int, units: int, gates: int) -> bool:
     """Whether the training forward computes x_t @ kernel inside the step, fused with the
-    recurrent product ([x_t, h] @ [kernel; recurrent_kernel]), instead of one hoisted product.
-    For a small step this drops the (b, t, g) projection from memory: measured at LSTM
-    64x100x128x128 fwd+bwd the compiled temp memory goes 37.8 -> 31.3 MB, under glibc's
-    largest mmap threshold (32 MiB), so it stops being mapped fresh (and page-faulted) on every
-    call: 0.87x the time. At 64x100x256x256 it is even (0.97x) and at 32x200x512x512 1.2x
-    slower, so large steps keep the hoisted product; so does inference (no residuals to make
-    room for; 1.3x slower in the step at 64x100x128x128). The GRU keeps it too: its x- and
-    h-parts must stay apart."""
+    recurrent product ([x_t, h] @ [kernel; recurrent_kernel]), instead of one hoisted product:
+    for a small step, where dropping the (b, t, g) projection from memory keeps the program's
+    temporary buffers under glibc's largest mmap threshold (32 MiB), so they stop being mapped
+    fresh (and page-faulted) on every call. Large steps keep the hoisted product; so does
+    inference (no residuals to make room for) and the GRU, whose x- and h-parts must stay
+    apart."""
     return _small_step(batch, units, gates)
 
 
@@ -540,22 +515,16 @@ def residual_bytes(spec: Spec, t: int, b: int, u: int, itemsize: int = 4) -> int
     return t * b * per_step * itemsize
 
 
-def layer_recurrence(layer, cell: CellBase, params, x, states, mask, rmask):
-    """The fused path of `recurrent.RNN`: x (b, t, f), mask (b, t) bool or None.
+def layer_recurrence(cell: CellBase, params, x, states, mask, rmask, *,
+                     zero_output_for_mask: bool, emit: bool, reverse: bool, unroll: int):
+    """The fused path of the cell layers (`LSTM`, `GRU`, `SimpleRNN`): x (b, t, f), mask (b, t)
+    bool or None, rmask (b, u) or None; the flags as on `Spec`, `unroll` >= 1.
 
     Returns (final_states, ys) with ys (b, t, u) in processing order (reversed time under
-    `go_backwards`, as Keras returns it), or None without `return_sequences`.
+    `reverse`, as Keras returns it), or None without `emit`.
     """
-    time = x.shape[1]
-    if layer.unroll is True:
-        unroll = time
-    elif isinstance(layer.unroll, bool) or int(layer.unroll) <= 0:
-        unroll = AUTO_UNROLL
-    else:
-        unroll = int(layer.unroll)
-    spec = spec_for(cell, zero_output_for_mask=layer.zero_output_for_mask,
-                    emit=layer.return_sequences, reverse=layer.go_backwards,
-                    unroll=max(1, min(unroll, time)))
+    spec = spec_for(cell, zero_output_for_mask=zero_output_for_mask, emit=emit,
+                    reverse=reverse, unroll=unroll)
     rb = params["bias"][1] if isinstance(cell, GRUCell) and cell.use_bias else None
     ys, final = recurrence(spec, x, params["kernel"], cell.input_bias(params),
                            params["recurrent_kernel"], rb, states, mask, rmask)

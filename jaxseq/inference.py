@@ -15,9 +15,9 @@ import jax.numpy as jnp
 
 from jaxseq import contracts
 from jaxseq.contracts import accepts
-from jaxseq.minimal import MinimalRNN
 from jaxseq.models import Sequential, sequential_names
-from jaxseq.recurrent import RNN, Bidirectional
+from jaxseq.recurrent import Bidirectional
+from jaxseq.rnn import RNN
 from jaxseq.training.compile import cached
 from jaxseq.training.data import output_shape
 from jaxseq.typing import Array
@@ -36,7 +36,7 @@ def rollout_program(model: Sequential, steps: int):
                 f"rollout expects causal, step-wise layers (forward recurrent layers, Dense, "
                 f"TimeDistributed, callables); got {type(layer).__name__} ({name})."
             )
-        if isinstance(layer, (RNN, MinimalRNN)):
+        if isinstance(layer, RNN):
             layer = layer.clone(parent=None, name=None, return_sequences=True, return_state=True)
         elif isinstance(layer, nn.Module):
             layer = layer.clone(parent=None, name=None)
@@ -50,7 +50,7 @@ def rollout_program(model: Sequential, steps: int):
                 continue
             kwargs = {"deterministic": True} if accepts(layer, "deterministic") else {}
             variables = {"params": params[name]} if name in params else {}
-            if isinstance(layer, (RNN, MinimalRNN)):
+            if isinstance(layer, RNN):
                 x, *state = layer.apply(variables, x, initial_state=state, **kwargs)
                 state = tuple(state)
             else:

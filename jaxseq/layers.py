@@ -16,9 +16,11 @@ import numpy as np
 
 from jaxseq import contracts
 from jaxseq.cells import Initializer, get_activation
+from jaxseq.registry import register
 from jaxseq.typing import Array, ArrayLike, Mask
 
 
+@register(keras="Dense", torch="Linear")
 @no_type_check  # flax's Protocol-typed `promote_dtype` field cannot be checked at run time
 class Dense(nn.Dense):
     """Keras 3 `Dense(units, activation=None, use_bias=True)` (`keras/src/layers/core/dense.py`):
@@ -90,6 +92,7 @@ class Dense(nn.Dense):
         return get_activation(self.activation)(y)
 
 
+@register
 class Dropout(nn.Dropout):
     """Keras 3 `Dropout(rate)` (`keras/src/layers/regularization/dropout.py`): inverted
     dropout. In training each entry is zeroed with probability `rate` and the kept ones are
@@ -127,6 +130,7 @@ class Dropout(nn.Dropout):
         super().__post_init__()
 
 
+@register
 class Masking(nn.Module):
     """Keras 3 `Masking(mask_value=0.0)` (`keras/src/layers/core/masking.py`): mask the
     positions whose features (the LAST axis) ALL equal `mask_value`.

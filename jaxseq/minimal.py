@@ -19,7 +19,7 @@ paper's appendix: log(1 - z) = -softplus(k_z), log z = k_z - softplus(k_z); for 
 d = log i - log f = softplus(-k_f) - softplus(-k_i): log a = -softplus(d), log(i / (f + i)) =
 d - softplus(d). Outside log space they are sigmoids: 1 - z = σ(-k_z), a = σ(-d), i' = σ(d).
 
-`mode` chooses how the recurrence is solved; both compute the same function:
+`implementation` chooses how the recurrence is solved; both compute the same function:
   "parallel": `jax.lax.associative_scan` over time. log_space=True: in log space, on pairs
       (log a, log b) with (la1, lb1)∘(la2, lb2) = (la1 + la2, logaddexp(la2 + lb1, lb2)), so
       log h_t = logaddexp(log a_t + log h_{t-1}, log b_t). That is the paper's appendix
@@ -33,10 +33,11 @@ d - softplus(d). Outside log space they are sigmoids: 1 - z = σ(-k_z), a = σ(-
       step-by-step inference runs), without logarithms for either form; its backward pass is
       the adjoint recurrence, one reverse scan (`sequential_scan`'s custom VJP).
   "auto" (default): "sequential" when the program is lowered for CPU, "parallel" otherwise
-      (`jax.lax.platform_dependent`, as the fused LSTM/GRU path). On CPU the sequential loop
-      is faster at T = 100 and T = 1000 and compiles several times faster
-      (`experiments/bench.py --cases minimal`); the associative scan's O(log T) depth is
-      meant for accelerators.
+      (`jaxseq.tuning.AUTO_IMPLEMENTATIONS["minimal"]`, chosen by measurement; the associative
+      scan's O(log T) depth is meant for accelerators).
+
+The layers are `jaxseq.RNN`s: the base owns the checks, masks, direction, initial and kept
+states, the return flags and `remat`; `MinimalRNN.recurrence` is the solve above.
 
 Masks (Keras 3): a masked step has a_t = 1, b_t = 0 (log a = 0, log b = the dtype's lowest
 finite number, whose exponential is exactly 0), chosen with `jnp.where` on coefficients built
@@ -47,8 +48,9 @@ state is kept and the previous output repeated; a fully masked row returns the i
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import chex
 import flax.linen as nn
@@ -57,36 +59,30 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxseq import contracts
-from jaxseq.cells import expand_to, matmul_last
+from jaxseq.cells import matmul_last, with_leading_axes
 from jaxseq.linear_scan import g, log_g, parallel_scan, sequential_scan, sigmoid_pair
-from jaxseq.typing import Array, Mask, Sequences
+from jaxseq.registry import register
+from jaxseq.rnn import RNN
+from jaxseq.typing import Array
 
 Initializer = Callable[..., Array]
 
-MODES = ("auto", "parallel", "sequential")
 
-
-
-class MinimalRNN(nn.Module):
-    """The base of `MinGRU` and `MinLSTM`: owns the checks, masks, direction, initial state,
-    mode and return flags; subclasses give the gates' coefficients. The fields, call, outputs
-    and errors are documented on `MinGRU` and `MinLSTM`, the formulas and modes in the module
-    docstring."""
+class MinimalRNN(RNN):
+    """The base of `MinGRU` and `MinLSTM`: an `RNN` whose recurrence is the linear scan of the
+    module docstring; subclasses give the gates' coefficients. The fields, call, outputs and
+    errors are documented on `MinGRU` and `MinLSTM`."""
 
     units: int
-    return_sequences: bool = False
-    return_state: bool = False
-    go_backwards: bool = False
-    zero_output_for_mask: bool = False
-    mode: str = "auto"
+    _: dataclasses.KW_ONLY
     log_space: bool = True
     kernel_init: Initializer = nn.initializers.glorot_uniform()
     bias_init: Initializer = nn.initializers.zeros_init()
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
+    mode: str = "auto"
 
     gates: ClassVar[int] = 0
-    state_names: ClassVar[tuple[str, ...]] = ("h",)
+    implementations: ClassVar[tuple[str, ...]] = ("parallel", "sequential")
+    auto_family: ClassVar[str] = "minimal"
 
     @nn.nowrap
     def coefficients(self, k: Array) -> tuple[Array, Array, Array]:
@@ -100,43 +96,69 @@ class MinimalRNN(nn.Module):
         raise NotImplementedError
 
     @nn.nowrap
-    def default_state(self, batch: int, dtype) -> Array:
-        """h_0 when none is given: 0.5 = g(0) in log space, zeros in the plain form."""
-        return jnp.full((batch, self.units), 0.5 if self.log_space else 0.0, dtype)
-
-    @nn.nowrap
-    def _initial_state(self, initial_state, batch: int, dtype) -> Array:
+    def check_config(self) -> None:
         where = type(self).__name__
-        if initial_state is None:
-            return self.default_state(batch, dtype)
-        if not isinstance(initial_state, (tuple, list)):
-            initial_state = (initial_state,)
-        contracts.check_state_shapes(initial_state, [(batch, self.units)], self.state_names,
-                                     where)
-        h0 = initial_state[0]
-        if self.log_space and not isinstance(h0, jax.core.Tracer):
-            values = np.asarray(h0)
-            if not np.all(values > 0):
-                bad = values[~(values > 0)]
-                raise ValueError(
-                    f"{where}(log_space=True) expects initial_state h of shape (batch, units) "
-                    "with every entry > 0 (the log-space form's states are positive; its "
-                    f"parallel scan takes log h); got {bad.size} entr"
-                    f"{'y' if bad.size == 1 else 'ies'} <= 0 or NaN (e.g. {bad.flat[0]}). "
-                    "Pass a positive state (the default is 0.5), or use log_space=False, "
-                    "whose plain form accepts signed states.")
-        return jnp.asarray(h0).astype(dtype)
+        contracts.check_positive_int(self.units, "units", where)
+        if self.stateful and self.log_space:
+            raise ValueError(
+                f"{where}(stateful=True) expects log_space=False: `jaxseq.reset_states` zeroes "
+                "the kept states, and the log-space form's states must be positive (it starts "
+                "from 0.5). Use log_space=False, whose plain form starts from zeros.")
 
     @nn.nowrap
-    def _solve(self, mode: str, k: Array, h0: Array, m: Array | None, dtype) -> Array:
+    def requested_implementation(self) -> tuple[str, str]:
+        """`implementation`, or `mode`, its other name (one of the two may be given)."""
+        if self.mode == "auto":
+            return self.implementation, "implementation"
+        if self.implementation not in ("auto", self.mode):
+            raise ValueError(
+                f"{type(self).__name__} got implementation={self.implementation!r} and "
+                f"mode={self.mode!r}; mode is another name for implementation: give one.")
+        return self.mode, "mode"
+
+    @nn.nowrap
+    def create_params(self, input_shape):
+        width = self.gates * self.units
+        return {"kernel": self.param("kernel", self.kernel_init, (input_shape[-1], width),
+                                     self.param_dtype),
+                "bias": self.param("bias", self.bias_init, (width,), self.param_dtype)}
+
+    @nn.nowrap
+    def state_shapes(self, input_shape):
+        return ((input_shape[0], self.units),)
+
+    @nn.nowrap
+    def default_states(self, shapes, dtype):
+        """h_0 when none is given: 0.5 = g(0) in log space, zeros in the plain form."""
+        return (jnp.full(shapes[0], 0.5 if self.log_space else 0.0, dtype),)
+
+    @nn.nowrap
+    def check_initial_state(self, states) -> None:
+        """In log space a concrete h_0 must be positive (a traced one is not checked)."""
+        h0 = states[0]
+        if not self.log_space or isinstance(h0, jax.core.Tracer):
+            return
+        values = np.asarray(h0)
+        if not np.all(values > 0):
+            bad = values[~(values > 0)]
+            raise ValueError(
+                f"{type(self).__name__}(log_space=True) expects initial_state h of shape "
+                "(batch, units) with every entry > 0 (the log-space form's states are "
+                f"positive; its parallel scan takes log h); got {bad.size} entr"
+                f"{'y' if bad.size == 1 else 'ies'} <= 0 or NaN (e.g. {bad.flat[0]}). "
+                "Pass a positive state (the default is 0.5), or use log_space=False, "
+                "whose plain form accepts signed states.")
+
+    @nn.nowrap
+    def _solve(self, implementation: str, k: Array, h0: Array, m: Array | None) -> Array:
         """h (t, b, u) from the projected inputs k (t, b, gates·u), in processing order."""
         keep = None if m is None else m[:, :, None]
-        if mode == "parallel" and self.log_space:
+        if implementation == "parallel" and self.log_space:
             log_a, log_i, cand = self.log_coefficients(k)
             a, b = log_a, log_i + log_g(cand)
             if keep is not None:  # masked: a = 1, b = 0, as logarithms, all finite
                 a = jnp.where(keep, a, jnp.zeros_like(a))
-                b = jnp.where(keep, b, jnp.full_like(b, jnp.finfo(dtype).min))
+                b = jnp.where(keep, b, jnp.full_like(b, jnp.finfo(b.dtype).min))
             hs = parallel_scan(a, b, h0, log_space=True)
             if m is not None:  # before the first real step h is h0 itself, not exp(log h0)
                 time = k.shape[0]
@@ -149,61 +171,33 @@ class MinimalRNN(nn.Module):
         if keep is not None:
             a = jnp.where(keep, a, jnp.ones_like(a))
             b = jnp.where(keep, b, jnp.zeros_like(b))
-        return (parallel_scan(a, b, h0, log_space=False) if mode == "parallel"
+        return (parallel_scan(a, b, h0, log_space=False) if implementation == "parallel"
                 else sequential_scan(a, b, h0))
 
-    @nn.compact
-    def __call__(self, x: Sequences, *, mask: Mask | None = None, initial_state=None,
-                 deterministic: bool = True):
-        del deterministic  # no dropout here; taken so Sequential and fit can pass it
-        where = type(self).__name__
-        contracts.check_positive_int(self.units, "units", where)
-        contracts.check_choice(self.mode, MODES, "mode", where)
-        batch, time, features = contracts.check_sequence_input(x, where)
-        if mask is not None:
-            contracts.check_mask(mask, batch, time, where)
-        if self.has_variable("params", "kernel"):  # built before: same feature count?
-            contracts.check_features(features, self.get_variable("params", "kernel").shape[0],
-                                     where)
-        width = self.gates * self.units
-        kernel = self.param("kernel", self.kernel_init, (features, width), self.param_dtype)
-        bias = self.param("bias", self.bias_init, (width,), self.param_dtype)
-        x = jnp.asarray(x)
-        dtype = self.dtype or jnp.result_type(x, kernel, bias)
-        x, kernel, bias = (jnp.asarray(v, dtype) for v in (x, kernel, bias))
-        h0 = self._initial_state(initial_state, batch, dtype)
-
-        # Time-major from here on: (t, b, ...), so the scans need no transposes of (t, b, u).
+    @nn.nowrap
+    def recurrence(self, implementation, params, states, x, mask, noise):
+        """Time-major from here on: (t, b, ...), so the scans need no transposes of
+        (t, b, u)."""
+        del noise  # no dropout
+        (h0,) = states
         xt = jnp.swapaxes(x, 0, 1)
-        m = None if mask is None else jnp.swapaxes(jnp.asarray(mask).astype(bool), 0, 1)
-        if m is not None:  # padding may hold anything (NaN, Inf): select it away first
-            xt = jnp.where(m[:, :, None], xt, jnp.zeros_like(xt))
+        m = None if mask is None else mask.T
         if self.go_backwards:  # processing order from here on
             xt = jnp.flip(xt, axis=0)
             m = None if m is None else jnp.flip(m, axis=0)
-
-        k = matmul_last(xt, kernel) + expand_to(bias, 3)  # (t, b, gates·u): all steps at once
-        keep = None if m is None else m[:, :, None]
-        if self.mode == "auto":  # chosen by the platform lowered for, as the fused path
-            hs = jax.lax.platform_dependent(
-                k, h0, cpu=lambda k, h0: self._solve("sequential", k, h0, m, dtype),
-                default=lambda k, h0: self._solve("parallel", k, h0, m, dtype))
-        else:
-            hs = self._solve(self.mode, k, h0, m, dtype)
-        chex.assert_shape(hs, (time, batch, self.units))
-        final = hs[-1]
-
+        k = matmul_last(xt, params["kernel"]) + with_leading_axes(params["bias"], 3)
+        hs = self._solve(implementation, k, h0, m)  # (t, b, u): all steps at once
+        chex.assert_shape(hs, (*xt.shape[:2], self.units))
+        ys = None
         if self.return_sequences:
-            if self.zero_output_for_mask and keep is not None:
-                hs = jnp.where(keep, hs, jnp.zeros_like(hs))
-            output = jnp.swapaxes(hs, 0, 1)
-        else:
-            output = final
-            if self.zero_output_for_mask and m is not None:  # last processed step masked
-                output = jnp.where(m[-1][:, None], final, jnp.zeros_like(final))
-        return (output, final) if self.return_state else output
+            ys = hs
+            if self.zero_output_for_mask and m is not None:
+                ys = jnp.where(m[:, :, None], hs, jnp.zeros_like(hs))
+            ys = jnp.swapaxes(ys, 0, 1)
+        return (hs[-1],), ys
 
 
+@register
 class MinGRU(MinimalRNN):
     """minGRU (Feng, Tung, Ahmed, Bengio, Hajimirsadeghi, 2024, "Were RNNs All We Needed?",
     section 3.1; appendix A for the log-space form): a GRU whose gates see only the input, so
@@ -222,11 +216,19 @@ class MinGRU(MinimalRNN):
         (reversed) order, as Keras. Default False.
       zero_output_for_mask: bool: masked steps output zeros instead of repeating the previous
         output (`Bidirectional` sets it). Default False.
-      mode: how the recurrence is solved, the same function either way (to float rounding):
-        "parallel" (`jax.lax.associative_scan` over time, O(log T) depth; in log space with
-        `log_space`), "sequential" (`jax.lax.scan`, one step at a time, with an adjoint
-        reverse scan as its backward pass) or "auto" (default: "sequential" when the program
-        is lowered for CPU, where it is faster and compiles faster, "parallel" on GPU/TPU).
+      stateful: bool, Keras' `stateful=True` (see `jaxseq.RNN`): the final h of each call is
+        kept in the collection "rnn_state" and starts the next call; needs
+        `log_space=False` (`jaxseq.reset_states` zeroes kept states). Default False.
+      implementation: how the recurrence is solved, the same function either way (to float
+        rounding): "parallel" (`jax.lax.associative_scan` over time, O(log T) depth; in log
+        space with `log_space`), "sequential" (`jax.lax.scan`, one step at a time, with an
+        adjoint reverse scan as its backward pass) or "auto" (default: "sequential" when the
+        program is lowered for CPU, where it is faster and compiles faster, "parallel" on
+        GPU/TPU). Every choice supports every configuration.
+      mode: another name for `implementation`, accepted as well (give one of the two).
+        Default "auto".
+      remat: False (default), True or an int k >= 1: gradient checkpointing over time, as
+        for `jaxseq.RNN` (segments of ceil(sqrt(time)) or k steps). Same outputs.
       log_space: bool. True (default): the paper's log-space form: candidate g(v) (v + 0.5
         for v >= 0, sigmoid(v) below), positive states, the parallel mode on logarithms.
         False: the plain form: identity candidate, signed states, no logarithms.
@@ -255,9 +257,10 @@ class MinGRU(MinimalRNN):
         (batch, units). The dtype is `dtype` or the promotion of x's and the parameters'.
 
     Raises:
-      ValueError: units < 1, an unknown mode, x not (batch, time, features) or with another
-        feature count than at init, a mask not (batch, time), an initial state of the wrong
-        shape (or not positive in log space).
+      ValueError: units < 1, an unknown implementation (or mode), x not (batch, time,
+        features) or with another feature count than at init, a mask not (batch, time), an
+        initial state of the wrong shape (or not positive in log space), `stateful` with
+        `log_space`, a bad `remat`.
       TypeError: units not an int, x not floating, a float mask.
     """
 
@@ -276,6 +279,7 @@ class MinGRU(MinimalRNN):
         return -sp, kz - sp, kh  # log(1 - z) = -softplus(k_z), log z = k_z - softplus(k_z)
 
 
+@register
 class MinLSTM(MinimalRNN):
     """minLSTM (Feng, Tung, Ahmed, Bengio, Hajimirsadeghi, 2024, "Were RNNs All We Needed?",
     section 3.2 with the length-independent normalization; appendix A for log space): an
@@ -295,11 +299,19 @@ class MinLSTM(MinimalRNN):
         (reversed) order, as Keras. Default False.
       zero_output_for_mask: bool: masked steps output zeros instead of repeating the previous
         output (`Bidirectional` sets it). Default False.
-      mode: how the recurrence is solved, the same function either way (to float rounding):
-        "parallel" (`jax.lax.associative_scan` over time, O(log T) depth; in log space with
-        `log_space`), "sequential" (`jax.lax.scan`, one step at a time, with an adjoint
-        reverse scan as its backward pass) or "auto" (default: "sequential" when the program
-        is lowered for CPU, where it is faster and compiles faster, "parallel" on GPU/TPU).
+      stateful: bool, Keras' `stateful=True` (see `jaxseq.RNN`): the final h of each call is
+        kept in the collection "rnn_state" and starts the next call; needs
+        `log_space=False` (`jaxseq.reset_states` zeroes kept states). Default False.
+      implementation: how the recurrence is solved, the same function either way (to float
+        rounding): "parallel" (`jax.lax.associative_scan` over time, O(log T) depth; in log
+        space with `log_space`), "sequential" (`jax.lax.scan`, one step at a time, with an
+        adjoint reverse scan as its backward pass) or "auto" (default: "sequential" when the
+        program is lowered for CPU, where it is faster and compiles faster, "parallel" on
+        GPU/TPU). Every choice supports every configuration.
+      mode: another name for `implementation`, accepted as well (give one of the two).
+        Default "auto".
+      remat: False (default), True or an int k >= 1: gradient checkpointing over time, as
+        for `jaxseq.RNN` (segments of ceil(sqrt(time)) or k steps). Same outputs.
       log_space: bool. True (default): the paper's log-space form: candidate g(v) (v + 0.5
         for v >= 0, sigmoid(v) below), positive states, the parallel mode on logarithms.
         False: the plain form: identity candidate, signed states, no logarithms.
@@ -328,9 +340,10 @@ class MinLSTM(MinimalRNN):
         (batch, units). The dtype is `dtype` or the promotion of x's and the parameters'.
 
     Raises:
-      ValueError: units < 1, an unknown mode, x not (batch, time, features) or with another
-        feature count than at init, a mask not (batch, time), an initial state of the wrong
-        shape (or not positive in log space).
+      ValueError: units < 1, an unknown implementation (or mode), x not (batch, time,
+        features) or with another feature count than at init, a mask not (batch, time), an
+        initial state of the wrong shape (or not positive in log space), `stateful` with
+        `log_space`, a bad `remat`.
       TypeError: units not an int, x not floating, a float mask.
     """
 

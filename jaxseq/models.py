@@ -18,6 +18,7 @@ from jaxseq import contracts
 from jaxseq.contracts import accepts
 from jaxseq.layers import Dense
 from jaxseq.recurrent import LSTM
+from jaxseq.registry import register
 from jaxseq.wrappers import RepeatVector, TimeDistributed
 
 
@@ -29,6 +30,7 @@ def keras_name(cls: type) -> str:
     return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
+@register(keras="Sequential")
 class Sequential(nn.Module):
     """Layers applied in order, with Keras names, `deterministic` and `mask` propagation.
 

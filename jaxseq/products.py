@@ -1,21 +1,18 @@
 """The recurrences' matrix products, with tiny ones as an elementwise multiply and a sum.
 
-XLA:CPU's dot has a fixed cost: ~0.5 us alone at (4, 5) @ (5, 20), where the multiply and sum
-is 0.1 us, and several us inside a training program, where the multiply and sum is one loop
-fusion that XLA fuses with its neighbours (on a 2-core AMD EPYC, jax 0.10.2, a `fit` step of
-LSTM(5), 5 steps, batch 4, takes 24 us this way and 64 us with dots). Above `SMALL_PRODUCT` the
-dot wins (m=16, k=8, n=32: 0.99 vs 1.11 us alone; in `fit`, thresholds of 8192 and 32768 lost).
+XLA:CPU's dot has a fixed cost that dominates a tiny product, where the multiply and sum is one
+loop fusion that XLA fuses with its neighbours; above `SMALL_PRODUCT` multiply-adds the dot
+wins (the threshold is named in `jaxseq.tuning`, the measurements are on the benchmarks page).
 
 * `matmul` / `matmul_t`: decide by the product's own size (what the scan path's cells use; they
   are differentiated by JAX's autodiff, forward and reverse).
 * `fused_matmul` / `fused_matmul_t`: the same, but under `jax.vmap` (replicas, splits x seeds)
-  they decide by the size of ALL the products together (`jax.custom_batching.custom_vmap`): 50
-  replicas of a (8, 5) @ (5, 20) product are a 40,000-element multiply and sum, slower than the
-  batched dot (cross-validation of the tutorial model, 5 splits x 10 seeds: 1.6 s against
-  1.0 s), where 32 replicas of (1, 5) @ (5, 20) are faster as one. They serve the fused path
-  (its `custom_vjp` calls them; differentiable through a `custom_jvp` on plain products).
-  Weights shared by all replicas (only `a` mapped) make ONE (r*m, k) @ (k, n) product, under the
-  one-product limit.
+  they decide by the size of ALL the products together (`jax.custom_batching.custom_vmap`,
+  against `SMALL_STACKED`): many replicas of a small product make a multiply and sum larger
+  than the batched dot, where a few tiny ones are still faster as one. They serve the fused
+  path (its `custom_vjp` calls them; differentiable through a `custom_jvp` on plain products).
+  Weights shared by all replicas (only `a` mapped) make ONE (r*m, k) @ (k, n) product, under
+  the one-product limit.
 
 Every form computes the same sums in another order: equal to float rounding. Only float32 and
 float64 take the multiply and sum; other dtypes (bfloat16, float16) always take the dot, which
@@ -29,16 +26,12 @@ import math
 import jax
 import jax.numpy as jnp
 
+from jaxseq.tuning import SMALL_PRODUCT, SMALL_STACKED
 from jaxseq.typing import Array
 
-__all__ = ["SMALL_PRODUCT", "fused_matmul", "fused_matmul_t", "matmul", "matmul_t"]
-
-# Multiply-adds at most (m * k * n) of one product taken as multiply + sum, and of the stacked
-# products of all replicas together (`fused_matmul`). Measured for the stacked limit (one
-# process, 5 interleaved rounds, 32 tutorial replicas / cross-validation 5 x 10 at 200 epochs):
-# 2048: 139-144 / 729-747 ms, 16384: 121 / 762 ms, 65536: 132 / 1178 ms.
-SMALL_PRODUCT = 2048
-SMALL_STACKED = 16384
+__all__ = [
+    "SMALL_PRODUCT", "SMALL_STACKED", "fused_matmul", "fused_matmul_t", "matmul", "matmul_t",
+]
 
 
 def _small(count: int, *operands) -> bool:

@@ -1,10 +1,10 @@
-"""Keras 3's recurrent layers: `LSTM`, `GRU` and `SimpleRNN` (with `RNN`, their base, and
-`Bidirectional`).
+"""Keras 3's recurrent layers: `LSTM`, `GRU` and `SimpleRNN` (with `RNN`, the base of every
+recurrent layer, and `Bidirectional`).
 
 Each layer owns its cell's parameters directly, in Keras order and layout (`kernel`,
-`recurrent_kernel`, `bias`), so parameter counts and weights match Keras exactly. `RNN`
-(`jaxseq.rnn`) runs the recurrence around the cell's step (`jaxseq.cells`); `Bidirectional`
-(`jaxseq.bidirectional`) wraps any of them.
+`recurrent_kernel`, `bias`), so parameter counts and weights match Keras exactly. `CellRNN`
+(`jaxseq.cell_rnn`) runs the recurrence of the cell's step (`jaxseq.cells`) inside the plumbing
+of `RNN` (`jaxseq.rnn`); `Bidirectional` (`jaxseq.bidirectional`) wraps any of them.
 """
 
 from __future__ import annotations
@@ -13,14 +13,17 @@ from collections.abc import Callable
 from typing import ClassVar
 
 from jaxseq.bidirectional import Bidirectional
+from jaxseq.cell_rnn import CellRNN
 from jaxseq.cells import CellBase, GRUCell, LSTMCell, SimpleRNNCell
 from jaxseq.normalization import NORM_EPSILON
+from jaxseq.registry import register
 from jaxseq.rnn import RNN
 
 __all__ = ["GRU", "LSTM", "RNN", "Bidirectional", "SimpleRNN"]
 
 
-class LSTM(RNN):
+@register(keras="LSTM", torch="LSTM")
+class LSTM(CellRNN):
     """Keras 3 `LSTM`: a long short-term memory layer over (batch, time, features) inputs.
 
     Each step, with gates i, f, c, o in that order (`keras/src/layers/rnn/lstm.py`;
@@ -76,7 +79,7 @@ class LSTM(RNN):
         `state_norm_beta` (units,), gamma ones and beta zeros at init. Scan path only: "auto"
         resolves to it, "fused" raises ValueError. Default False.
       norm_epsilon: float > 0 added to the variance of each norm. Default 1e-3 (TF-Addons).
-      implementation: "auto" (default), "scan" or "fused". "scan": `nn.scan` of the step,
+      implementation: "auto" (default), "scan" or "fused". "scan": `lax.scan` of the step,
         the input projection taken for all steps in one product before the loop. "fused":
         one `jax.custom_vjp` over the layer whose backward pass takes the weight gradients
         out of the loop (`jaxseq.fused`); it supports the activations tanh, sigmoid, linear
@@ -98,7 +101,7 @@ class LSTM(RNN):
 
     Call arguments:
       `layer.apply(variables, x, *, mask=None, initial_state=None, deterministic=True)`
-      (see `RNN.__call__`):
+      (see `jaxseq.RNN.__call__`):
 
       - `x`: (batch, time, features) floating array (NumPy, JAX or a nested list).
       - `mask`: optional (batch, time) bool or int, True at real steps. As Keras 3, a masked
@@ -132,7 +135,8 @@ class LSTM(RNN):
                                                     "proj_size", "layer_norm", "norm_epsilon")
 
 
-class GRU(RNN):
+@register(keras="GRU", torch="GRU")
+class GRU(CellRNN):
     """Keras 3 `GRU`: a gated recurrent unit layer over (batch, time, features) inputs.
 
     Each step, with gates z (update), r (reset), h (candidate) in that order
@@ -185,7 +189,7 @@ class GRU(RNN):
         `kernel_norm_beta` and `recurrent_norm_gamma` / `recurrent_norm_beta`, each
         (3 units,). Scan path only, as for `LSTM`. Default False.
       norm_epsilon: float > 0 added to the variance of each norm. Default 1e-3.
-      implementation: "auto" (default), "scan" or "fused". "scan": `nn.scan` of the step,
+      implementation: "auto" (default), "scan" or "fused". "scan": `lax.scan` of the step,
         the input projection taken for all steps in one product before the loop. "fused":
         one `jax.custom_vjp` over the layer whose backward pass takes the weight gradients
         out of the loop (`jaxseq.fused`); it supports `reset_after=True` with the
@@ -198,7 +202,7 @@ class GRU(RNN):
 
     Call arguments:
       `layer.apply(variables, x, *, mask=None, initial_state=None, deterministic=True)`
-      (see `RNN.__call__`):
+      (see `jaxseq.RNN.__call__`):
 
       - `x`: (batch, time, features) floating array (NumPy, JAX or a nested list).
       - `mask`: optional (batch, time) bool or int, True at real steps. As Keras 3, a masked
@@ -231,7 +235,8 @@ class GRU(RNN):
                                                     "layer_norm", "norm_epsilon")
 
 
-class SimpleRNN(RNN):
+@register(keras="SimpleRNN", torch="RNN")
+class SimpleRNN(CellRNN):
     """Keras 3 `SimpleRNN`: a fully connected recurrent layer over (batch, time, features).
 
     Each step (`keras/src/layers/rnn/simple_rnn.py`; Elman, 1990):
@@ -268,7 +273,7 @@ class SimpleRNN(RNN):
         previous output (Keras' `Bidirectional` sets it). Default False.
       dtype: computation dtype; None (default) promotes x's and the parameters' dtypes.
       param_dtype: dtype of the parameters. Default float32.
-      implementation: "auto" (default), "scan" or "fused". "scan": `nn.scan` of the step,
+      implementation: "auto" (default), "scan" or "fused". "scan": `lax.scan` of the step,
         the input projection taken for all steps in one product before the loop. "fused":
         one `jax.custom_vjp` over the layer whose backward pass takes the weight gradients
         out of the loop (`jaxseq.fused`); it supports the activations tanh, sigmoid, linear
@@ -281,7 +286,7 @@ class SimpleRNN(RNN):
 
     Call arguments:
       `layer.apply(variables, x, *, mask=None, initial_state=None, deterministic=True)`
-      (see `RNN.__call__`):
+      (see `jaxseq.RNN.__call__`):
 
       - `x`: (batch, time, features) floating array (NumPy, JAX or a nested list).
       - `mask`: optional (batch, time) bool or int, True at real steps. As Keras 3, a masked

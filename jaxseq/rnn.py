@@ -1,24 +1,33 @@
-"""The base of the recurrent layers: `RNN` owns masks, states, direction, dropout, the choice
-of implementation and the return flags; a cell (`jaxseq.cells`) supplies the step.
+"""The sequence-layer base: `RNN` owns everything around a recurrence; a subclass plugs in the
+recurrence itself. Semantics: Keras 3's `keras.layers.RNN` (`keras/src/layers/rnn/rnn.py`),
+which owns masks, states, direction and the return flags for `LSTM`, `GRU`, `SimpleRNN` and
+`ConvLSTM`, the cells supplying the step.
 
-How a layer runs (shapes with b=batch, t=time, f=features, u=units, g=gates*u):
+How a layer runs (b = batch, t = time, S = the other axes of a step's input and states):
 
-1. contracts: x (b, t, f), mask (b, t), initial_state (b, u) each — before any tracing;
-2. input dropout (one mask per sequence), then `x @ kernel + bias` for all t in ONE product;
-3. `nn.scan` over time of the recurrent step (only `h @ recurrent_kernel` inside the loop), or
-   the fused recurrence with its own backward pass (`jaxseq.fused`);
-4. masking inside the step, as Keras 3: a masked step keeps every state and repeats the
-   previous output (the previous h; for the first step, the initial h), or outputs zeros when
-   `zero_output_for_mask=True` (what Keras' Bidirectional sets when returning sequences).
+1. checks, before any tracing: the configuration, x (b, t, *S), the mask (b, t), the
+   implementation (`resolve_implementation`) and the initial states;
+2. the parameters (the subclass's, in Keras' names and layout) and the computation dtype;
+3. the initial states: `initial_state`, else the kept ones (`stateful`), else the default;
+4. dropout masks, drawn once per call (Keras: one mask per sequence, the same at every step);
+5. padded steps selected away (x where the mask holds, zeros elsewhere) before any arithmetic,
+   so padding (NaN included) reaches neither values nor gradients;
+6. the subclass's `recurrence` for the implementation chosen on the platform the program is
+   lowered for; with `remat`, once per checkpointed segment of time (`jaxseq.remat`);
+7. `stateful`: the final states kept; the output: every step's output in processing order
+   (reversed time with `go_backwards`, as Keras) or the last one (zeros where the last
+   processed step is masked, with `zero_output_for_mask`); with `return_state`, the final
+   states after it.
 
-`go_backwards=True` processes the sequence from its end and, as Keras, returns the outputs in
-processing order (reversed time). A fully masked row returns its initial state.
+Masks follow Keras 3: a masked step keeps every state and repeats the previous output, or
+outputs zeros with `zero_output_for_mask` (what `Bidirectional` sets when returning sequences);
+a fully masked row returns its initial states. The recurrences apply that rule per step.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import chex
@@ -26,196 +35,218 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxseq import contracts, fused, remat
-from jaxseq.cells import CellBase
-from jaxseq.typing import STATE_COLLECTION, Array, Mask, Sequences, States
+from jaxseq import contracts, remat, tuning
+from jaxseq.typing import STATE_COLLECTION, Array, Mask, States
 
-__all__ = ["RNN"]
+__all__ = ["RNN", "dropout_mask", "resolve_implementation", "unroll_steps"]
 
-Initializer = Callable[..., Array]
-
-
-def _masked_step(cell: CellBase, zero_output_for_mask: bool, emit_outputs: bool, states,
-                 inputs, rparams, rmask):
-    """One step of the scan path: the cell's step, then Keras 3 masking (a masked step keeps
-    every state; its output repeats h, or is zeros with `zero_output_for_mask`)."""
-    xp, m = inputs
-    new = cell.step(rparams, states, xp, rmask)
-    if m is not None:
-        keep = m[:, None]
-        new = tuple(jnp.where(keep, n, s) for n, s in zip(new, states, strict=True))
-        y = jnp.where(keep, new[0], jnp.zeros_like(new[0])) if zero_output_for_mask else new[0]
-    else:
-        y = new[0]
-    return new, (y if emit_outputs else None)
+PLATFORMS = ("cpu", "default")  # `jax.lax.platform_dependent`'s branches that jaxseq tells apart
 
 
-class _Recurrence(nn.Module):
-    """The body that `nn.scan` runs once per time step. It owns no parameters: the recurrent
-    weights come in as a broadcast argument, the projected inputs as the scanned one."""
-
-    cell: Any  # an unbound CellBase: configuration and pure math only
-    zero_output_for_mask: bool
-    emit_outputs: bool
-
-    @nn.compact
-    def __call__(self, states, inputs, rparams, rmask):
-        return _masked_step(self.cell, self.zero_output_for_mask, self.emit_outputs, states,
-                            inputs, rparams, rmask)
-
-
-def _dropout_mask(module: nn.Module, rate: float, shape, dtype) -> Array:
-    """An inverted-dropout mask, drawn once per sequence (Keras: one mask for every step)."""
-    keep = jax.random.bernoulli(module.make_rng("dropout"), 1.0 - rate, shape)
+def dropout_mask(module: nn.Module, rate: float, shape: Sequence[int], dtype) -> Array:
+    """An inverted-dropout mask of `shape`: 0 with probability `rate`, else 1 / (1 - rate), from
+    `module`'s "dropout" rng. The layers draw theirs once per call (Keras)."""
+    keep = jax.random.bernoulli(module.make_rng("dropout"), 1.0 - rate, tuple(shape))
     return jnp.where(keep, 1.0 / (1.0 - rate), 0.0).astype(dtype)
 
 
+def unroll_steps(unroll: bool | int, time: int) -> int:
+    """The steps per loop iteration for a layer's `unroll` over `time` steps: True unrolls every
+    step, False takes `tuning.AUTO_UNROLL`, an int k takes k; always within [1, time]."""
+    if unroll is True:
+        steps = time
+    elif isinstance(unroll, bool) or int(unroll) <= 0:
+        steps = tuning.AUTO_UNROLL
+    else:
+        steps = int(unroll)
+    return max(1, min(steps, time))
+
+
+def resolve_implementation(layer: RNN, platform: str) -> str:
+    """The implementation `layer` runs on `platform` ("cpu", or "default" for every other).
+
+    The one place where `implementation` is read: a name from `layer.implementations` runs as
+    asked (a ValueError when it cannot run this configuration, naming one that can); "auto"
+    takes the first name of `tuning.AUTO_IMPLEMENTATIONS[layer.auto_family][platform]`, then of
+    `layer.implementations`, that supports the configuration (as recurrentgemma's
+    `resolve_scan_type` resolves its AUTO).
+
+    Raises:
+      ValueError: an unknown name (listing the layer's choices), or a forced one that does not
+        support the layer's configuration.
+    """
+    where = type(layer).__name__
+    requested, argument = layer.requested_implementation()
+    contracts.check_choice(requested, ("auto", *layer.implementations), argument, where)
+    runs = [n for n in layer.implementations if layer.implementation_unsupported(n) is None]
+    if requested != "auto":
+        if requested not in runs:
+            raise ValueError(
+                f"{where}({argument}={requested!r}) does not support "
+                f"{layer.implementation_unsupported(requested)}; use {argument}={runs[0]!r} "
+                "(or 'auto', which falls back to it).")
+        return requested
+    family = tuning.AUTO_IMPLEMENTATIONS.get(layer.auto_family, {})
+    preferred = family.get(platform, family.get("default", ()))
+    return next(n for n in (*preferred, *runs) if n in runs)
+
+
 class RNN(nn.Module):
-    """The base of jaxseq's Keras-style recurrent layers (`LSTM`, `GRU`, `SimpleRNN`).
+    """The base of jaxseq's recurrent layers: `LSTM`, `GRU`, `SimpleRNN` (through
+    `jaxseq.cell_rnn.CellRNN`), `MinGRU`, `MinLSTM`, `ConvLSTM1D` and `ConvLSTM2D`.
 
-    A subclass names its cell (`cell_class`, from `jaxseq.cells`) and the cell's extra fields;
-    this base owns everything around the step: input checks, the parameters (declared on the
-    layer itself, in Keras' names and layout, so counts and weights match Keras exactly),
-    masks, initial and stateful states, direction, dropout, the choice of implementation and
-    the return flags. Semantics: Keras 3's `keras.layers.RNN` with a cell
-    (`keras/src/layers/rnn/rnn.py`) and the layers in `keras/src/layers/rnn/`.
-
-    Use the subclasses; `RNN` itself has no cell (calling it raises `NotImplementedError`).
+    It owns what Keras 3's `keras.layers.RNN` owns (`keras/src/layers/rnn/rnn.py`): input
+    checks, masks, initial and kept (`stateful`) states, direction, the return flags, the
+    choice of implementation, checkpointing over time and the drawing of dropout masks. A
+    subclass declares its parameters and plugs in its recurrence through the `nn.nowrap`
+    hooks below (`create_params`, `state_shapes`, `recurrence`, ...); the module docstring
+    gives the order in which they run. Use the subclasses: `RNN` itself has no recurrence.
 
     Attributes:
-      units: int >= 1, the width of the state h and of the output (Keras' `units`).
-      activation: the activation of the candidate state (and of h, for the LSTM): a Keras
-        name ("tanh", "sigmoid", "relu", "linear", "elu", "gelu", "hard_sigmoid", "softsign",
-        "swish", "silu", "softmax") or a callable `Array -> Array`. Default "tanh".
-      use_bias: bool, whether the layer has a `bias`. Default True.
-      kernel_init: initializer `(key, shape, dtype) -> Array` of `kernel` (features, gates *
-        units). Default `glorot_uniform` (Keras' `kernel_initializer`).
-      recurrent_kernel_init: initializer of `recurrent_kernel` (units, gates * units).
-        Default `orthogonal` (Keras' `recurrent_initializer`).
-      bias_init: initializer of `bias`. Default zeros (Keras' `bias_initializer`).
-      return_sequences: bool. False (default): return the last output, (batch, units);
-        True: the output of every step, (batch, time, units).
+      return_sequences: bool. False (default): return the last output, (batch, *S');
+        True: the output of every step, (batch, time, *S').
       return_state: bool. True: return `(output, *final_states)` (LSTM `(output, h, c)`).
         Default False.
       go_backwards: bool. True: process the sequence from its last step to its first and,
         as Keras, return the sequence of outputs in that processing (reversed) order.
         Default False.
-      unroll: False (default: a loop), True (every step unrolled into the program: faster
-        for short sequences, a larger program) or an int k >= 1 (k steps per loop iteration).
-      dropout: float in [0, 1), the fraction of input features dropped (one mask per
-        sequence, the same at every step, as Keras); only when called with
-        `deterministic=False`. Default 0.
-      recurrent_dropout: float in [0, 1), the fraction of h dropped where it enters the
-        recurrent product (one mask per sequence; the carried h itself is not dropped, as
-        Keras). Default 0.
       stateful: bool, Keras' `stateful=True`. The final states of each call are kept in the
         flax collection "rnn_state" (`{"states": (h, ...)}`, one row per sample, so the batch
-        size is fixed by `init`) and are the next call's initial states; apply with
-        `mutable=["rnn_state"]` to carry them (`fit` does) and `jaxseq.reset_states` to zero
-        them. An explicit `initial_state` takes precedence. Default False.
+        size is fixed by `init`; zeros at init) and are the next call's initial states; apply
+        with `mutable=["rnn_state"]` to carry them (`fit` does) and `jaxseq.reset_states` to
+        zero them. An explicit `initial_state` takes precedence. Default False.
       zero_output_for_mask: bool. False (default): a masked step repeats the previous output;
         True: it outputs zeros (what Keras' `Bidirectional` sets when it returns sequences).
       dtype: the computation dtype; None (default) promotes the input's and the parameters'
         dtypes (`jnp.result_type`), so bfloat16 inputs with float32 parameters compute in
         float32.
       param_dtype: the parameters' dtype. Default float32.
-      implementation: "auto" (default), "scan" or "fused". "scan": `nn.scan` of the cell's
-        step with the input projection taken for every step in one product before the loop.
-        "fused": the same recurrence under one `jax.custom_vjp` whose backward pass takes the
-        weight gradients out of the loop (`jaxseq.fused`); it supports LSTM, GRU with
-        `reset_after=True` and SimpleRNN with the activations tanh, sigmoid, linear and relu,
-        without `proj_size`, and reverse-mode differentiation only (use "scan" for
-        `jax.jvp` / `jax.jacfwd`). "auto" takes "fused" wherever it supports the layer, else
-        "scan". Both give the same values to float rounding.
+      implementation: "auto" (default) or one of the subclass's `implementations` (their
+        requirements are documented on each layer); "auto" takes, on the platform the program
+        is lowered for, the preferred one that supports the configuration
+        (`resolve_implementation`, `jaxseq.tuning.AUTO_IMPLEMENTATIONS`). Every choice gives
+        the same values to float rounding.
       remat: gradient checkpointing over time (`jaxseq.remat`): False (default) keeps every
         step's residuals for the backward pass (memory linear in time); True cuts the
         sequence into segments of ceil(sqrt(time)) steps, a positive int k into segments of k
         steps, and keeps only the states between segments, recomputing one segment at a time
-        in the backward pass (about one more forward pass of time; the fused path runs its
-        own backward per segment). Same outputs; gradients equal to float rounding. k >= time
-        runs unsegmented. Anything else is a ValueError.
+        in the backward pass (about one more forward pass). Same outputs; gradients equal to
+        float rounding. k >= time runs unsegmented. Anything else is a ValueError.
 
     Raises:
-      ValueError: from the call: `units` < 1, a dropout rate outside [0, 1), an unknown
-        `implementation`, `implementation="fused"` for a layer it does not support, a bad
-        input shape (see `__call__`).
-      TypeError: from the call: `units` not an int; a non-floating x; a float mask.
+      ValueError: from the call: an unknown or unsupported `implementation`, a bad `remat`,
+        a bad input shape (see `__call__`), the subclass's configuration errors.
+      TypeError: from the call: a non-floating x, a float mask.
+      NotImplementedError: calling `RNN` itself.
     """
 
-    units: int
-    activation: str | Callable = "tanh"
-    use_bias: bool = True
-    kernel_init: Initializer = nn.initializers.glorot_uniform()
-    recurrent_kernel_init: Initializer = nn.initializers.orthogonal()
-    bias_init: Initializer = nn.initializers.zeros_init()
+    _: dataclasses.KW_ONLY
     return_sequences: bool = False
     return_state: bool = False
     go_backwards: bool = False
-    unroll: bool | int = False
-    dropout: float = 0.0
-    recurrent_dropout: float = 0.0
     stateful: bool = False
     zero_output_for_mask: bool = False
     dtype: Any = None
     param_dtype: Any = jnp.float32
-    # "auto" | "scan" | "fused". "fused" (jaxseq.fused): time-major scan with a custom
-    # backward pass; "auto" takes it wherever it supports the layer, else the nn.scan reference.
     implementation: str = "auto"
-    remat: bool | int = False  # checkpointed segments of time (see the class docstring)
+    remat: bool | int = False
 
-    cell_class: ClassVar[type[CellBase]] = CellBase
-    extra_cell_fields: ClassVar[tuple[str, ...]] = ()
+    # What a subclass declares besides its fields and hooks.
+    state_names: ClassVar[tuple[str, ...]] = ("h",)  # the states, in `return_state` order
+    implementations: ClassVar[tuple[str, ...]] = ("scan",)  # the choices besides "auto"
+    auto_family: ClassVar[str | None] = None  # its row of `tuning.AUTO_IMPLEMENTATIONS`
+
+    # -- hooks ------------------------------------------------------------------------------
+    @nn.nowrap
+    def check_config(self) -> None:
+        """Raise ValueError / TypeError for fields that cannot work (before any tracing)."""
 
     @nn.nowrap
-    def make_cell(self) -> CellBase:
-        """The unbound cell with this layer's configuration (pure math and parameter spec)."""
-        names = (
-            "units", "activation", "use_bias", "kernel_init", "recurrent_kernel_init",
-            "bias_init", "dtype", "param_dtype", *self.extra_cell_fields,
-        )
-        return self.cell_class(**{n: getattr(self, n) for n in names}, parent=None)
+    def step_mask(self, x, mask):
+        """The (batch, time) mask from the `mask` the layer was given (ConvLSTM also takes a
+        mask per position and reduces it)."""
+        return mask
 
     @nn.nowrap
-    def _check_config(self) -> None:
+    def check_input(self, x) -> tuple[int, int]:
+        """Check x, (batch, time, features) floating with the feature count the parameters
+        were built for; return (batch, time)."""
         where = type(self).__name__
-        contracts.check_positive_int(self.units, "units", where)
-        for name in ("dropout", "recurrent_dropout"):
-            rate = getattr(self, name)
-            if not 0.0 <= rate < 1.0:
-                raise ValueError(f"{where} expects {name} in [0, 1); got {rate}.")
-        remat.check_remat(self.remat, where)
-        self.make_cell().check_config(where)
+        batch, time, features = contracts.check_sequence_input(x, where)
+        if self.has_variable("params", "kernel"):  # built before: same feature count?
+            contracts.check_features(features, self.get_variable("params", "kernel").shape[0],
+                                     where)
+        return batch, time
 
     @nn.nowrap
-    def _initial_states(self, cell: CellBase, initial_state, batch: int, dtype):
-        where = type(self).__name__
-        if initial_state is None:
-            return cell.zero_states(batch, dtype)
-        if not isinstance(initial_state, (tuple, list)):
-            initial_state = (initial_state,)
-        contracts.check_state_shapes(
-            initial_state, [(batch, k) for k in cell.state_sizes()], cell.state_names, where
-        )
-        return tuple(jnp.asarray(s).astype(dtype) for s in initial_state)
+    def create_params(self, input_shape: tuple[int, ...]) -> dict[str, Array]:
+        """Declare the parameters (`self.param`) for inputs of `input_shape`; return them."""
+        raise NotImplementedError(f"{type(self).__name__} declares no parameters; use a "
+                                  "subclass of RNN (LSTM, GRU, SimpleRNN, MinGRU, ...).")
 
+    @nn.nowrap
+    def state_shapes(self, input_shape: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
+        """The shape of each state, in `state_names` order, for inputs of `input_shape`."""
+        raise NotImplementedError(f"{type(self).__name__} has no states; use a subclass.")
+
+    @nn.nowrap
+    def state_spelling(self) -> str:
+        """A state's shape in named axes, for error messages."""
+        return "(batch, units)"
+
+    @nn.nowrap
+    def default_states(self, shapes, dtype) -> tuple[Array, ...]:
+        """The initial states when none are given: zeros (as Keras)."""
+        return tuple(jnp.zeros(s, dtype) for s in shapes)
+
+    @nn.nowrap
+    def check_initial_state(self, states: tuple) -> None:
+        """Checks of given initial states beyond their count and shapes (none here)."""
+
+    @nn.nowrap
+    def dropout_masks(self, input_shape: tuple[int, ...], shapes, dtype) -> Any:
+        """The dropout masks of one training call (`dropout_mask`), handed to `recurrence`;
+        None (default) for a layer without dropout."""
+        return None
+
+    @nn.nowrap
+    def requested_implementation(self) -> tuple[str, str]:
+        """(the implementation asked for, the argument that asked for it)."""
+        return self.implementation, "implementation"
+
+    @nn.nowrap
+    def implementation_unsupported(self, name: str) -> str | None:
+        """Why implementation `name` cannot run this configuration, or None when it can."""
+        return None
+
+    @nn.nowrap
+    def recurrence(self, implementation: str, params, states: tuple[Array, ...], x: Array,
+                   mask: Array | None, noise) -> tuple[tuple[Array, ...], Array | None]:
+        """The recurrence over x (b, t, *S) in time order, its padded steps already zero, from
+        `states`; mask (b, t) bool or None; noise: what `dropout_masks` returned, or None.
+        Returns (final_states, ys): ys (b, t, *S') every step's output in processing order
+        (masked steps as the module docstring says), or None without `return_sequences`."""
+        raise NotImplementedError(f"{type(self).__name__} has no recurrence; use a subclass.")
+
+    # -- the call ---------------------------------------------------------------------------
     @nn.compact
-    def __call__(self, x: Sequences, *, mask: Mask | None = None,
-                 initial_state: States = None, deterministic: bool = True):
+    def __call__(self, x, *, mask: Mask | None = None, initial_state: States = None,
+                 deterministic: bool = True):
         """Run the layer over a batch of sequences.
 
         Args:
           x: (batch, time, features) floating array (float32, bfloat16, ...; NumPy, JAX or a
-            nested list), time >= 1. The feature count must stay the one the layer was
-            initialized with.
+            nested list), time >= 1; (batch, time, *spatial, channels) for ConvLSTM. The
+            feature count must stay the one the layer was initialized with.
           mask: optional (batch, time) bool or integer array, True (nonzero) at real steps.
             As Keras 3: a masked step keeps every state and repeats the previous output
             (zeros with `zero_output_for_mask`); values at masked steps (NaN included) never
             reach the arithmetic; a fully masked row returns its initial state.
           initial_state: optional initial states, each (batch, state width): LSTM `(h, c)`,
-            GRU and SimpleRNN `h` or `(h,)`. None: zeros (or the kept states when
-            `stateful`).
-          deterministic: True (default) turns dropout off; False applies `dropout` and
-            `recurrent_dropout` and needs an rng named "dropout" (`rngs={"dropout": key}`).
+            GRU, SimpleRNN, MinGRU and MinLSTM `h` or `(h,)`. None: the default (zeros), or
+            the kept states when `stateful`.
+          deterministic: True (default) turns dropout off; False applies the layer's dropout
+            and needs an rng named "dropout" (`rngs={"dropout": key}`).
 
         Returns:
           output (jax.Array | tuple[jax.Array, ...]): the output, (batch, time, units) with
@@ -232,112 +263,94 @@ class RNN(nn.Module):
           TypeError: x not floating, a float mask, `units` not an int.
         """
         where = type(self).__name__
-        self._check_config()
-        batch, time, features = contracts.check_sequence_input(x, where)
+        self.check_config()
+        remat.check_remat(self.remat, where)
+        mask = self.step_mask(x, mask)
+        batch, time = self.check_input(x)
         if mask is not None:
             contracts.check_mask(mask, batch, time, where)
-        cell = self.make_cell()
-        if self.has_variable("params", "kernel"):  # built before: same feature count?
-            built = self.get_variable("params", "kernel").shape[0]
-            contracts.check_features(features, built, where)
-        params = cell.create_params(self, features)
-        x = jnp.asarray(x)
+        chosen = tuple(resolve_implementation(self, p) for p in PLATFORMS)
+        input_shape = contracts.shape_of(x)
+        shapes = self.state_shapes(input_shape)
+        given = self._given_states(initial_state, shapes)
+        params = self.create_params(input_shape)
 
+        x = jnp.asarray(x)
         dtype = self.dtype or jnp.result_type(x, *jax.tree.leaves(params))
         params = jax.tree.map(lambda p: jnp.asarray(p, dtype), params)
         x = jnp.asarray(x, dtype)
         carried = None
-        if self.stateful and initial_state is None:
-            carried = self.variable(STATE_COLLECTION, "states",
-                                    lambda: cell.zero_states(batch, dtype))
-            kept = contracts.shape_of(carried.value[0])[0]
-            if kept != batch:
-                raise ValueError(
-                    f"{where}(stateful=True) keeps one state per sample for batches of {kept} "
-                    f"(the batch size at init); got a batch of {batch}. Feed batches of {kept} "
-                    "(fit: batch_size, with the sample count a multiple of it), or init with a "
-                    f"batch of {batch}.")
+        if given is not None:
+            states = tuple(jnp.asarray(s).astype(dtype) for s in given)
+        elif self.stateful:
+            carried = self._carried(shapes, dtype)
             states = tuple(jnp.asarray(v, dtype) for v in carried.value)
         else:
-            states = self._initial_states(cell, initial_state, batch, dtype)
-
-        if not deterministic and self.dropout > 0:
-            x = x * _dropout_mask(self, self.dropout, (batch, 1, features), dtype)
-        rmask = None
-        if not deterministic and self.recurrent_dropout > 0:
-            rmask = _dropout_mask(self, self.recurrent_dropout, (batch, cell.output_size), dtype)
+            states = self.default_states(shapes, dtype)
+        noise = None if deterministic else self.dropout_masks(input_shape, shapes, dtype)
 
         m = None if mask is None else jnp.asarray(mask).astype(bool)
-        if m is not None:  # padding may hold anything (NaN, Inf): select it away before any
-            x = jnp.where(m[:, :, None], x, jnp.zeros_like(x))  # arithmetic, values and grads
+        if m is not None:  # padding may hold anything (NaN, Inf): select it away first
+            x = jnp.where(m.reshape(m.shape + (1,) * (x.ndim - 2)), x, jnp.zeros_like(x))
+
+        def run(states, xm):
+            xs, ms = xm
+            if chosen[0] == chosen[1]:
+                return self.recurrence(chosen[0], params, states, xs, ms, noise)
+            return jax.lax.platform_dependent(  # by the platform the program is lowered for
+                cpu=lambda: self.recurrence(chosen[0], params, states, xs, ms, noise),
+                default=lambda: self.recurrence(chosen[1], params, states, xs, ms, noise))
+
         seg = remat.segment_length(self.remat, time)
-        if fused.select(self.implementation, cell, where) == "fused":
-            if seg is None:
-                final, ys = fused.layer_recurrence(self, cell, params, x, states, m, rmask)
-            else:  # the fused recurrence (and its own backward) per checkpointed segment
-                final, ys = remat.segmented(
-                    lambda s, xm: fused.layer_recurrence(self, cell, params, xm[0], s, xm[1],
-                                                         rmask),
-                    states, (x, m), seg, reverse=self.go_backwards, emit=self.return_sequences)
-            self._keep(carried, final)
-            return self._finish(final, ys, m, batch, time)
-        unroll = time if self.unroll is True else max(int(self.unroll), 1)
-        rparams = {k: v for k, v in params.items()  # the scan's weights: all but the input's
-                   if k != "kernel" and not k.startswith("kernel_norm")}
-        if seg is not None:  # the scan below, per checkpointed segment
-            step = functools.partial(_masked_step, cell, self.zero_output_for_mask,
-                                     self.return_sequences, rparams=rparams, rmask=rmask)
-            body = remat.scan_body(step, functools.partial(cell.project, params),
-                                   reverse=self.go_backwards, unroll=unroll)
-            final, ys = remat.segmented(body, states, (x, m), seg, reverse=self.go_backwards,
+        if seg is None:
+            final, ys = run(states, (x, m))
+        else:
+            final, ys = remat.segmented(run, states, (x, m), seg, reverse=self.go_backwards,
                                         emit=self.return_sequences)
-            self._keep(carried, final)
-            return self._finish(final, ys, m, batch, time)
-
-        xp = cell.project(params, x)  # (b, t, g): the input part of every step at once
-        chex.assert_shape(xp, (batch, time, cell.gates * self.units))
-
-        scan = nn.scan(
-            _Recurrence,
-            variable_broadcast="params",
-            split_rngs={"params": False},
-            in_axes=(1, nn.broadcast, nn.broadcast),
-            out_axes=1,
-            reverse=self.go_backwards,
-            unroll=unroll,
-        )
-        body = scan(
-            cell=cell,
-            zero_output_for_mask=self.zero_output_for_mask,
-            emit_outputs=self.return_sequences,
-            name="recurrence",
-        )
-        final, ys = body(states, (xp, m), rparams, rmask)
-        self._keep(carried, final)
-        if self.return_sequences and self.go_backwards:
-            ys = jnp.flip(ys, axis=1)  # processing order, as Keras returns it
-        return self._finish(final, ys, m, batch, time)
-
-    def _keep(self, carried, final) -> None:
-        """Stateful: the final states become the next call's (when the collection is mutable;
-        init keeps zeros, as Keras builds them)."""
         if carried is not None and self.is_mutable_collection(STATE_COLLECTION) and (
-                not self.is_initializing()):
+                not self.is_initializing()):  # init keeps zeros, as Keras builds them
             carried.value = tuple(jax.lax.stop_gradient(f) for f in final)
+        return self._finish(final, ys, m, shapes, time)
+
+    # -- the plumbing -----------------------------------------------------------------------
+    @nn.nowrap
+    def _given_states(self, initial_state, shapes) -> tuple | None:
+        if initial_state is None:
+            return None
+        states = tuple(initial_state) if isinstance(initial_state, (tuple, list)) else (
+            initial_state,)
+        contracts.check_state_shapes(states, shapes, self.state_names, type(self).__name__,
+                                     spelled=self.state_spelling())
+        self.check_initial_state(states)
+        return states
+
+    def _carried(self, shapes, dtype):
+        """The "rnn_state" variable of a stateful layer; its batch must be this call's."""
+        where = type(self).__name__
+        carried = self.variable(STATE_COLLECTION, "states",
+                                lambda: tuple(jnp.zeros(s, dtype) for s in shapes))
+        kept, batch = contracts.shape_of(carried.value[0])[0], shapes[0][0]
+        if kept != batch:
+            raise ValueError(
+                f"{where}(stateful=True) keeps one state per sample for batches of {kept} "
+                f"(the batch size at init); got a batch of {batch}. Feed batches of {kept} "
+                "(fit: batch_size, with the sample count a multiple of it), or init with a "
+                f"batch of {batch}.")
+        return carried
 
     @nn.nowrap
-    def _finish(self, final, ys, m, batch: int, time: int):
-        """The layer's return value from the final states and the outputs ys (b, t, u) in
-        processing order (None without return_sequences)."""
+    def _finish(self, final, ys, m, shapes, time: int):
+        """The layer's return value from the final states and the outputs ys in processing
+        order (None without return_sequences)."""
+        out_shape = shapes[0]
         if self.return_sequences:
             output = ys
-            chex.assert_shape(output, (batch, time, self.make_cell().output_size))
+            chex.assert_shape(output, (out_shape[0], time, *out_shape[1:]))
         else:
             output = final[0]
-            if self.zero_output_for_mask and m is not None:
+            if self.zero_output_for_mask and m is not None:  # last processed step masked
                 last = m[:, 0] if self.go_backwards else m[:, -1]
-                output = jnp.where(last[:, None], output, jnp.zeros_like(output))
-            chex.assert_shape(output, (batch, self.make_cell().output_size))
-        if self.return_state:
-            return (output, *final)
-        return output
+                keep = last.reshape(last.shape + (1,) * (output.ndim - 1))
+                output = jnp.where(keep, output, jnp.zeros_like(output))
+            chex.assert_shape(output, out_shape)
+        return (output, *final) if self.return_state else output

@@ -9,8 +9,9 @@ and in the payload:
   - "variables": every variable collection (params, batch_stats, rnn_state), flat by path;
   - "input": the shape of one sample and the dtype, when `save_model` was given `x`.
 `load_model` verifies the digest, validates the architecture record node by node, rebuilds the
-model from the registry below (jaxseq's layers and builders, and flax's Dense / Dropout /
-BatchNorm), so a fresh process needs no model code, and with a recorded input checks the
+model from the registry of layer kinds (`jaxseq.registry`: jaxseq's layers and `Sequential`,
+flax's Dense / Dropout / BatchNorm, and any kind registered there), so a fresh process needs no
+model code, and with a recorded input checks the
 weights against the model. A file written by a newer format version, or one that is corrupt,
 changed or foreign, is refused with a ValueError; version 1 files (no digest) are read.
 """
@@ -25,7 +26,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxseq import contracts
+from jaxseq import contracts, registry
 from jaxseq._trees import (
     check_tree,
     flatten,
@@ -36,28 +37,12 @@ from jaxseq._trees import (
     write_msgpack,
 )
 from jaxseq.activations import ACTIVATIONS
-from jaxseq.conv_lstm import ConvLSTM1D, ConvLSTM2D
-from jaxseq.layers import Dense, Dropout, Masking
-from jaxseq.minimal import MinGRU, MinLSTM
-from jaxseq.models import Sequential
-from jaxseq.recurrent import GRU, LSTM, Bidirectional, SimpleRNN
 from jaxseq.typing import STATE_COLLECTION
-from jaxseq.wrappers import RepeatVector, TimeDistributed
 
 PARAMS_FORMAT = "jaxseq.params"
 PARAMS_VERSION = 2  # 2: the payload travels with its SHA-256 digest
 FORMAT = "jaxseq.model"
 VERSION = 2  # 2: payload with its SHA-256 digest; the input spec
-REGISTRY: dict[str, type[nn.Module]] = {
-    cls.__name__: cls for cls in (Sequential, LSTM, GRU, SimpleRNN, MinGRU, MinLSTM,
-                                  Bidirectional, ConvLSTM1D, ConvLSTM2D, TimeDistributed,
-                                  RepeatVector, Dense, Dropout,
-                                  Masking)
-}
-REGISTRY.update({"flax.Dense": nn.Dense, "flax.Dropout": nn.Dropout,
-                 "flax.BatchNorm": nn.BatchNorm})
-_NAMES = {cls: name for name, cls in REGISTRY.items()}
-_SKIP = {"parent", "name"}
 
 
 def _encode(value, where: str):
@@ -78,21 +63,27 @@ def _encode(value, where: str):
                     "Keras activation names (e.g. activation='relu') and jaxseq/flax layers.")
 
 
+def _known() -> list[str]:
+    return sorted(k.name for k in registry.kinds())
+
+
 def _module(module: nn.Module, where: str) -> dict:
-    cls = type(module)
-    if cls not in _NAMES:
-        raise TypeError(f"save_model: {where} is a {cls.__name__}; model files hold jaxseq's "
-                        f"layers ({sorted(REGISTRY)}). Save the weights with js.save_params "
-                        "and rebuild the model in code instead.")
+    kind = registry.kind_of(module)
+    if kind is None:
+        raise TypeError(f"save_model: {where} is a {type(module).__name__}; model files hold "
+                        f"jaxseq's layers ({_known()}, the kinds of jaxseq.registry). Register "
+                        "the class there, or save the weights with js.save_params and rebuild "
+                        "the model in code instead.")
+    recorded = set(kind.record_fields())
     fields = {}
     for f in dataclasses.fields(module):
-        if f.name in _SKIP or f.name.endswith("_init") or not f.init:
+        if f.name not in recorded:
             continue
         value = getattr(module, f.name)
         if f.default is not dataclasses.MISSING and value is f.default:
             continue
         fields[f.name] = _encode(value, f"{where}.{f.name}")
-    return {"__module__": _NAMES[cls], "fields": fields}
+    return {"__module__": kind.name, "fields": fields}
 
 
 _SIMPLE = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,),
@@ -133,15 +124,15 @@ def _decode(value, where: str):
         return value
     if "__module__" in value:
         name, fields = value.get("__module__"), value.get("fields")
-        cls = REGISTRY.get(name) if isinstance(name, str) else None
-        if cls is None:
+        kind = registry.by_name(name) if isinstance(name, str) else None
+        if kind is None:
             raise ValueError(f"{where}: unknown layer {name!r} (this jaxseq knows "
-                             f"{sorted(REGISTRY)}).")
+                             f"{_known()}).")
+        cls = kind.cls
         if set(value) != {"__module__", "fields"} or not isinstance(fields, dict):
             raise ValueError(f"{where}: a {name} record has keys {sorted(value)}; expected "
                              "__module__ and fields.")
-        known = {f.name for f in dataclasses.fields(cls) if f.init and f.name not in _SKIP
-                 and not f.name.endswith("_init")}
+        known = set(kind.record_fields())
         annotations = _annotations(cls)
         kwargs = {}
         for field, raw in fields.items():
@@ -188,7 +179,7 @@ def save_model(path: str | os.PathLike, model: nn.Module, variables, *, x=None) 
 
     Args:
       path: a file path (str or os.PathLike).
-      model: the linen Module, built from the layers of `REGISTRY`.
+      model: the linen Module, built from registered layer kinds (`jaxseq.registry`).
       variables: a variables dict, a params dict or a `TrainState`.
       x: optional example inputs (batch, ...) or a `jax.ShapeDtypeStruct`: the shape of one
         sample and the dtype are recorded, and `load_model` then checks that the weights are

@@ -1,5 +1,6 @@
 """A Keras-style model summary: one row per top-level layer (name and type, output shape,
-parameter count) and the totals.
+parameter count) and the totals. The type is the layer kind's summary name
+(`jaxseq.registry`), or the class name of an unregistered module.
 
 Shapes come from `jax.eval_shape` over `init_with_output` with `capture_intermediates` for the
 model's direct children: nothing is computed, no shape is derived by hand.
@@ -11,7 +12,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from jaxseq import contracts
+from jaxseq import contracts, registry
 
 
 def _count(tree) -> int:
@@ -23,6 +24,11 @@ def _shape(out) -> str:
     shapes = [("None",) + tuple(str(d) for d in leaf.shape[1:]) for leaf in leaves]
     text = [f"({', '.join(s)}{',' if len(s) == 1 else ''})" for s in shapes]
     return text[0] if len(text) == 1 else "[" + ", ".join(text) + "]"
+
+
+def _type_name(module: nn.Module) -> str:
+    kind = registry.kind_of(module)
+    return type(module).__name__ if kind is None else kind.summary
 
 
 def _rows(model: nn.Module, x) -> tuple[list[tuple[str, str, str, int]], int]:
@@ -38,7 +44,7 @@ def _rows(model: nn.Module, x) -> tuple[list[tuple[str, str, str, int]], int]:
 
     def is_child(module, method_name: str) -> bool:
         if method_name == "__call__" and len(module.path) == 1:
-            called.setdefault(module.path[0], type(module).__name__)
+            called.setdefault(module.path[0], _type_name(module))
             return True
         return False
 
@@ -51,7 +57,7 @@ def _rows(model: nn.Module, x) -> tuple[list[tuple[str, str, str, int]], int]:
     rows = [(name, cls, _shape(inter[name]["__call__"][-1]), _count(params.get(name, {})))
             for name, cls in called.items() if name in inter]
     if not rows:  # a single layer: the model itself is the row
-        rows.append(("", type(model).__name__, _shape(out), _count(params)))
+        rows.append(("", _type_name(model), _shape(out), _count(params)))
     return rows, _count(params)
 
 

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxseq import contracts
+from jaxseq.registry import register
 from jaxseq.typing import Array, ArrayLike, Mask
 
 
@@ -27,6 +28,7 @@ def _collections(layer: nn.Module, x_slice, kwargs: dict) -> tuple[str, ...]:
     return tuple(shapes)
 
 
+@register(keras="TimeDistributed")
 class TimeDistributed(nn.Module):
     """Keras 3 `TimeDistributed(layer)`: apply `layer` to every time slice, (batch, time,
     *rest) -> (batch, time, *out) (`keras/src/layers/rnn/time_distributed.py`).
@@ -151,6 +153,7 @@ class TimeDistributed(nn.Module):
         return _collections(self.layer, xs, kwargs)
 
 
+@register(keras="RepeatVector")
 class RepeatVector(nn.Module):
     """Keras 3 `RepeatVector(n)`: repeat each sample's vector n times along a new time axis
     (`keras/src/layers/reshaping/repeat_vector.py`); no parameters. Used to feed a

@@ -11,7 +11,7 @@ import optax
 import pytest
 
 import jaxseq as js
-from jaxseq import fused
+from jaxseq.rnn import resolve_implementation
 
 EPS = 1e-3  # TF-Addons' norm_epsilon default
 
@@ -263,9 +263,9 @@ def test_fused_is_refused_and_auto_takes_the_scan():
         with pytest.raises(ValueError, match=r"implementation='fused'\) does not support "
                                              r"layer_norm=True; use implementation='scan'"):
             cls(3, layer_norm=True, implementation="fused").init(jax.random.PRNGKey(0), x)
-        cell = cls(3, layer_norm=True).make_cell()
-        assert fused.select("auto", cell, cls.__name__) == "scan"
-        assert fused.select("auto", cls(3).make_cell(), cls.__name__) == "fused"
+        normed = cls(3, layer_norm=True)
+        assert resolve_implementation(normed, "cpu") == "scan"
+        assert resolve_implementation(cls(3), "cpu") == "fused"
 
 
 def test_bad_configurations_are_refused():

@@ -108,7 +108,7 @@ def compiled_rule():
             s, alive = carry
             epoch, value = inputs
             new = callbacks.update(s, value, epoch, (epoch + 1).astype(jnp.float32))
-            s = training.loop.select(alive, new, s)
+            s = callbacks.tree_where(alive, new, s)
             return (s, alive & ~s.stopped), alive
 
         (s, _), ran = jax.lax.scan(body, (state, jnp.ones((), bool)),

@@ -12,6 +12,9 @@ jaxseq keeps Keras' parameter layout, so weights move unchanged (bitwise) in bot
   Sequential                   {"lstm": ..., "dense": ..., "lstm_1": ...}  (jaxseq's names)
   RepeatVector, Dropout        no parameters
 
+Which Keras class a jaxseq layer corresponds to is its registration (`jaxseq.registry`, the
+`keras=` of each kind); a layer kind registered without one is refused by name.
+
 A Sequential's params are keyed by the names `jaxseq.models.Sequential` gives its layers (by
 class, in order: `lstm`, `lstm_1`, ...), never by the Keras layer names, which carry global
 counters (`dense_7`). Keras' `.weights.h5` files use the same class-counted names, so
@@ -31,33 +34,39 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxseq.conv_lstm import ConvLSTM, ConvLSTM1D, ConvLSTM2D
+from jaxseq import registry
 from jaxseq.layers import Dense
 from jaxseq.models import Sequential, keras_name, sequential_names
-from jaxseq.recurrent import GRU, LSTM, RNN, Bidirectional, SimpleRNN
+from jaxseq.recurrent import RNN, Bidirectional
 from jaxseq.wrappers import RepeatVector, TimeDistributed
 
-_RNNS: dict[str, type[RNN]] = {"LSTM": LSTM, "GRU": GRU, "SimpleRNN": SimpleRNN}
-_CONVS: dict[str, type[ConvLSTM]] = {"ConvLSTM1D": ConvLSTM1D, "ConvLSTM2D": ConvLSTM2D}
-# Keras class name -> the jaxseq module class that plays its part (None: skipped entirely).
-_JAXSEQ: dict[str, Any] = {
-    **_RNNS, **_CONVS, "Bidirectional": Bidirectional, "TimeDistributed": TimeDistributed,
-    "Dense": nn.Dense, "RepeatVector": RepeatVector, "Dropout": nn.Dropout, "InputLayer": None,
-}
-SUPPORTED = (*_JAXSEQ, "Sequential")
+# Keras config keys that mean the same on a jaxseq recurrent layer (copied where it has them).
+_RNN_CONFIG = ("units", "filters", "kernel_size", "strides", "padding", "dilation_rate",
+               "activation", "recurrent_activation", "use_bias", "unit_forget_bias",
+               "reset_after", "dropout", "recurrent_dropout", "return_sequences",
+               "return_state", "go_backwards", "unroll", "zero_output_for_mask")
+
+
+def _jaxseq() -> dict[str, Any]:
+    """Keras class name -> the jaxseq module class that plays its part (None: skipped
+    entirely), from the registry."""
+    return {**{k.keras: k.cls for k in registry.kinds() if k.keras}, "InputLayer": None}
+
+
+def supported() -> tuple[str, ...]:
+    """The Keras classes these functions convert (the registry's counterparts)."""
+    return tuple(_jaxseq())
 
 
 def _kind(layer, where: str) -> str:
     import keras
 
-    if isinstance(layer, keras.Sequential):
-        return "Sequential"
-    for name in _JAXSEQ:
-        if isinstance(layer, getattr(keras.layers, name)):
+    for name in _jaxseq():
+        if isinstance(layer, getattr(keras.layers, name, None) or getattr(keras, name)):
             return name
     raise TypeError(
         f"{where}: unsupported Keras layer {type(layer).__name__} "
-        f"({getattr(layer, 'name', '?')!r}); supported: {', '.join(SUPPORTED)}."
+        f"({getattr(layer, 'name', '?')!r}); supported: {', '.join(supported())}."
     )
 
 
@@ -88,7 +97,8 @@ def _weights(layer, names: tuple[str, ...], where: str) -> dict:
 def _variables(layer, where: str) -> dict:
     """The Keras Variables of `layer`, nested as jaxseq's params."""
     kind = _kind(layer, where)
-    if kind in _RNNS or kind in _CONVS or kind == "Dense":
+    cls = _jaxseq()[kind]
+    if kind == "Dense" or isinstance(cls, type) and issubclass(cls, RNN):
         base = ("kernel",) if kind == "Dense" else ("kernel", "recurrent_kernel")
         return _weights(layer, (*base, "bias") if layer.use_bias else base, where)
     if kind == "TimeDistributed":
@@ -97,7 +107,7 @@ def _variables(layer, where: str) -> dict:
         return {side: _variables(getattr(layer, side), f"{where}/{side}")
                 for side in ("forward_layer", "backward_layer")}
     if kind == "Sequential":
-        layers = [(lay, _JAXSEQ.get(_kind(lay, where), Sequential)) for lay in layer.layers]
+        layers = [(lay, _jaxseq()[_kind(lay, where)]) for lay in layer.layers]
         layers = [(lay, cls) for lay, cls in layers if cls is not None]
         names = _names([cls for _, cls in layers])
         tree = {name: _variables(lay, name) for (lay, _), name in zip(layers, names, strict=True)}
@@ -165,24 +175,16 @@ def _module(layer, where: str):
     """The jaxseq module equivalent to a Keras layer, from its config."""
     kind = _kind(layer, where)
     cfg = layer.get_config()
-    if kind in _RNNS:
+    cls = _jaxseq()[kind]
+    if isinstance(cls, type) and issubclass(cls, RNN):
         if cfg.get("stateful"):
             raise ValueError(f"{where}: stateful Keras layer {layer.name!r} is not supported; "
                              "carry states with initial_state / return_state instead.")
-        fields = ("units", "activation", "recurrent_activation", "use_bias", "return_sequences",
-                  "return_state", "go_backwards", "unroll", "dropout", "recurrent_dropout",
-                  "zero_output_for_mask", "unit_forget_bias", "reset_after")
-        cls = _RNNS[kind]
-        return cls(**{f: cfg[f] for f in fields if f in cfg and f in cls.__dataclass_fields__})
-    if kind in _CONVS:
-        if cfg.get("stateful") or cfg.get("data_format", "channels_last") != "channels_last":
-            raise ValueError(f"{where}: Keras layer {layer.name!r} is stateful or channels_first;"
-                             " jaxseq's ConvLSTM layers are channels_last and not stateful.")
-        fields = ("filters", "kernel_size", "strides", "padding", "dilation_rate", "activation",
-                  "recurrent_activation", "use_bias", "unit_forget_bias", "dropout",
-                  "recurrent_dropout", "return_sequences", "return_state", "go_backwards",
-                  "unroll", "zero_output_for_mask")
-        return _CONVS[kind](**{f: cfg[f] for f in fields if f in cfg})
+        if cfg.get("data_format", "channels_last") != "channels_last":
+            raise ValueError(f"{where}: Keras layer {layer.name!r} is channels_first; jaxseq's "
+                             "ConvLSTM layers are channels_last.")
+        fields = set(registry.kind_of(cls).record_fields())
+        return cls(**{f: cfg[f] for f in _RNN_CONFIG if f in cfg and f in fields})
     if kind == "Dense":
         act = cfg["activation"]
         act = None if act in (None, "linear") else jax.nn.softmax if act == "softmax" else act
@@ -220,7 +222,8 @@ def _h5_tree(module, group, where: str) -> dict:
                              f"(found {sorted(g)}); is it from the matching Keras model?")
         return g[key]
 
-    if isinstance(module, (RNN, ConvLSTM, nn.Dense)):
+    kind = registry.kind_of(module)
+    if isinstance(module, nn.Dense) or isinstance(module, RNN) and kind and kind.keras:
         dense = isinstance(module, nn.Dense)
         vars_ = sub(group, "vars") if dense else sub(sub(group, "cell"), "vars")
         names = ("kernel",) if dense else ("kernel", "recurrent_kernel")
@@ -244,21 +247,55 @@ def _h5_tree(module, group, where: str) -> dict:
         return {k: v for k, v in tree.items() if v}
     if isinstance(module, (RepeatVector, nn.Dropout)):
         return {}
-    raise TypeError(f"{where}: load_keras_weights does not know the layout of "
-                    f"{type(module).__name__}; supported: jaxseq LSTM, GRU, SimpleRNN, "
-                    "ConvLSTM1D, ConvLSTM2D, Bidirectional, TimeDistributed, RepeatVector, flax "
-                    "Dense and Dropout.")
+    raise TypeError(_no_counterpart(module, where))
+
+
+def _no_counterpart(module, where: str) -> str:
+    kind = registry.kind_of(module)
+    name = type(module).__name__
+    what = (f"the registered layer kind {kind.name}, which names no Keras counterpart"
+            if kind else f"{name}, which is not a registered layer kind (jaxseq.registry)")
+    known = [k.name for k in registry.kinds() if k.keras]
+    return (f"{where}: {name} has no Keras layout: it is {what}; Keras weight files hold "
+            f"{', '.join(known)}, flax Dense and Dropout.")
+
+
+def _check_counterparts(module, where: str) -> None:
+    """Refuse, before any file is read, a model with a layer that has no Keras layout."""
+    if isinstance(module, Sequential):
+        for m in module.layers:
+            if isinstance(m, nn.Module):
+                _check_counterparts(m, where)
+        return
+    if isinstance(module, TimeDistributed):
+        return _check_counterparts(module.layer, where)
+    if isinstance(module, Bidirectional):
+        for m in (module.layer, module.backward_layer):
+            if m is not None:
+                _check_counterparts(m, where)
+        return
+    kind = registry.kind_of(module)
+    if not (isinstance(module, (nn.Dense, nn.Dropout)) or kind and kind.keras):
+        raise TypeError(_no_counterpart(module, where))
 
 
 def load_keras_weights(path, model: Sequential, x) -> dict:
     """Params for the jaxseq `model` read from a Keras `model.save_weights(path)` file
     (`.weights.h5`) of the matching Keras Sequential. `x`: a sample input (or a
-    `jax.ShapeDtypeStruct`), used to check every shape against the model's own."""
-    import h5py
+    `jax.ShapeDtypeStruct`), used to check every shape against the model's own.
 
+    Raises:
+      TypeError: `model` is not a Sequential, or holds a layer without a Keras layout (a
+        layer kind registered without a Keras counterpart, or an unregistered module), named
+        with the kinds that have one, before the file is opened.
+      ValueError: the file lacks a weight the model has, or a shape differs (naming both).
+    """
     if not isinstance(model, Sequential):
         raise TypeError("load_keras_weights expects a jaxseq Sequential (Keras saves models, "
                         f"not layers); got {type(model).__name__}.")
+    _check_counterparts(model, "load_keras_weights")
+    import h5py
+
     want = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), x)["params"]
     with h5py.File(path, "r") as f:
         got = _h5_tree(model, f, "load_keras_weights")

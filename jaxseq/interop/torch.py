@@ -28,36 +28,43 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from jaxseq.layers import Dense
+from jaxseq import registry
 from jaxseq.models import Sequential, sequential_names
-from jaxseq.recurrent import GRU, LSTM, Bidirectional, SimpleRNN
+from jaxseq.recurrent import Bidirectional
 
-SUPPORTED = ("LSTM", "GRU", "RNN", "Linear")
 _GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+
+
+def _jaxseq() -> dict[str, type]:
+    """torch.nn class name -> the jaxseq class that computes the same, from the registry
+    (`torch=` of each kind)."""
+    return {k.torch: k.cls for k in registry.kinds() if k.torch}
 
 
 def _kind(module, where: str) -> str:
     from torch import nn as tnn
 
-    for name in SUPPORTED:
+    known = _jaxseq()
+    for name in known:
         if isinstance(module, getattr(tnn, name)):
             return name
     raise TypeError(f"{where}: unsupported torch module {type(module).__name__}; supported: "
-                    f"{', '.join('nn.' + s for s in SUPPORTED)}.")
+                    f"{', '.join('nn.' + s for s in known)}.")
 
 
 def _spec(module, where: str) -> tuple[nn.Module, dict[tuple[str, ...], tuple[int, str]]]:
     """(jaxseq module, {params path: (torch layer index, direction suffix)})."""
     kind = _kind(module, where)
+    cls = _jaxseq()[kind]
     if kind == "Linear":
-        return Dense(module.out_features, use_bias=module.bias is not None), {(): (0, "")}
+        return cls(module.out_features, use_bias=module.bias is not None), {(): (0, "")}
     kwargs: dict[str, Any] = dict(units=module.hidden_size, use_bias=module.bias,
                                   return_sequences=True)
     if kind == "RNN":
         kwargs["activation"] = module.nonlinearity
     if kind == "LSTM" and module.proj_size:
         kwargs["proj_size"] = module.proj_size
-    layer = {"LSTM": LSTM, "GRU": GRU, "RNN": SimpleRNN}[kind](**kwargs)
+    layer = cls(**kwargs)
     unit = Bidirectional(layer, merge_mode="concat") if module.bidirectional else layer
     dirs = {("forward_layer",): "", ("backward_layer",): "_reverse"} if module.bidirectional \
         else {(): ""}

@@ -88,7 +88,7 @@ class StopState(NamedTuple):
     best_params: Any  # the weights at the best epoch: (params, model_state) in fit's loop
 
 
-def select(flag, new, old):
+def tree_where(flag, new, old):
     """`new` where the scalar `flag` holds, else `old`, leaf by leaf (exact: no arithmetic)."""
     return jax.tree.map(lambda a, b: jnp.where(flag, a, b), new, old)
 
@@ -107,7 +107,7 @@ def update(s: StopState, current, epoch, params) -> StopState:
     epoch = jnp.asarray(epoch, jnp.int32)
     # "If best weights were never set, then the current weights are the best."
     first = s.restore & ~s.has_weights
-    best_params = select(first, params, s.best_params)
+    best_params = tree_where(first, params, s.best_params)
     best_epoch = jnp.where(first, epoch, s.best_epoch)
     wait = s.wait + 1
     improved = ~s.has_best | improves(s, current, s.best)
@@ -121,9 +121,9 @@ def update(s: StopState, current, epoch, params) -> StopState:
         stopped_epoch=jnp.where(stop, epoch, s.stopped_epoch),
         stopped=s.stopped | stop,
         has_weights=s.restore | s.has_weights,
-        best_params=select(improved & s.restore, params, best_params),
+        best_params=tree_where(improved & s.restore, params, best_params),
     )
-    return select(s.enabled & (epoch >= s.start_from_epoch), new, s)
+    return tree_where(s.enabled & (epoch >= s.start_from_epoch), new, s)
 
 
 def stop_state(stopper: EarlyStopping | None, params, names) -> StopState:

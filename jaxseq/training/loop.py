@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxseq.training import callbacks, losses
-from jaxseq.training.callbacks import select
+from jaxseq.training.callbacks import tree_where
 from jaxseq.training.data import Batch
 from jaxseq.training.state import TrainState
 from jaxseq.training.state import reset_states as zero_states
@@ -275,7 +275,7 @@ def train_loop(carry: LoopState, key, first, last, data: Batch, val: Batch | Non
                              shuffle=shuffle, loss=loss_fn, metrics=metrics, sharding=sharding,
                              reset_states=reset_states)
         finite = (logs["bad_batch"] < 0) & jnp.isfinite(logs["loss"])
-        state = select(finite, state, carry.state)
+        state = tree_where(finite, state, carry.state)
         values = {k: logs[k] for k in names if not k.startswith("val_")}
         if val is not None:
             scores = evaluate_batches(state, val, batch_size=val_bs, loss=loss_fn,
@@ -308,8 +308,8 @@ def train_loop(carry: LoopState, key, first, last, data: Batch, val: Batch | Non
         new, out = run(carry, epoch)
         i = epoch - first
         if axis_name is not None:  # a replica that stopped runs along: keep what it had
-            new = select(carry.alive, new, carry)
-            out = select(carry.alive, out, {k: v[i] for k, v in logs.items()})
+            new = tree_where(carry.alive, new, carry)
+            out = tree_where(carry.alive, out, {k: v[i] for k, v in logs.items()})
         logs = {k: v.at[i].set(out[k].astype(v.dtype)) for k, v in logs.items()}
         return new, epoch + 1, logs
 

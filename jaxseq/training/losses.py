@@ -131,7 +131,7 @@ def entry_mask(mask, valid: Array, shape: tuple[int, ...]) -> Array:
     return jnp.broadcast_to(real, shape)
 
 
-def expand_to(w: Array, shape: tuple[int, ...]) -> Array:
+def broadcast_weights(w: Array, shape: tuple[int, ...]) -> Array:
     """Weights (batch,) or (batch, time) broadcast to entries of `shape`."""
     return jnp.broadcast_to(w.reshape(w.shape + (1,) * (len(shape) - w.ndim)), shape)
 
@@ -157,7 +157,7 @@ def batch_terms(loss_fn: Callable, metrics: Sequence[Metric], y, pred, sample_we
     values = entry_values(loss_fn, y, pred)
     real = entry_mask(mask, valid, values.shape)
     count = jnp.sum(real.astype(values.dtype))
-    w = expand_to(sample_weight.astype(values.dtype), values.shape)
+    w = broadcast_weights(sample_weight.astype(values.dtype), values.shape)
     total = jnp.sum(jnp.where(real, w * values, jnp.zeros_like(values)))
     out = {"loss": jnp.where(count > 0, total / jnp.maximum(count, 1), 0.0),
            "size": jnp.sum(valid.astype(jnp.float32))}
