@@ -13,6 +13,7 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
+from flax.training import train_state
 
 
 def shape_of(x) -> tuple[int, ...]:
@@ -247,3 +248,17 @@ def check_backward_layer(layer, backward, where: str) -> None:
                 f'for attribute "{a}", got "{forward_value}" for forward layer and '
                 f'"{backward_value}" for backward layer'
             )
+
+
+def as_variables(state_or_variables, where: str) -> dict:
+    """A TrainState, a variables dict (`{"params": ..., "batch_stats": ...}`) or a bare params
+    dict -> the variables dict a model applies."""
+    if isinstance(state_or_variables, train_state.TrainState):
+        return {"params": state_or_variables.params,
+                **getattr(state_or_variables, "model_state", {})}
+    if not hasattr(state_or_variables, "keys"):
+        raise TypeError(f"{where} expects params (a dict of arrays), a variables dict or a "
+                        f"TrainState; got {type(state_or_variables).__name__}.")
+    if "params" in state_or_variables:
+        return dict(state_or_variables)
+    return {"params": state_or_variables}

@@ -194,11 +194,9 @@ def save_model(path: str | os.PathLike, model: nn.Module, variables, *, x=None) 
       ValueError: an empty path, or a directory.
       OSError: the file cannot be written (naming the path and the cause; nothing is left).
     """
-    from jaxseq.training.state import as_variables
-
     path = contracts.check_path(path, "path", "save_model")
     architecture = json.dumps(_module(model, type(model).__name__))
-    variables = as_variables(variables, "save_model")
+    variables = contracts.as_variables(variables, "save_model")
     write_msgpack(path, FORMAT, VERSION, {"architecture": architecture,
                                           "variables": host_arrays(dict(variables)),
                                           "input": _input_spec(x)}, "save_model")

@@ -172,7 +172,8 @@ def _jaxseq_imports(path) -> set[str]:
 
 def test_imports_run_down_the_layers():
     # The training package imports the rooms below it only (checkpointing lazily, for its
-    # checkpoint hook); checkpointing and the models import nothing of training.
+    # checkpoint hook); checkpointing, saving (which checkpointing imports) and the models
+    # import nothing of training.
     import pathlib
 
     root = pathlib.Path(js.__file__).parent
@@ -181,6 +182,6 @@ def test_imports_run_down_the_layers():
     for path in sorted((root / "training").glob("*.py")):
         outside = {n for n in _jaxseq_imports(path) if not n.startswith("jaxseq.training")}
         assert outside <= below, (path.name, sorted(outside - below))
-    for name in ("checkpointing.py", "models.py", "history.py"):
+    for name in ("checkpointing.py", "saving.py", "models.py", "history.py"):
         up = {n for n in _jaxseq_imports(root / name) if n.startswith("jaxseq.training")}
         assert not up, (name, sorted(up))

@@ -27,6 +27,7 @@ from flax import struct
 from flax.training import train_state
 
 from jaxseq import contracts
+from jaxseq.contracts import as_variables  # noqa: F401  (re-exported)
 from jaxseq.training.rows import reset_rows
 from jaxseq.typing import STATE_COLLECTION, Array
 
@@ -193,17 +194,3 @@ def reset_states(variables, rows=None):
                                                           "reset_states")}
     zeroed = jax.tree.map(jnp.zeros_like, variables[STATE_COLLECTION])
     return {**variables, STATE_COLLECTION: zeroed}
-
-
-def as_variables(state_or_variables, where: str) -> dict:
-    """A TrainState, a variables dict (`{"params": ..., "batch_stats": ...}`) or a bare params
-    dict -> the variables dict a model applies."""
-    if isinstance(state_or_variables, train_state.TrainState):
-        return {"params": state_or_variables.params,
-                **getattr(state_or_variables, "model_state", {})}
-    if not hasattr(state_or_variables, "keys"):
-        raise TypeError(f"{where} expects params (a dict of arrays), a variables dict or a "
-                        f"TrainState; got {type(state_or_variables).__name__}.")
-    if "params" in state_or_variables:
-        return dict(state_or_variables)
-    return {"params": state_or_variables}
