@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import jax
 import numpy as np
 import pytest
@@ -115,3 +117,17 @@ def test_auto_chooses_by_options_and_size(data, tmp_path):
         chosen(wide, x, y[:, -1], "concurrent", cb=[js.training.callbacks.Callback()])
     with pytest.raises(ValueError, match="strategy to be one of"):
         chosen(wide, x, y[:, -1], "threads")
+
+
+def test_default_verbose_reports_start_and_end_on_a_terminal_only(data, capsys, monkeypatch):
+    model, x, y, kw = data
+    kw = {k: v for k, v in kw.items() if k != "verbose"} | {"epochs": 2}
+    js.fit_replicas(model, x, y, seeds=2, **kw)
+    assert capsys.readouterr().out == ""  # not a terminal: silent
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    js.fit_replicas(model, x, y, seeds=2, strategy="concurrent", **kw)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "fit_replicas: 2 replicas (concurrent), up to 2 epochs", lines
+    assert lines[-1].startswith("fit_replicas: done in ") and lines[-1].endswith(
+        "s; 0 non-finite"), lines
+    assert len(lines) == 2

@@ -22,11 +22,14 @@ is a `lax.while_loop` over epochs; the host wakes once per chunk of epochs (all 
 from __future__ import annotations
 
 import os
+import sys
+import time
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxseq.history import History
@@ -226,7 +229,7 @@ def fit_replicas(
     sample_weight: SampleWeight | None = None,
     mask: Mask | None = None,
     callbacks: Sequence[cbs.Callback] = (),
-    verbose: int = 0,
+    verbose: int | str = "auto",
     epochs_per_chunk: int | None = None,
     on_nan: str = "stop",
     reset_states: str | None = None,
@@ -242,6 +245,9 @@ def fit_replicas(
 
     Args: those of `fit` (same meaning, same checks), except:
       seeds: a list of distinct int seeds, or an int n meaning `range(n)`.
+      verbose: "auto" (default): one line when training starts (replicas, strategy, epochs)
+        and one when it ends (wall time, replicas that went non-finite) where stdout is a
+        terminal, nothing otherwise; 0 silent; 1 and 2 as `fit` (progress over all replicas).
       callbacks: host callbacks get `logs` values as arrays (replicas,); `EarlyStopping` stops
         each replica at its own epoch and restores its own best weights.
       on_nan: a replica whose training goes non-finite keeps its last finite state and logs NaN
@@ -265,7 +271,9 @@ def fit_replicas(
     """
     where = "fit_replicas"
     layout = Layout(tuple(check_seeds(seeds, where)))
-    host = parse_host(where, epochs=epochs, verbose=verbose, callbacks=callbacks,
+    report = verbose == "auto" and sys.stdout.isatty()
+    host = parse_host(where, epochs=epochs, verbose=0 if verbose == "auto" else verbose,
+                      callbacks=callbacks,
                       epochs_per_chunk=epochs_per_chunk, on_nan=on_nan,
                       checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
                       keep=keep, resume=resume)
@@ -276,6 +284,15 @@ def fit_replicas(
                             batch_size=batch_size, shuffle=shuffle,
                             validation_batch_size=validation_batch_size,
                             reset_states=reset_states, mesh=mesh)
-    if strategies.resolve(strategy, program, layout, host, data) == "concurrent":
-        return strategies.drive_each(program, layout, host, data, drive)
-    return drive(program, layout, host, data)
+    chosen = strategies.resolve(strategy, program, layout, host, data)
+    start = time.perf_counter()
+    if report:
+        print(f"{where}: {layout.size} replicas ({chosen}), up to {epochs} epochs", flush=True)
+    if chosen == "concurrent":
+        states, history = strategies.drive_each(program, layout, host, data, drive)
+    else:
+        states, history = drive(program, layout, host, data)
+    if report:
+        print(f"{where}: done in {time.perf_counter() - start:.1f} s; "
+              f"{int(np.sum(history.nonfinite))} non-finite", flush=True)
+    return states, history
