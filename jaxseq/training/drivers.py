@@ -21,6 +21,7 @@ is a `lax.while_loop` over epochs; the host wakes once per chunk of epochs (all 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -34,7 +35,7 @@ import optax
 
 from jaxseq.history import History
 from jaxseq.training import callbacks as cbs
-from jaxseq.training import hooks, loop, programs, strategies
+from jaxseq.training import compaction, hooks, loop, programs, strategies
 from jaxseq.training.checkpoints import Saver
 from jaxseq.training.parse import parse_data, parse_host, parse_optimizer, parse_program
 from jaxseq.training.spec import Host, Layout, Program, Source
@@ -79,6 +80,9 @@ def drive(program: Program, layout: Layout, host: Host, data: Source,
     if layout.replicated:
         stop = cbs.with_replica_axis(stop, layout.size)
     run = programs.loop_program(program, layout, data.val_per_split)
+    compact = compaction.applies(program, layout, host)
+    if compact and host.compact_every is not None:
+        host = dataclasses.replace(host, chunk=min(host.chunk, host.compact_every))
     record = hooks.Record(host, layout.replicated, names)
     saver = Saver.open(program, layout, host, data, names)
     try:
@@ -87,13 +91,17 @@ def drive(program: Program, layout: Layout, host: Host, data: Source,
         # Donation consumes the buffers passed in; keep the caller's state usable.
         carry = loop.LoopState(jax.tree.map(jnp.copy, state), ~jnp.asarray(stop.stopped), stop)
         carry, key, train, val = programs.place(carry, key, data, program.mesh, layout)
+        chunks = compaction.Compactor(program, layout, data, run, key, train, val, compact)
         record.begin(state, carry.alive)
         while not record.done:
-            carry, out = run(carry, key, *record.window(), train, val)
-            record.add(out, carry.alive)
+            carry, out, alive = chunks(carry, *record.window())
+            record.add(out, alive)
             if saver is not None:
                 saver.after_chunk(record, carry, key)
+            elif not record.done:  # only the live replicas go on (compaction)
+                carry = chunks.compact(carry, alive)
         record.progress.close()
+        carry = chunks.gather(carry)
     finally:
         if saver is not None:
             saver.close()
