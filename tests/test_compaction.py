@@ -174,3 +174,28 @@ def test_non_finite_replicas_keep_their_flags_and_order(diverging, on_nan):
     np.testing.assert_array_equal(np.isfinite(history.loss), np.isfinite(ref.loss))
     np.testing.assert_allclose(history.loss, ref.loss, rtol=1e-5)
     _close_params(states.params, ref_states.params, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("units, batch_size, epochs_per_chunk, stopper, expected", [
+    (32, 32, None, True, True),  # the forecaster: 4,385 parameters x 32 rows
+    (5, 1, None, True, False),  # the tutorial's LSTM(5): a look costs more than it saves
+    (32, 32, 100, True, False),  # the chunk length asked for is kept
+    (32, 32, None, False, False),  # no EarlyStopping: nothing to look for between chunks
+])
+def test_the_host_looks_for_stopped_replicas_only_where_it_pays(units, batch_size,
+                                                                 epochs_per_chunk, stopper,
+                                                                 expected):
+    from jaxseq.training.parse import parse_host
+    from jaxseq.training.spec import Layout
+
+    model = js.Sequential([js.LSTM(units), js.Dense(1)])
+    params = model.init(jax.random.PRNGKey(0), np.zeros((1, 12, 1), np.float32))["params"]
+    replicas = jax.tree.map(lambda a: np.stack([a, a, a]), params)  # (R=3, ...) leaves
+    host = parse_host("fit_replicas", epochs=1000, verbose=0,
+                      callbacks=[_stopper()] if stopper else [],
+                      epochs_per_chunk=epochs_per_chunk, on_nan="stop")
+    state = type("State", (), {"params": replicas})
+    program = type("Program", (), {"batch_size": batch_size})
+    assert compaction.looks(host, state, Layout((0, 1, 2)), program, n=200) is expected
+    if expected:
+        assert host.compact_every == compaction.CHECK_EVERY

@@ -28,7 +28,11 @@ mesh (sharded replica batches keep their size) or checkpoints (a checkpoint hold
 
 With `EarlyStopping` and no `epochs_per_chunk`, `Host.compact_every` bounds the chunk length
 (`CHECK_EVERY` epochs), so the host looks for stopped replicas that often even when nothing
-else wakes it.
+else wakes it -- for models whose per-step work (parameters x batch size) is at least
+`strategies.VMAP_BELOW`, where a vmapped step costs about as much as the steps it batches, so a
+stopped replica costs a full step. Below it a vmapped step costs little more than one, and a
+look (one call of the compiled loop and its logs) would cost more than it saves: such runs
+keep one chunk.
 """
 
 from __future__ import annotations
@@ -37,11 +41,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxseq.training import loop
+from jaxseq.training import loop, strategies
 from jaxseq.training.compile import Jitted, cached, jit
 from jaxseq.training.spec import REPLICA_AXIS, Host, Layout, Program, Source
 
-__all__ = ["CHECK_EVERY", "Compactor", "applies", "batch_size", "split_loop_program"]
+__all__ = ["CHECK_EVERY", "Compactor", "applies", "batch_size", "looks", "split_loop_program"]
 
 # Epochs between looks for stopped replicas when EarlyStopping is given and nobody watches
 # (measured in experiments/bench_forecaster.py: a look costs one call of the compiled loop).
@@ -64,6 +68,16 @@ def applies(program: Program, layout: Layout, host: Host) -> bool:
     """Whether the driver compacts this run (replicated, R >= 2, no mesh, no checkpoints)."""
     return (layout.replicated and layout.size > 1 and program.mesh is None
             and host.checkpoints is None)
+
+
+def looks(host: Host, state, layout: Layout, program: Program, n: int) -> bool:
+    """Whether a compacting run shortens its chunks to `host.compact_every` epochs: given
+    (EarlyStopping, no `epochs_per_chunk`) and worth it (per-step work of one replica at least
+    `strategies.VMAP_BELOW`; `state`: the run's initial state, leaves (R, ...))."""
+    if host.compact_every is None:
+        return False
+    params = sum(np.size(a) for a in jax.tree.leaves(state.params)) // layout.size
+    return params * min(program.batch_size, n) >= strategies.VMAP_BELOW
 
 
 def split_loop_program(program: Program, val_per_split: bool) -> Jitted:

@@ -16,7 +16,9 @@ the layout's structure, and array shapes. The number of epochs, the seeds, `verb
 callbacks, `EarlyStopping`'s settings, `epochs_per_chunk` and the checkpoint cadence are runtime
 values or host logic: a second `fit` that changes only those compiles nothing. The compiled loop
 is a `lax.while_loop` over epochs; the host wakes once per chunk of epochs (all of them, up to
-1024, when nobody watches; about 20 chunks per run with `verbose` or host callbacks).
+1024, when nobody watches; about 20 chunks per run with `verbose` or host callbacks; at most
+`compaction.CHECK_EVERY` epochs for replicas with EarlyStopping). Between chunks a replicated
+run compacts: the live replicas continue in a smaller replica batch (`compaction.Compactor`).
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ def drive(program: Program, layout: Layout, host: Host, data: Source,
         stop = cbs.with_replica_axis(stop, layout.size)
     run = programs.loop_program(program, layout, data.val_per_split)
     compact = compaction.applies(program, layout, host)
-    if compact and host.compact_every is not None:
+    if compact and compaction.looks(host, state, layout, program, data.n):
         host = dataclasses.replace(host, chunk=min(host.chunk, host.compact_every))
     record = hooks.Record(host, layout.replicated, names)
     saver = Saver.open(program, layout, host, data, names)
@@ -264,7 +266,13 @@ def fit_replicas(
         holds every replica).
       mesh: the replica axis is sharded over the mesh (seeds divisible by its size); data and
         settings are replicated.
-      strategy: "vmap" (one program, a leading replica axis), "concurrent" (replica i is
+      strategy: "vmap" (one program, a leading replica axis; between chunks of epochs the
+        replicas still training continue in a smaller replica batch, the next power of two at
+        or above their number once that halves the batch, so stopped replicas stop costing
+        steps; results in the seeds' order, equal to the uncompacted program's to float32
+        rounding; not with a mesh or checkpoints. With `EarlyStopping`, no `epochs_per_chunk`
+        and parameters x batch size >= 16384 the host looks every 16 epochs:
+        `jaxseq.training.compaction`), "concurrent" (replica i is
         exactly `fit(seed=seeds[i])`'s program; one host thread per available CPU core runs
         them, each replica stops at its own epoch; not with a mesh, host callbacks or
         checkpoints), or "auto" (default): "vmap" on GPU/TPU, with a mesh, host callbacks or
