@@ -271,7 +271,7 @@ def fit_replicas(
         or above their number once that halves the batch, so stopped replicas stop costing
         steps; results in the seeds' order, equal to the uncompacted program's to float32
         rounding; not with a mesh or checkpoints. With `EarlyStopping`, no `epochs_per_chunk`
-        and parameters x batch size >= 16384 the host looks every 16 epochs:
+        and parameters x batch size >= 16384 the host looks every 4 epochs:
         `jaxseq.training.compaction`), "concurrent" (replica i is
         exactly `fit(seed=seeds[i])`'s program; one host thread per available CPU core runs
         them, each replica stops at its own epoch; not with a mesh, host callbacks or
