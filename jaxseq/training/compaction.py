@@ -69,7 +69,8 @@ def batch_size(live: int, current: int) -> int:
 
 
 def applies(program: Program, layout: Layout, host: Host) -> bool:
-    """Whether the driver compacts the replicas of `layout` (replicated, R >= 2, no mesh, no checkpoints)."""
+    """Whether the driver compacts the replicas of `layout` (replicated, R >= 2, no mesh, no
+    checkpoints)."""
     return (layout.replicated and layout.size > 1 and program.mesh is None
             and host.checkpoints is None)
 
