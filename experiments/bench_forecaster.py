@@ -6,7 +6,9 @@ Rows: LSTM(32) -> Dense(1) on 24-step windows, batch 32, 10 seeds; "early stoppi
 validation_split 0.2 and EarlyStopping(patience 50, restore_best_weights) for up to 1000 epochs;
 "fixed": 100 epochs, no validation. Each row times the loop and each strategy, warm, in
 interleaved rounds, and reports loop / strategy (above 1: the replicas are faster) and the
-strategy "auto" picks.
+strategy "auto" picks. "vmap, one chunk" is strategy "vmap" with `epochs_per_chunk=epochs`: the
+host never wakes, so the replica batch never compacts (every replica runs until the last one
+stops); "vmap" compacts the live replicas between chunks (`jaxseq.training.compaction`).
 """
 
 from __future__ import annotations
@@ -61,6 +63,10 @@ def forecaster_case(*, quick: bool, notes: list) -> dict:
         for strategy in ("vmap", "concurrent", "auto"):
             runs[strategy] = (lambda s=strategy, kw=kw, callbacks=callbacks: js.fit_replicas(
                 model, x, y, seeds=seeds, callbacks=callbacks(), strategy=s, **kw)[0].params)
+        if row["patience"]:  # without early stopping every run is one chunk
+            runs["vmap, one chunk"] = (lambda kw=kw, callbacks=callbacks: js.fit_replicas(
+                model, x, y, seeds=seeds, callbacks=callbacks(), strategy="vmap",
+                epochs_per_chunk=kw["epochs"], **kw)[0].params)
         warm = {k: [] for k in runs}
         for run in runs.values():  # compile
             jax.block_until_ready(run())
@@ -100,10 +106,11 @@ def _auto(model, x, y, kw, callbacks, seeds) -> str:
 def table(result: dict) -> str:
     lines = [f"forecaster (elec_equip, LSTM(32), 24-step windows, batch 32; "
              f"{result.get('cores')} cores): warm median s, loop / strategy",
-             f"  {'row':<16}{'loop':>9}{'vmap':>14}{'concurrent':>16}{'auto':>14}  auto picks"]
+             f"  {'row':<16}{'loop':>9}{'vmap':>14}{'concurrent':>16}{'auto':>14}"
+             f"{'one chunk':>14}  auto picks"]
     for r in result["rows"]:
         med, ratio = r["median_s"], r["loop_over"]
-        cells = "".join(f"{med[k]:>8.2f} {ratio[k]:>5.2f}" for k in ("vmap", "concurrent",
-                                                                      "auto"))
+        cells = "".join(f"{med[k]:>8.2f} {ratio[k]:>5.2f}" if k in med else f"{'':>14}"
+                        for k in ("vmap", "concurrent", "auto", "vmap, one chunk"))
         lines.append(f"  {r['name']:<16}{med['loop of fits']:>9.2f}{cells}  {r['auto_picks']}")
     return "\n".join(lines)

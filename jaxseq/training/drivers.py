@@ -16,11 +16,14 @@ the layout's structure, and array shapes. The number of epochs, the seeds, `verb
 callbacks, `EarlyStopping`'s settings, `epochs_per_chunk` and the checkpoint cadence are runtime
 values or host logic: a second `fit` that changes only those compiles nothing. The compiled loop
 is a `lax.while_loop` over epochs; the host wakes once per chunk of epochs (all of them, up to
-1024, when nobody watches; about 20 chunks per run with `verbose` or host callbacks).
+1024, when nobody watches; about 20 chunks per run with `verbose` or host callbacks; at most
+`compaction.CHECK_EVERY` epochs for replicas with EarlyStopping). Between chunks a replicated
+run compacts: the live replicas continue in a smaller replica batch (`compaction.Compactor`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -34,7 +37,7 @@ import optax
 
 from jaxseq.history import History
 from jaxseq.training import callbacks as cbs
-from jaxseq.training import hooks, loop, programs, strategies
+from jaxseq.training import compaction, hooks, loop, programs, strategies
 from jaxseq.training.checkpoints import Saver
 from jaxseq.training.parse import parse_data, parse_host, parse_optimizer, parse_program
 from jaxseq.training.spec import Host, Layout, Program, Source
@@ -79,6 +82,9 @@ def drive(program: Program, layout: Layout, host: Host, data: Source,
     if layout.replicated:
         stop = cbs.with_replica_axis(stop, layout.size)
     run = programs.loop_program(program, layout, data.val_per_split)
+    compact = compaction.applies(program, layout, host)
+    if compact and compaction.looks(host, state, layout, program, data.n):
+        host = dataclasses.replace(host, chunk=min(host.chunk, host.compact_every))
     record = hooks.Record(host, layout.replicated, names)
     saver = Saver.open(program, layout, host, data, names)
     try:
@@ -87,13 +93,17 @@ def drive(program: Program, layout: Layout, host: Host, data: Source,
         # Donation consumes the buffers passed in; keep the caller's state usable.
         carry = loop.LoopState(jax.tree.map(jnp.copy, state), ~jnp.asarray(stop.stopped), stop)
         carry, key, train, val = programs.place(carry, key, data, program.mesh, layout)
+        chunks = compaction.Compactor(program, layout, data, run, key, train, val, compact)
         record.begin(state, carry.alive)
         while not record.done:
-            carry, out = run(carry, key, *record.window(), train, val)
-            record.add(out, carry.alive)
+            carry, out, alive = chunks(carry, *record.window())
+            record.add(out, alive)
             if saver is not None:
                 saver.after_chunk(record, carry, key)
+            elif not record.done:  # only the live replicas go on (compaction)
+                carry = chunks.compact(carry, alive)
         record.progress.close()
+        carry = chunks.gather(carry)
     finally:
         if saver is not None:
             saver.close()
@@ -256,7 +266,13 @@ def fit_replicas(
         holds every replica).
       mesh: the replica axis is sharded over the mesh (seeds divisible by its size); data and
         settings are replicated.
-      strategy: "vmap" (one program, a leading replica axis), "concurrent" (replica i is
+      strategy: "vmap" (one program, a leading replica axis; between chunks of epochs the
+        replicas still training continue in a smaller replica batch, the next power of two at
+        or above their number once that halves the batch, so stopped replicas stop costing
+        steps; results in the seeds' order, equal to the uncompacted program's to float32
+        rounding; not with a mesh or checkpoints. With `EarlyStopping`, no `epochs_per_chunk`
+        and parameters x batch size >= 16384 the host looks every 4 epochs:
+        `jaxseq.training.compaction`), "concurrent" (replica i is
         exactly `fit(seed=seeds[i])`'s program; one host thread per available CPU core runs
         them, each replica stops at its own epoch; not with a mesh, host callbacks or
         checkpoints), or "auto" (default): "vmap" on GPU/TPU, with a mesh, host callbacks or

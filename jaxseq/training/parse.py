@@ -21,8 +21,8 @@ import numpy as np
 import optax
 
 from jaxseq import contracts, parallel
+from jaxseq.training import compaction, loop, losses
 from jaxseq.training import data as data_mod
-from jaxseq.training import loop, losses
 from jaxseq.training.callbacks import Callback, EarlyStopping
 from jaxseq.training.spec import Checkpoints, Host, Layout, Program, Source
 from jaxseq.training.state import TrainState, check_state, get_optimizer
@@ -83,7 +83,9 @@ def parse_host(where: str, *, epochs: int, verbose: int, callbacks: Sequence,
                checkpoint_dir: str | os.PathLike | None = None,
                checkpoint_every: int | None = None, keep: int | None = None,
                resume: bool = False) -> Host:
-    """`fit`'s host options (same names, same meaning) -> a `Host`."""
+    """`fit`'s host options (same names, same meaning) -> a `Host`. With an EarlyStopping and
+    no `epochs_per_chunk`, a vmapped run looks for stopped replicas at least every
+    `compaction.CHECK_EVERY` epochs (`Host.compact_every`)."""
     contracts.check_positive_int(epochs, "epochs", where)
     if checkpoint_dir is not None:
         contracts.check_path(checkpoint_dir, "checkpoint_dir", where)
@@ -94,8 +96,9 @@ def parse_host(where: str, *, epochs: int, verbose: int, callbacks: Sequence,
     contracts.check_choice(on_nan, ("raise", "stop"), "on_nan", where)
     saves = _checkpoints(where, epochs, checkpoint_dir, checkpoint_every, keep, resume)
     stopper, host = split_callbacks(callbacks, where)
+    every = compaction.CHECK_EVERY if stopper is not None and epochs_per_chunk is None else None
     return Host(where, epochs, verbose, chunk_length(epochs, verbose, host, epochs_per_chunk),
-                stopper, host, on_nan, saves)
+                stopper, host, on_nan, saves, every)
 
 
 def check_validation_choice(validation_data, validation_split, where: str) -> None:

@@ -222,7 +222,9 @@ class Host:
     """What the host does. where: the entry point, named in messages; epochs: epochs to run;
     verbose: 0, 1 or 2; chunk: epochs per call of the compiled loop; stopper: the one
     `EarlyStopping` (compiled into the loop) or None; callbacks: the host callbacks; on_nan:
-    "raise" or "stop"; checkpoints: a `Checkpoints` or None."""
+    "raise" or "stop"; checkpoints: a `Checkpoints` or None; compact_every: the most epochs per
+    chunk when the vmapped driver compacts its replicas (`jaxseq.training.compaction`), None:
+    `chunk` as it is."""
 
     where: str
     epochs: int
@@ -232,6 +234,7 @@ class Host:
     callbacks: tuple[Callback, ...] = ()
     on_nan: str = "raise"
     checkpoints: Checkpoints | None = None
+    compact_every: int | None = None
 
     @property
     def everyone(self) -> list[Callback]:
