@@ -134,7 +134,10 @@ def fit(
 
     Args:
       model: a linen Module (e.g. `js.Sequential`); it may take `mask` and `deterministic`.
-      x: (batch, ...) inputs, floating (float32, bfloat16, ...).
+      x: (batch, ...) inputs, floating (float32, bfloat16, ...); several inputs as a tuple or
+        list of such arrays (`model.__call__(x_a, x_b, ...)`, positionally) or a dict
+        (`model.__call__(enc=..., dec=...)`, keyword arguments), every one with the same
+        batch: batched, shuffled and split together (Keras' lists and dicts of inputs).
       y: (batch, ...) targets shaped exactly like the model's output (nothing is broadcast).
       epochs: epochs to run (a runtime value: changing it compiles nothing).
       batch_size: mini-batch size; larger than the data uses all of it (as Keras). The last
@@ -159,7 +162,9 @@ def fit(
       sample_weight: (batch,) per-sample or (batch, time) per-step loss weights (>= 0).
       mask: (batch, time) bool, True at real steps: passed to the model, and when y has that
         time axis the masked steps are left out of loss and metrics (their x and y may hold
-        anything, NaN included).
+        anything, NaN included). With several inputs it is one mask, passed once as `mask=`,
+        shared by every input with a time axis (rank >= 3, which must then have one length);
+        inputs without one (batch, features) are not masked.
       callbacks: `jaxseq.Callback`s (host side) and at most one `EarlyStopping` (compiled).
       verbose: 0 silent; 1 a progress bar (plain lines when stdout is not a terminal); 2 one
         line per epoch. Output appears when a chunk of epochs finishes.

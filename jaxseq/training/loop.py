@@ -61,8 +61,13 @@ def all_finite(tree) -> Array:
         jnp.ones((), bool))
 
 
+def samples(x) -> int:
+    """The samples (axis 0) of the inputs x: one array, or a tuple/dict of them."""
+    return jax.tree.leaves(x)[0].shape[0]
+
+
 def _valid(batch: Batch, valid) -> Array:
-    n = batch.x.shape[0]
+    n = samples(batch.x)
     return jnp.ones((n,), jnp.float32) if valid is None else valid
 
 
@@ -134,8 +139,10 @@ def _as_batch(data) -> Batch:
     if not isinstance(data, Batch):
         data = Batch(*data) if len(data) > 2 else Batch(*data, None)
     x, y, w, m = data
-    x, y = jnp.asarray(x), jnp.asarray(y)
-    w = jnp.ones((x.shape[0],), jnp.float32) if w is None else jnp.asarray(w)
+    if isinstance(x, list):
+        x = tuple(x)
+    x, y = jax.tree.map(jnp.asarray, x), jnp.asarray(y)
+    w = jnp.ones((samples(x),), jnp.float32) if w is None else jnp.asarray(w)
     return Batch(x, y, w, None if m is None else jnp.asarray(m))
 
 
@@ -153,7 +160,8 @@ def _over_batches(step, carry, data: Batch, full, rest):
 
 
 def take(data: Batch, idx) -> Batch:
-    return Batch(*(None if a is None else a[idx] for a in data))
+    """The rows `idx` of every array of `data` (inputs x: one array or several)."""
+    return Batch(*(None if a is None else jax.tree.map(lambda v: v[idx], a) for a in data))
 
 
 def train_epoch(state: TrainState, data: Batch, key, *, batch_size: int, shuffle: bool = True,
@@ -182,7 +190,7 @@ def _epoch(state, data, shuffle_key, dropout_key, *, batch_size, shuffle, loss, 
     if reset_states:
         state = zero_states(state)
     data = _as_batch(data)
-    n = data.x.shape[0]
+    n = samples(data.x)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"train_epoch expects batch_size to be an int >= 1; got {batch_size!r}.")
     batch_size = min(batch_size, n)
@@ -192,7 +200,7 @@ def _epoch(state, data, shuffle_key, dropout_key, *, batch_size, shuffle, loss, 
     full, rest = batch_indices(n, batch_size, order)
 
     def step(state, batch):
-        if sharding is not None and batch.x.shape[0] == batch_size:
+        if sharding is not None and samples(batch.x) == batch_size:
             batch = jax.lax.with_sharding_constraint(batch, sharding)
         return train_step(state, batch, dropout_key, loss=loss_fn, metrics=metrics)
 
@@ -211,7 +219,7 @@ def evaluate_batches(state: TrainState, data: Batch, *, batch_size: int, loss="m
     batch-size-weighted mean of the batch losses, metric: its value over all real entries}."""
     loss_fn, metrics = _resolve(loss, metrics)
     data = _as_batch(data)
-    n = data.x.shape[0]
+    n = samples(data.x)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"evaluate_batches expects batch_size to be an int >= 1; got "
                          f"{batch_size!r}.")
@@ -266,7 +274,7 @@ def train_loop(carry: LoopState, key, first, last, data: Batch, val: Batch | Non
     """
     loss_fn, metrics = _resolve(loss, metrics)
     names = log_names(metrics, val is not None)
-    val_bs = min(val_batch_size or batch_size, val.x.shape[0]) if val is not None else None
+    val_bs = min(val_batch_size or batch_size, samples(val.x)) if val is not None else None
 
     shuffle_key, dropout_key = jax.random.split(key)  # as train_epoch splits it, once
 
