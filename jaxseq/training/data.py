@@ -15,7 +15,7 @@ import numpy as np
 
 from jaxseq import contracts
 from jaxseq.training.compile import cached_shape
-from jaxseq.typing import ArrayLike
+from jaxseq.typing import STATE_COLLECTION, ArrayLike
 
 
 class Batch(NamedTuple):
@@ -23,13 +23,16 @@ class Batch(NamedTuple):
 
     x: (batch, ...) inputs; y: (batch, ...) targets shaped like the model's output;
     sample_weight: (batch,) per-sample or (batch, time) per-step loss weights, float32;
-    mask: (batch, time) bool input mask (True = real step), or None.
+    mask: (batch, time) bool input mask (True = real step), or None; starts: (batch,) bool,
+    True for the samples whose window starts a new stream (a stateful model's kept state of
+    that row is zeroed before the step that trains on it), or None.
     """
 
     x: Any
     y: Any
     sample_weight: Any
     mask: Any = None
+    starts: Any = None
 
 
 def _dtype(a):
@@ -174,6 +177,34 @@ def check_batch(model, x, y, sample_weight=None, mask=None, *, where: str = "fit
              mask=real_steps(model, x, m))
     w = check_sample_weight(sample_weight, y, where, names[2])
     return Batch(x, y, w, m)
+
+
+def keeps_states(model, x) -> bool:
+    """Whether the model, on inputs like x, has stateful layers (a "rnn_state" collection)."""
+    return cached_shape("keeps_states", model, contracts.input_key(x),
+                        build=lambda: STATE_COLLECTION in jax.eval_shape(
+                            lambda s: contracts.call_inputs(model.init, s,
+                                                            jax.random.PRNGKey(0)),
+                            contracts.input_spec(x)))
+
+
+def check_stream_starts(model, data: Batch, starts, where: str) -> Batch:
+    """`stream_starts` (samples,) bool for a model with stateful layers -> `data` with it."""
+    if starts is None:
+        return data
+    n = num_samples(data.x)
+    a = contracts.as_array(starts, "stream_starts", where)
+    if np.dtype(a.dtype) != np.bool_:
+        raise TypeError(f"{where} expects stream_starts as a bool array (True where a sample's "
+                        f"window starts a new stream); got dtype {a.dtype}. Use "
+                        "starts.astype(bool).")
+    if contracts.shape_of(a) != (n,):
+        raise ValueError(f"{where} expects stream_starts of shape (samples,) = ({n},), one "
+                         f"flag per sample; got {contracts.shape_of(a)}.")
+    if not keeps_states(model, data.x):
+        raise ValueError(f"{where}: stream_starts resets the states that stateful layers keep "
+                         "(stateful=True); this model keeps none.")
+    return data._replace(starts=np.asarray(a))
 
 
 def check_validation(model, validation_data, where: str) -> Batch | None:

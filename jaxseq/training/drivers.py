@@ -39,7 +39,7 @@ from jaxseq.training.checkpoints import Saver
 from jaxseq.training.parse import parse_data, parse_host, parse_optimizer, parse_program
 from jaxseq.training.spec import Host, Layout, Program, Source
 from jaxseq.training.state import TrainState, check_seeds
-from jaxseq.typing import Inputs, Mask, SampleWeight, Seed, Seeds, Targets
+from jaxseq.typing import ArrayLike, Inputs, Mask, SampleWeight, Seed, Seeds, Targets
 
 __all__ = ["drive", "fit", "fit_replicas"]
 
@@ -124,6 +124,7 @@ def fit(
     state: TrainState | None = None,
     on_nan: str = "raise",
     reset_states: str | None = None,
+    stream_starts: ArrayLike | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     checkpoint_every: int | None = None,
     keep: int | None = 3,
@@ -181,6 +182,12 @@ def fit(
         the samples a multiple of batch_size, row j of each batch continuing row j of the
         previous one, no gradient across batches): None (Keras: the states carry on across
         epochs until you reset them) or "epoch" (zeroed before every epoch).
+      stream_starts: (samples,) bool, for models with stateful layers trained with
+        shuffle=False on windows of many streams side by side: True where a sample's window
+        starts a new stream. Before the step that trains on it, that batch row of every
+        stateful layer's kept state is zeroed (`js.reset_states(state, rows=...)` inside the
+        compiled step); the other rows carry on. With validation_split the training part's
+        flags are used; validation does not carry states, so it needs none.
       checkpoint_dir, checkpoint_every, keep, resume: save the whole training state with orbax
         every `checkpoint_every` epochs (default about 20 saves per run) and at the end, keeping
         the newest `keep`; `resume=True` continues from the latest complete checkpoint, bitwise
@@ -208,7 +215,8 @@ def fit(
                       keep=keep, resume=resume)
     tx = parse_optimizer(where, model, optimizer, state)
     data = parse_data(where, model, x, y, sample_weight=sample_weight, mask=mask,
-                      validation_data=validation_data, validation_split=validation_split)
+                      validation_data=validation_data, validation_split=validation_split,
+                      stream_starts=stream_starts)
     program = parse_program(where, model, tx, data, layout, loss=loss, metrics=metrics,
                             batch_size=batch_size, shuffle=shuffle,
                             validation_batch_size=validation_batch_size,
@@ -238,6 +246,7 @@ def fit_replicas(
     epochs_per_chunk: int | None = None,
     on_nan: str = "stop",
     reset_states: str | None = None,
+    stream_starts: ArrayLike | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     checkpoint_every: int | None = None,
     keep: int | None = 3,
@@ -284,7 +293,8 @@ def fit_replicas(
                       keep=keep, resume=resume)
     tx = parse_optimizer(where, model, optimizer, None)
     data = parse_data(where, model, x, y, sample_weight=sample_weight, mask=mask,
-                      validation_data=validation_data, validation_split=validation_split)
+                      validation_data=validation_data, validation_split=validation_split,
+                      stream_starts=stream_starts)
     program = parse_program(where, model, tx, data, layout, loss=loss, metrics=metrics,
                             batch_size=batch_size, shuffle=shuffle,
                             validation_batch_size=validation_batch_size,

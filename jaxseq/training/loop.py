@@ -82,17 +82,20 @@ def train_step(state: TrainState, batch: Batch, key, valid=None, *, loss="mse",
     """One optimizer step on one mini-batch.
 
     state: a `TrainState` (from `create_train_state`). batch: `Batch(x (b, ...), y (b, ...),
-    sample_weight (b,) or (b, t), mask (b, t) or None)`. key: PRNG key; dropout uses
-    `fold_in(key, state.step)`. valid: (b,) 1.0 for real samples, 0.0 for padding rows (default:
-    all real). loss: "mse", "mae" or `(y_true, y_pred) -> values`; metrics: names or callables
-    (see `losses`). Returns (new state, terms): terms["loss"] is the batch loss, "size" the real
-    samples, "<metric>/total" and "/count" the metric sums, "finite" whether the loss and the
-    updated parameters are finite.
+    sample_weight (b,) or (b, t), mask (b, t) or None, starts (b,) or None)`; with `starts`, the
+    rows it flags of the stateful layers' kept states are zeroed before the step. key: PRNG key;
+    dropout uses `fold_in(key, state.step)`. valid: (b,) 1.0 for real samples, 0.0 for padding
+    rows (default: all real). loss: "mse", "mae" or `(y_true, y_pred) -> values`; metrics: names
+    or callables (see `losses`). Returns (new state, terms): terms["loss"] is the batch loss,
+    "size" the real samples, "<metric>/total" and "/count" the metric sums, "finite" whether the
+    loss and the updated parameters are finite.
     """
     loss_fn, metrics = _resolve(loss, metrics)
     batch = _as_batch(batch)
     valid = _valid(batch, valid)
     dropout_key = jax.random.fold_in(key, state.step)
+    if batch.starts is not None:  # rows whose window starts a new stream begin from zeros
+        state = zero_states(state, rows=batch.starts)
 
     def objective(params):
         pred, model_state, mask = state.apply_fn.forward_masked(
@@ -138,12 +141,13 @@ def _as_batch(data) -> Batch:
     means ones), so NumPy data can be indexed with traced indices."""
     if not isinstance(data, Batch):
         data = Batch(*data) if len(data) > 2 else Batch(*data, None)
-    x, y, w, m = data
+    x, y, w, m, starts = data
     if isinstance(x, list):
         x = tuple(x)
     x, y = jax.tree.map(jnp.asarray, x), jnp.asarray(y)
     w = jnp.ones((samples(x),), jnp.float32) if w is None else jnp.asarray(w)
-    return Batch(x, y, w, None if m is None else jnp.asarray(m))
+    return Batch(x, y, w, None if m is None else jnp.asarray(m),
+                 None if starts is None else jnp.asarray(starts))
 
 
 def _over_batches(step, carry, data: Batch, full, rest):
