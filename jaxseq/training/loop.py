@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxseq import contracts
 from jaxseq.training import callbacks, losses
 from jaxseq.training.callbacks import tree_where
 from jaxseq.training.data import Batch
@@ -142,9 +143,11 @@ def _as_batch(data) -> Batch:
     if not isinstance(data, Batch):
         data = Batch(*data) if len(data) > 2 else Batch(*data, None)
     x, y, w, m, starts = data
-    if isinstance(x, list):
-        x = tuple(x)
-    x, y = jax.tree.map(jnp.asarray, x), jnp.asarray(y)
+    if contracts.is_several(x):  # several inputs (a list is a tuple); else one array-like
+        x = jax.tree.map(jnp.asarray, tuple(x) if isinstance(x, list) else x)
+    else:
+        x = jnp.asarray(x)
+    y = jnp.asarray(y)
     w = jnp.ones((samples(x),), jnp.float32) if w is None else jnp.asarray(w)
     return Batch(x, y, w, None if m is None else jnp.asarray(m),
                  None if starts is None else jnp.asarray(starts))
