@@ -11,6 +11,7 @@ import functools
 import inspect
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from flax.training import train_state
@@ -262,3 +263,137 @@ def as_variables(state_or_variables, where: str) -> dict:
     if "params" in state_or_variables:
         return dict(state_or_variables)
     return {"params": state_or_variables}
+
+
+# Several inputs. A model's inputs `x` are one array, or a tuple (a list is taken as one) of
+# arrays passed to `model.__call__` positionally, or a dict of arrays passed as keyword
+# arguments (Keras' lists and dicts of inputs). Everything that batches, shuffles, splits or
+# caches the inputs maps over this pytree; `call_inputs` is the one place that unpacks it.
+
+RESERVED_INPUT_NAMES = ("mask", "deterministic", "return_mask", "rngs", "mutable")
+
+
+def is_several(x) -> bool:
+    """Whether x holds several inputs: a dict, or a tuple/list with at least one array (an
+    object with `shape` and `dtype`) among its items. A nested list of numbers is one input."""
+    if isinstance(x, dict):
+        return True
+    return isinstance(x, (tuple, list)) and any(
+        hasattr(a, "shape") and hasattr(a, "dtype") for a in x)
+
+
+def input_items(x, name: str = "x") -> list[tuple[str, Any]]:
+    """[(label, array)]: ("x", x) for one input; ("x[0]", ...), ... or ("x['enc']", ...)."""
+    if isinstance(x, dict):
+        return [(f"{name}[{k!r}]", v) for k, v in x.items()]
+    if isinstance(x, (tuple, list)) and is_several(x):
+        return [(f"{name}[{i}]", v) for i, v in enumerate(x)]
+    return [(name, x)]
+
+
+def as_inputs(x, name: str, where: str):
+    """x -> one array (`as_array`), a tuple of arrays (from a tuple or list) or a dict of
+    arrays (str keys); each item checked as an array and named in errors (x[1], x['dec'])."""
+    if not is_several(x):
+        return as_array(x, name, where)
+    if isinstance(x, dict):
+        bad = [k for k in x if not isinstance(k, str) or not k.isidentifier()]
+        if bad:
+            raise TypeError(f"{where} expects {name} as a dict keyed by the model's argument "
+                            f"names (str); got the key {bad[0]!r}.")
+        clash = [k for k in x if k in RESERVED_INPUT_NAMES]
+        if clash:
+            raise ValueError(f"{where}: {name} has the key {clash[0]!r}, a keyword the training "
+                             f"core passes itself; rename that argument of the model.")
+        return {k: as_array(v, f"{name}[{k!r}]", where) for k, v in x.items()}
+    return tuple(as_array(v, f"{name}[{i}]", where) for i, v in enumerate(x))
+
+
+def input_samples(x, where: str, name: str = "x") -> int:
+    """The samples (axis 0) of every input, equal -> that count; else a ValueError naming
+    the input that differs, its shape and the expected count."""
+    items = input_items(x, name)
+    n = None
+    for label, a in items:
+        shape = shape_of(a)
+        if not shape:
+            raise ValueError(f"{where} expects {label} with a batch axis (samples, ...); got "
+                             f"shape {shape}.")
+        if n is None:
+            n, first = shape[0], label
+        elif shape[0] != n:
+            raise ValueError(f"{where} expects every input with the same number of samples "
+                             f"(axis 0): {n}, as {first}; got {label} of shape {shape}.")
+    return n
+
+
+def call_inputs(fn, x, *before, **kwargs):
+    """fn(*before, x, **kwargs) for one input; fn(*before, *x, **kwargs) for a tuple or list;
+    fn(*before, **x, **kwargs) for a dict (e.g. `call_inputs(model.apply, x, variables)`)."""
+    if isinstance(x, dict):
+        return fn(*before, **x, **kwargs)
+    if isinstance(x, (tuple, list)) and is_several(x):
+        return fn(*before, *x, **kwargs)
+    return fn(*before, x, **kwargs)
+
+
+def check_input_count(module, x, where: str, name: str = "x") -> None:
+    """When `type(module).__call__`'s signature says so (no *args / **kwargs hiding it), the
+    inputs must match it: a tuple's length within its positional parameters (none of them a
+    keyword the training core passes, such as `mask`), a dict's keys among its parameters and
+    covering the required ones. A signature that cannot be read is not checked."""
+    try:
+        params = list(inspect.signature(type(module).__call__).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return
+    kinds = inspect.Parameter
+    positional = [p for p in params if p.kind in (kinds.POSITIONAL_ONLY,
+                                                  kinds.POSITIONAL_OR_KEYWORD)]
+    required = [p.name for p in positional if p.default is p.empty]
+    model = type(module).__name__
+    takes = f"{model}.__call__ takes {len(required)} input(s) ({', '.join(required)})"
+    if isinstance(x, dict):
+        if any(p.kind is kinds.VAR_KEYWORD for p in params):
+            return
+        names = {p.name for p in params if p.kind is not kinds.POSITIONAL_ONLY}
+        unknown = sorted(set(x) - names)
+        missing = [r for r in required if r not in x]
+        if unknown or missing:
+            what = (f"{name}[{unknown[0]!r}] is not an argument of it" if unknown
+                    else f"{name} has no {missing[0]!r}")
+            raise ValueError(f"{where}: {takes}; {what}. Key the dict by those names.")
+        return
+    count = len(x) if isinstance(x, (tuple, list)) and is_several(x) else 1
+    if any(p.kind is kinds.VAR_POSITIONAL for p in params):
+        if count < len(required):
+            raise ValueError(f"{where}: {takes} or more; got {count} input(s).")
+        return
+    if not len(required) <= count <= len(positional):
+        raise ValueError(f"{where}: {takes}; got {count} input(s). Pass them as a tuple "
+                         f"{name}=({', '.join(required)}) in that order, or a dict keyed by "
+                         "those names.")
+    clash = [p.name for p in positional[:count] if p.name in RESERVED_INPUT_NAMES]
+    if clash:
+        raise ValueError(f"{where}: {takes}; {count} inputs would fill its {clash[0]!r} "
+                         "argument. Pass fewer inputs.")
+
+
+def input_spec(x):
+    """x's structure with a `jax.ShapeDtypeStruct` per input (one array: one struct)."""
+    import jax
+
+    def spec(a):
+        dtype = getattr(a, "dtype", None)
+        return jax.ShapeDtypeStruct(shape_of(a), dtype if dtype is not None else
+                                    np.asarray(a).dtype)
+
+    if isinstance(x, dict):
+        return {k: spec(v) for k, v in x.items()}
+    if isinstance(x, (tuple, list)) and is_several(x):
+        return tuple(spec(v) for v in x)
+    return spec(x)
+
+
+def input_key(x) -> tuple:
+    """A hashable key of the inputs' structure, shapes and dtypes (for caches)."""
+    return tuple((label, s.shape, str(s.dtype)) for label, s in input_items(input_spec(x)))

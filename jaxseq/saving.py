@@ -163,8 +163,14 @@ def _decode(value, where: str):
 
 
 def _input_spec(x) -> dict | None:
+    """{"shape", "dtype"} of one sample; several inputs: {"inputs": [...]} (a tuple or list)
+    or {"named": {name: ...}} (a dict)."""
     if x is None:
         return None
+    if isinstance(x, dict) and contracts.is_several(x):
+        return {"named": {str(k): _input_spec(v) for k, v in x.items()}}
+    if contracts.is_several(x):
+        return {"inputs": [_input_spec(v) for v in x]}
     shape = contracts.shape_of(x)
     if not shape:
         raise ValueError(f"save_model expects x with a batch axis; got shape {shape}.")
@@ -181,8 +187,9 @@ def save_model(path: str | os.PathLike, model: nn.Module, variables, *, x=None) 
       path: a file path (str or os.PathLike).
       model: the linen Module, built from registered layer kinds (`jaxseq.registry`).
       variables: a variables dict, a params dict or a `TrainState`.
-      x: optional example inputs (batch, ...) or a `jax.ShapeDtypeStruct`: the shape of one
-        sample and the dtype are recorded, and `load_model` then checks that the weights are
+      x: optional example inputs (batch, ...) or a `jax.ShapeDtypeStruct` (or several, as a
+        tuple, list or dict of them, as `fit` takes): the shape of one sample and the dtype
+        (of each input) are recorded, and `load_model` then checks that the weights are
         exactly those the model builds for such inputs (names, shapes, dtypes).
 
     The write is atomic (a temporary file, then a rename; removed on failure) and the payload
@@ -244,15 +251,21 @@ def _check_weights(path: str, model: nn.Module, variables: dict, spec) -> None:
     """The variables must be exactly those `model.init` creates for inputs like `spec`."""
     import jax
 
+    def struct(one):
+        return jax.ShapeDtypeStruct((1, *map(int, one["shape"])), jnp.dtype(one["dtype"]))
+
     try:
-        x = jax.ShapeDtypeStruct((1, *map(int, spec["shape"])), jnp.dtype(spec["dtype"]))
-    except (KeyError, TypeError, ValueError) as err:
+        x = ({k: struct(v) for k, v in spec["named"].items()} if "named" in spec else
+             tuple(map(struct, spec["inputs"])) if "inputs" in spec else struct(spec))
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise ValueError(f"{path!r}: the input record is corrupt ({err}).") from err
     try:
-        want = jax.eval_shape(lambda s: model.init(jax.random.PRNGKey(0), s), x)
+        want = jax.eval_shape(lambda s: contracts.call_inputs(
+            model.init, s, jax.random.PRNGKey(0)), x)
     except (TypeError, ValueError) as err:
+        shapes = [(label, a.shape, str(a.dtype)) for label, a in contracts.input_items(x)]
         raise ValueError(f"{path!r}: the model in the file cannot be built for its recorded "
-                         f"input {x.shape} {x.dtype}: {err}") from err
+                         f"input {shapes}: {err}") from err
     want = flatten(dict(want))
     got = flatten(variables)
     if STATE_COLLECTION in variables:  # kept states have the batch of their last call

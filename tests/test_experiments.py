@@ -76,3 +76,12 @@ def test_moving_square_experiment(tmp_path):
     stdout = _run("moving_square.py", "--quick", "--png", str(png), cwd=tmp_path)
     assert "params 2633" in stdout and "persistence MSE" in stdout
     assert png.read_bytes().startswith(PNG)
+
+
+def test_seq2seq_experiment(tmp_path):
+    stdout = _run("seq2seq.py", "--quick", "--out", str(tmp_path), cwd=tmp_path)
+    assert "free-running MSE" in stdout
+    r = json.loads((tmp_path / "seq2seq.json").read_text())
+    assert r["free_running_mse"] < r["persistence_mse"]  # the inference loop learned something
+    assert r["first_step_max_diff"] < 1e-5  # same first decoder input on both routes
+    assert r["teacher_forced_mse"] < r["persistence_mse"]

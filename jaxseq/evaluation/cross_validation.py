@@ -242,7 +242,8 @@ def cross_validate(
         tests.append(loop.take(whole, te))
     groups: dict[tuple, list[int]] = {}
     for i, (tr, va, te) in enumerate(zip(trains, vals, tests, strict=True)):
-        size = (len(tr.x), None if va is None else len(va.x), len(te.x))
+        size = (data_mod.num_samples(tr.x), None if va is None else data_mod.num_samples(va.x),
+                data_mod.num_samples(te.x))
         groups.setdefault(size, []).append(i)
     # One layout per group of equally sized splits. With a mesh, the replica axis is cut into
     # equal contiguous shards: seeds outermost keeps every shard aligned with whole seeds.

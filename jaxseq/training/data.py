@@ -15,7 +15,7 @@ import numpy as np
 
 from jaxseq import contracts
 from jaxseq.training.compile import cached_shape
-from jaxseq.typing import ArrayLike
+from jaxseq.typing import STATE_COLLECTION, ArrayLike
 
 
 class Batch(NamedTuple):
@@ -23,13 +23,16 @@ class Batch(NamedTuple):
 
     x: (batch, ...) inputs; y: (batch, ...) targets shaped like the model's output;
     sample_weight: (batch,) per-sample or (batch, time) per-step loss weights, float32;
-    mask: (batch, time) bool input mask (True = real step), or None.
+    mask: (batch, time) bool input mask (True = real step), or None; starts: (batch,) bool,
+    True for the samples whose window starts a new stream (a stateful model's kept state of
+    that row is zeroed before the step that trains on it), or None.
     """
 
     x: Any
     y: Any
     sample_weight: Any
     mask: Any = None
+    starts: Any = None
 
 
 def _dtype(a):
@@ -42,12 +45,12 @@ def _is_floating(dtype) -> bool:
 
 
 def output_shape(model, x) -> Any:
-    """The model's output shape/dtype for inputs shaped like x (traced once per shape, cached)."""
-    spec = jax.ShapeDtypeStruct(contracts.shape_of(x), _dtype(x))
+    """The model's output shape/dtype for inputs shaped like x (one array, a tuple or a dict
+    of them; traced once per shapes, cached)."""
     return cached_shape(
-        "out", model, (spec.shape, str(spec.dtype)),
-        build=lambda: jax.eval_shape(
-            lambda x: model.init_with_output(jax.random.PRNGKey(0), x)[0], spec),
+        "out", model, contracts.input_key(x),
+        build=lambda: jax.eval_shape(lambda s: contracts.call_inputs(
+            model.init_with_output, s, jax.random.PRNGKey(0))[0], contracts.input_spec(x)),
     )
 
 
@@ -66,19 +69,24 @@ def _check_finite(a, name: str, where: str, mask) -> None:
 
 
 def check_xy(model, x, y, *, where: str = "fit", name_x="x", name_y="y", mask=None) -> None:
-    """x and y: same number of samples (>= 1), floating, finite (outside the mask), and y
-    shaped exactly like the model's output for x."""
-    xs, ys = contracts.shape_of(x), contracts.shape_of(y)
+    """x (one array, or several inputs: a tuple or dict) and y: same number of samples (>= 1),
+    floating, finite (outside the mask), and y shaped exactly like the model's output for x."""
+    several = contracts.is_several(x)
+    xs, ys = (contracts.shape_of(x) if not several else (contracts.input_samples(
+        x, where, name_x),)), contracts.shape_of(y)
     if len(xs) < 1 or len(ys) < 1:
         raise ValueError(f"{where} expects {name_x} and {name_y} with a batch axis; got "
                          f"{name_x} {xs} and {name_y} {ys}.")
+    if several and xs[0] != ys[0]:
+        raise ValueError(f"{where} expects {name_y} with the samples of the inputs (axis 0): "
+                         f"{xs[0]}; got {name_y} {ys}.")
     if xs[0] != ys[0]:
         raise ValueError(
             f"{where} expects {name_x} and {name_y} with the same number of samples (axis 0); "
             f"got {name_x} {xs} and {name_y} {ys}.")
     if xs[0] < 1:
         raise ValueError(f"{where} expects at least one sample; got {name_x} of shape {xs}.")
-    for arr, name in ((x, name_x), (y, name_y)):
+    for name, arr in (*contracts.input_items(x, name_x), (name_y, y)):
         if not _is_floating(_dtype(arr)):
             raise TypeError(f"{where} expects {name} with a floating dtype; got {_dtype(arr)}. "
                             f"Cast it, e.g. {name}.astype(np.float32).")
@@ -96,10 +104,25 @@ def check_xy(model, x, y, *, where: str = "fit", name_x="x", name_y="y", mask=No
 
 def check_mask(model, x, mask, where: str):
     """mask (batch, time) bool/int for x (batch, time, ...), for a model that takes `mask`
-    -> a bool NumPy array, or None."""
+    -> a bool NumPy array, or None. With several inputs, the one mask is shared by those with
+    a time axis (rank >= 3: (batch, time, features)), which must have the same length."""
     if mask is None:
         return None
-    xs = contracts.shape_of(x)
+    if contracts.is_several(x):
+        timed = [(label, contracts.shape_of(a)) for label, a in contracts.input_items(x)
+                 if len(contracts.shape_of(a)) >= 3]
+        if not timed:
+            raise ValueError(f"{where} got a mask, but no input has a time axis (batch, time, "
+                             "features).")
+        other = [(label, s) for label, s in timed if s[1] != timed[0][1][1]]
+        if other:
+            raise ValueError(
+                f"{where}: the mask (batch, time) is shared by every input with a time axis, "
+                f"so they need one length; {timed[0][0]} has {timed[0][1][1]} steps, "
+                f"{other[0][0]} {other[0][1][1]}. Pass per-input masks as inputs instead.")
+        xs = timed[0][1]
+    else:
+        xs = contracts.shape_of(x)
     if len(xs) < 2:
         raise ValueError(f"{where} got a mask, but x {xs} has no time axis.")
     contracts.check_mask(mask, xs[0], xs[1], where)
@@ -113,7 +136,8 @@ def check_mask(model, x, mask, where: str):
 def real_steps(model, x, mask):
     """The steps whose values count, (batch, time) bool or None (all): the given (checked)
     mask, ANDed with the one the model computes from x itself (`js.Masking`)."""
-    if hasattr(model, "compute_mask") and len(contracts.shape_of(x)) == 3:
+    if (hasattr(model, "compute_mask") and not contracts.is_several(x)
+            and len(contracts.shape_of(x)) == 3):
         computed = model.compute_mask(x, mask)
         return None if computed is None else np.asarray(computed, bool)
     return mask
@@ -144,15 +168,43 @@ def check_sample_weight(sample_weight, y, where: str, name: str = "sample_weight
 def check_batch(model, x, y, sample_weight=None, mask=None, *, where: str = "fit",
                 names=("x", "y", "sample_weight")) -> Batch:
     """Every check of (x, y, sample_weight, mask) -> a `Batch` of NumPy arrays."""
-    x = contracts.as_array(x, names[0], where)
+    x = contracts.as_inputs(x, names[0], where)
     y = contracts.as_array(y, names[1], where)
-    if str(_dtype(x)) != "bfloat16":
-        x = np.asarray(x)
+    x = jax.tree.map(lambda a: a if str(_dtype(a)) == "bfloat16" else np.asarray(a), x)
+    contracts.check_input_count(model, x, where, names[0])
     m = check_mask(model, x, mask, where)
     check_xy(model, x, y, where=where, name_x=names[0], name_y=names[1],
              mask=real_steps(model, x, m))
     w = check_sample_weight(sample_weight, y, where, names[2])
     return Batch(x, y, w, m)
+
+
+def keeps_states(model, x) -> bool:
+    """Whether the model, on inputs like x, has stateful layers (a "rnn_state" collection)."""
+    return cached_shape("keeps_states", model, contracts.input_key(x),
+                        build=lambda: STATE_COLLECTION in jax.eval_shape(
+                            lambda s: contracts.call_inputs(model.init, s,
+                                                            jax.random.PRNGKey(0)),
+                            contracts.input_spec(x)))
+
+
+def check_stream_starts(model, data: Batch, starts, where: str) -> Batch:
+    """`stream_starts` (samples,) bool for a model with stateful layers -> `data` with it."""
+    if starts is None:
+        return data
+    n = num_samples(data.x)
+    a = contracts.as_array(starts, "stream_starts", where)
+    if np.dtype(a.dtype) != np.bool_:
+        raise TypeError(f"{where} expects stream_starts as a bool array (True where a sample's "
+                        f"window starts a new stream); got dtype {a.dtype}. Use "
+                        "starts.astype(bool).")
+    if contracts.shape_of(a) != (n,):
+        raise ValueError(f"{where} expects stream_starts of shape (samples,) = ({n},), one "
+                         f"flag per sample; got {contracts.shape_of(a)}.")
+    if not keeps_states(model, data.x):
+        raise ValueError(f"{where}: stream_starts resets the states that stateful layers keep "
+                         "(stateful=True); this model keeps none.")
+    return data._replace(starts=np.asarray(a))
 
 
 def check_validation(model, validation_data, where: str) -> Batch | None:
@@ -177,13 +229,13 @@ def split_validation(data: Batch, fraction, where: str) -> tuple[Batch, Batch]:
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not (
             0.0 < fraction < 1.0):
         raise ValueError(f"{where} expects validation_split in (0, 1); got {fraction!r}.")
-    n = contracts.shape_of(data.x)[0]
+    n = num_samples(data.x)
     split = int(math.floor(n * (1.0 - fraction)))
     if split < 1 or split >= n:
         raise ValueError(f"{where}: validation_split={fraction} leaves {split} training and "
                          f"{n - split} validation sample(s) of {n}; both need at least one.")
-    head = Batch(*(None if a is None else a[:split] for a in data))
-    tail = Batch(*(None if a is None else a[split:] for a in data))
+    head = Batch(*(None if a is None else jax.tree.map(lambda v: v[:split], a) for a in data))
+    tail = Batch(*(None if a is None else jax.tree.map(lambda v: v[split:], a) for a in data))
     return head, tail
 
 
@@ -195,14 +247,15 @@ def as_device(batch: Batch | None) -> Batch | None:
 
 
 def num_samples(a: ArrayLike) -> int:
-    return contracts.shape_of(a)[0]
+    """The samples (axis 0) of an array, or of the first of several inputs."""
+    return contracts.shape_of(jax.tree.leaves(a)[0])[0]
 
 
 def _expected_params(model, x):
-    spec = jax.ShapeDtypeStruct(contracts.shape_of(x), _dtype(x))  # errors name x's shape
-    return cached_shape("params_spec", model, (spec.shape, str(spec.dtype)),
-                        build=lambda: jax.eval_shape(
-                            lambda s: model.init(jax.random.PRNGKey(0), s), spec).get("params", {}))
+    return cached_shape("params_spec", model, contracts.input_key(x),
+                        build=lambda: jax.eval_shape(lambda s: contracts.call_inputs(
+                            model.init, s, jax.random.PRNGKey(0)), contracts.input_spec(x)
+                        ).get("params", {}))
 
 
 def check_params(model, params, x, where: str, *, replicas: bool = False) -> None:
@@ -250,7 +303,7 @@ def _check_features_fit(model, params, x, where: str, replicas: bool) -> None:
     """When params that do not fit the model for x WOULD fit it for x with another number of
     features (the last axis), the fault is x: say so (called on the error path only)."""
     shape = contracts.shape_of(x)
-    if not shape:
+    if not shape or contracts.is_several(x):
         return
     got = jax.tree_util.tree_flatten_with_path(params)[0]
     sizes = sorted({int(d) for _, leaf in got for d in np.shape(leaf)[int(replicas):]} - {
@@ -271,7 +324,12 @@ def _check_features_fit(model, params, x, where: str, replicas: bool) -> None:
 
 
 def warn_non_finite(x, mask, where: str) -> None:
-    """Warn (not raise: padding may hold anything) when x has NaN/Inf at unmasked steps."""
+    """Warn (not raise: padding may hold anything) when x (or one of several inputs) has
+    NaN/Inf at unmasked steps."""
+    if contracts.is_several(x):
+        for _, a in contracts.input_items(x):
+            warn_non_finite(a, mask, where)
+        return
     if isinstance(x, jax.core.Tracer):
         return
     a = np.asarray(x, np.float32) if str(_dtype(x)) == "bfloat16" else np.asarray(x)

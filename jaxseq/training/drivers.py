@@ -42,7 +42,7 @@ from jaxseq.training.checkpoints import Saver
 from jaxseq.training.parse import parse_data, parse_host, parse_optimizer, parse_program
 from jaxseq.training.spec import Host, Layout, Program, Source
 from jaxseq.training.state import TrainState, check_seeds
-from jaxseq.typing import Inputs, Mask, SampleWeight, Seed, Seeds, Targets
+from jaxseq.typing import ArrayLike, Inputs, Mask, SampleWeight, Seed, Seeds, Targets
 
 __all__ = ["drive", "fit", "fit_replicas"]
 
@@ -134,6 +134,7 @@ def fit(
     state: TrainState | None = None,
     on_nan: str = "raise",
     reset_states: str | None = None,
+    stream_starts: ArrayLike | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     checkpoint_every: int | None = None,
     keep: int | None = 3,
@@ -144,7 +145,10 @@ def fit(
 
     Args:
       model: a linen Module (e.g. `js.Sequential`); it may take `mask` and `deterministic`.
-      x: (batch, ...) inputs, floating (float32, bfloat16, ...).
+      x: (batch, ...) inputs, floating (float32, bfloat16, ...); several inputs as a tuple or
+        list of such arrays (`model.__call__(x_a, x_b, ...)`, positionally) or a dict
+        (`model.__call__(enc=..., dec=...)`, keyword arguments), every one with the same
+        batch: batched, shuffled and split together (Keras' lists and dicts of inputs).
       y: (batch, ...) targets shaped exactly like the model's output (nothing is broadcast).
       epochs: epochs to run (a runtime value: changing it compiles nothing).
       batch_size: mini-batch size; larger than the data uses all of it (as Keras). The last
@@ -169,7 +173,9 @@ def fit(
       sample_weight: (batch,) per-sample or (batch, time) per-step loss weights (>= 0).
       mask: (batch, time) bool, True at real steps: passed to the model, and when y has that
         time axis the masked steps are left out of loss and metrics (their x and y may hold
-        anything, NaN included).
+        anything, NaN included). With several inputs it is one mask, passed once as `mask=`,
+        shared by every input with a time axis (rank >= 3, which must then have one length);
+        inputs without one (batch, features) are not masked.
       callbacks: `jaxseq.Callback`s (host side) and at most one `EarlyStopping` (compiled).
       verbose: 0 silent; 1 a progress bar (plain lines when stdout is not a terminal); 2 one
         line per epoch. Output appears when a chunk of epochs finishes.
@@ -186,6 +192,12 @@ def fit(
         the samples a multiple of batch_size, row j of each batch continuing row j of the
         previous one, no gradient across batches): None (Keras: the states carry on across
         epochs until you reset them) or "epoch" (zeroed before every epoch).
+      stream_starts: (samples,) bool, for models with stateful layers trained with
+        shuffle=False on windows of many streams side by side: True where a sample's window
+        starts a new stream. Before the step that trains on it, that batch row of every
+        stateful layer's kept state is zeroed (`js.reset_states(state, rows=...)` inside the
+        compiled step); the other rows carry on. With validation_split the training part's
+        flags are used; validation does not carry states, so it needs none.
       checkpoint_dir, checkpoint_every, keep, resume: save the whole training state with orbax
         every `checkpoint_every` epochs (default about 20 saves per run) and at the end, keeping
         the newest `keep`; `resume=True` continues from the latest complete checkpoint, bitwise
@@ -213,7 +225,8 @@ def fit(
                       keep=keep, resume=resume)
     tx = parse_optimizer(where, model, optimizer, state)
     data = parse_data(where, model, x, y, sample_weight=sample_weight, mask=mask,
-                      validation_data=validation_data, validation_split=validation_split)
+                      validation_data=validation_data, validation_split=validation_split,
+                      stream_starts=stream_starts)
     program = parse_program(where, model, tx, data, layout, loss=loss, metrics=metrics,
                             batch_size=batch_size, shuffle=shuffle,
                             validation_batch_size=validation_batch_size,
@@ -243,6 +256,7 @@ def fit_replicas(
     epochs_per_chunk: int | None = None,
     on_nan: str = "stop",
     reset_states: str | None = None,
+    stream_starts: ArrayLike | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     checkpoint_every: int | None = None,
     keep: int | None = 3,
@@ -295,7 +309,8 @@ def fit_replicas(
                       keep=keep, resume=resume)
     tx = parse_optimizer(where, model, optimizer, None)
     data = parse_data(where, model, x, y, sample_weight=sample_weight, mask=mask,
-                      validation_data=validation_data, validation_split=validation_split)
+                      validation_data=validation_data, validation_split=validation_split,
+                      stream_starts=stream_starts)
     program = parse_program(where, model, tx, data, layout, loss=loss, metrics=metrics,
                             batch_size=batch_size, shuffle=shuffle,
                             validation_batch_size=validation_batch_size,

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxseq import contracts
 from jaxseq.training import callbacks, losses
 from jaxseq.training.callbacks import tree_where
 from jaxseq.training.data import Batch
@@ -61,8 +62,13 @@ def all_finite(tree) -> Array:
         jnp.ones((), bool))
 
 
+def samples(x) -> int:
+    """The samples (axis 0) of the inputs x: one array, or a tuple/dict of them."""
+    return jax.tree.leaves(x)[0].shape[0]
+
+
 def _valid(batch: Batch, valid) -> Array:
-    n = batch.x.shape[0]
+    n = samples(batch.x)
     return jnp.ones((n,), jnp.float32) if valid is None else valid
 
 
@@ -77,17 +83,20 @@ def train_step(state: TrainState, batch: Batch, key, valid=None, *, loss="mse",
     """One optimizer step on one mini-batch.
 
     state: a `TrainState` (from `create_train_state`). batch: `Batch(x (b, ...), y (b, ...),
-    sample_weight (b,) or (b, t), mask (b, t) or None)`. key: PRNG key; dropout uses
-    `fold_in(key, state.step)`. valid: (b,) 1.0 for real samples, 0.0 for padding rows (default:
-    all real). loss: "mse", "mae" or `(y_true, y_pred) -> values`; metrics: names or callables
-    (see `losses`). Returns (new state, terms): terms["loss"] is the batch loss, "size" the real
-    samples, "<metric>/total" and "/count" the metric sums, "finite" whether the loss and the
-    updated parameters are finite.
+    sample_weight (b,) or (b, t), mask (b, t) or None, starts (b,) or None)`; with `starts`, the
+    rows it flags of the stateful layers' kept states are zeroed before the step. key: PRNG key;
+    dropout uses `fold_in(key, state.step)`. valid: (b,) 1.0 for real samples, 0.0 for padding
+    rows (default: all real). loss: "mse", "mae" or `(y_true, y_pred) -> values`; metrics: names
+    or callables (see `losses`). Returns (new state, terms): terms["loss"] is the batch loss,
+    "size" the real samples, "<metric>/total" and "/count" the metric sums, "finite" whether the
+    loss and the updated parameters are finite.
     """
     loss_fn, metrics = _resolve(loss, metrics)
     batch = _as_batch(batch)
     valid = _valid(batch, valid)
     dropout_key = jax.random.fold_in(key, state.step)
+    if batch.starts is not None:  # rows whose window starts a new stream begin from zeros
+        state = zero_states(state, rows=batch.starts)
 
     def objective(params):
         pred, model_state, mask = state.apply_fn.forward_masked(
@@ -133,10 +142,15 @@ def _as_batch(data) -> Batch:
     means ones), so NumPy data can be indexed with traced indices."""
     if not isinstance(data, Batch):
         data = Batch(*data) if len(data) > 2 else Batch(*data, None)
-    x, y, w, m = data
-    x, y = jnp.asarray(x), jnp.asarray(y)
-    w = jnp.ones((x.shape[0],), jnp.float32) if w is None else jnp.asarray(w)
-    return Batch(x, y, w, None if m is None else jnp.asarray(m))
+    x, y, w, m, starts = data
+    if contracts.is_several(x):  # several inputs (a list is a tuple); else one array-like
+        x = jax.tree.map(jnp.asarray, tuple(x) if isinstance(x, list) else x)
+    else:
+        x = jnp.asarray(x)
+    y = jnp.asarray(y)
+    w = jnp.ones((samples(x),), jnp.float32) if w is None else jnp.asarray(w)
+    return Batch(x, y, w, None if m is None else jnp.asarray(m),
+                 None if starts is None else jnp.asarray(starts))
 
 
 def _over_batches(step, carry, data: Batch, full, rest):
@@ -153,7 +167,8 @@ def _over_batches(step, carry, data: Batch, full, rest):
 
 
 def take(data: Batch, idx) -> Batch:
-    return Batch(*(None if a is None else a[idx] for a in data))
+    """The rows `idx` of every array of `data` (inputs x: one array or several)."""
+    return Batch(*(None if a is None else jax.tree.map(lambda v: v[idx], a) for a in data))
 
 
 def train_epoch(state: TrainState, data: Batch, key, *, batch_size: int, shuffle: bool = True,
@@ -182,7 +197,7 @@ def _epoch(state, data, shuffle_key, dropout_key, *, batch_size, shuffle, loss, 
     if reset_states:
         state = zero_states(state)
     data = _as_batch(data)
-    n = data.x.shape[0]
+    n = samples(data.x)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"train_epoch expects batch_size to be an int >= 1; got {batch_size!r}.")
     batch_size = min(batch_size, n)
@@ -192,7 +207,7 @@ def _epoch(state, data, shuffle_key, dropout_key, *, batch_size, shuffle, loss, 
     full, rest = batch_indices(n, batch_size, order)
 
     def step(state, batch):
-        if sharding is not None and batch.x.shape[0] == batch_size:
+        if sharding is not None and samples(batch.x) == batch_size:
             batch = jax.lax.with_sharding_constraint(batch, sharding)
         return train_step(state, batch, dropout_key, loss=loss_fn, metrics=metrics)
 
@@ -211,7 +226,7 @@ def evaluate_batches(state: TrainState, data: Batch, *, batch_size: int, loss="m
     batch-size-weighted mean of the batch losses, metric: its value over all real entries}."""
     loss_fn, metrics = _resolve(loss, metrics)
     data = _as_batch(data)
-    n = data.x.shape[0]
+    n = samples(data.x)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"evaluate_batches expects batch_size to be an int >= 1; got "
                          f"{batch_size!r}.")
@@ -266,7 +281,7 @@ def train_loop(carry: LoopState, key, first, last, data: Batch, val: Batch | Non
     """
     loss_fn, metrics = _resolve(loss, metrics)
     names = log_names(metrics, val is not None)
-    val_bs = min(val_batch_size or batch_size, val.x.shape[0]) if val is not None else None
+    val_bs = min(val_batch_size or batch_size, samples(val.x)) if val is not None else None
 
     shuffle_key, dropout_key = jax.random.split(key)  # as train_epoch splits it, once
 

@@ -108,11 +108,14 @@ def check_validation_choice(validation_data, validation_split, where: str) -> No
 
 
 def parse_data(where: str, model: nn.Module, x, y, *, sample_weight=None, mask=None,
-               validation_data=None, validation_split: float | None = None) -> Source:
+               validation_data=None, validation_split: float | None = None,
+               stream_starts=None) -> Source:
     """`fit`'s data arguments (same names, same meaning) -> a `Source` shared by every
-    replica: (x, y, sample_weight, mask) checked against the model, validation_data checked,
-    or the last `validation_split` of the samples held out for validation."""
+    replica: (x, y, sample_weight, mask, stream_starts) checked against the model,
+    validation_data checked, or the last `validation_split` of the samples held out for
+    validation."""
     train = data_mod.check_batch(model, x, y, sample_weight, mask, where=where)
+    train = data_mod.check_stream_starts(model, train, stream_starts, where)
     val = data_mod.check_validation(model, validation_data, where)
     if validation_split is not None:
         check_validation_choice(validation_data, validation_split, where)
@@ -159,6 +162,9 @@ def parse_program(where: str, model: nn.Module, tx: optax.GradientTransformation
     if not isinstance(shuffle, (bool, np.bool_)):
         raise TypeError(f"{where} expects shuffle to be True or False; got {shuffle!r} (Keras' "
                         "'batch' shuffling is not supported).")
+    if shuffle and data.train.starts is not None:
+        raise ValueError(f"{where}: stream_starts marks windows in their order (row j of each "
+                         "batch continuing row j of the previous one); pass shuffle=False.")
     loss_fn = losses.get_loss(loss, where)
     metric_list = losses.get_metrics(metrics, where)
     contracts.check_choice(reset_states, (None, "epoch"), "reset_states", where)

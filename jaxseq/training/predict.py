@@ -37,7 +37,8 @@ def predict(model: nn.Module, params, x: Inputs, *, batch_size: int | None = Non
       model: the linen Module.
       params: its params dict, a variables dict ({"params": ..., "batch_stats": ...}) or a
         `TrainState` (from `fit`).
-      x: (batch, ...) inputs.
+      x: (batch, ...) inputs; several inputs as a tuple or list (passed to the model
+        positionally) or a dict (passed as keyword arguments), every one with the same batch.
       batch_size: run x in batches of this size (the last one padded on the host, the outputs
         trimmed): one compiled program per (model, batch shape) serves any number of samples.
       mask: (batch, time) bool, passed to the model.
@@ -48,10 +49,12 @@ def predict(model: nn.Module, params, x: Inputs, *, batch_size: int | None = Non
     Returns: (batch, ...) the model's outputs (a jax Array), or `(outputs, variables)`.
     Raises: ValueError / TypeError naming the argument.
     """
-    x = contracts.as_array(x, "x", "predict")
-    xs = contracts.shape_of(x)
-    if len(xs) < 1 or xs[0] < 1:
-        raise ValueError(f"predict expects x with a non-empty batch axis; got {xs}.")
+    x = contracts.as_inputs(x, "x", "predict")
+    n = contracts.input_samples(x, "predict")
+    if n < 1:
+        raise ValueError(f"predict expects x with a non-empty batch axis; got "
+                         f"{[contracts.shape_of(a) for _, a in contracts.input_items(x)]}.")
+    contracts.check_input_count(model, x, "predict")
     variables = as_variables(params, "predict")
     m = data_mod.check_mask(model, x, mask, "predict")
     data_mod.check_params(model, variables["params"], x, "predict")
@@ -66,15 +69,15 @@ def predict(model: nn.Module, params, x: Inputs, *, batch_size: int | None = Non
     if batch_size is None:
         return fn(variables, jax.device_put(x), m)
     contracts.check_positive_int(batch_size, "batch_size", "predict")
-    x = np.asarray(x)
-    n = xs[0]
+    x = jax.tree.map(np.asarray, x)
     pad = (-n) % batch_size
 
     def padded(a):
         return np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]) if pad else a
 
-    xp, mp = padded(x), None if m is None else padded(m)
-    outs = [fn(variables, xp[i: i + batch_size], None if mp is None else mp[i: i + batch_size])
+    xp, mp = jax.tree.map(padded, x), None if m is None else padded(m)
+    outs = [fn(variables, jax.tree.map(lambda a, i=i: a[i: i + batch_size], xp),
+               None if mp is None else mp[i: i + batch_size])
             for i in range(0, n + pad, batch_size)]  # dispatched back to back, fetched once
     return jax.device_put(np.concatenate([np.asarray(o) for o in outs])[:n])  # nothing compiles
 
@@ -87,7 +90,8 @@ def evaluate(model: nn.Module, params, x: Inputs, y: Targets, *, batch_size: int
 
     Args:
       model, params: as in `predict`.
-      x: (batch, ...); y: (batch, ...) shaped like the model's output.
+      x: (batch, ...), or several inputs as in `predict`; y: (batch, ...) shaped like the
+        model's output.
       batch_size: evaluated in mini-batches of this size, in order (Keras' default 32); the
         loss is the batch-size-weighted mean of the batch losses, so with masks or weights the
         value depends on the batching exactly as in Keras.
@@ -104,7 +108,7 @@ def evaluate(model: nn.Module, params, x: Inputs, y: Targets, *, batch_size: int
     loss_fn = losses.get_loss(loss, "evaluate")
     metric_list = losses.get_metrics(metrics, "evaluate")
     variables = as_variables(params, "evaluate")
-    data_mod.check_params(model, variables["params"], x, "evaluate")
+    data_mod.check_params(model, variables["params"], data.x, "evaluate")
     state = TrainState(step=0, apply_fn=ModelFn(model), params=variables["params"], tx=None,
                        opt_state=None,
                        model_state={k: v for k, v in variables.items() if k != "params"})

@@ -15,7 +15,7 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec
 
-from jaxseq import parallel
+from jaxseq import contracts, parallel
 from jaxseq.training import data as data_mod
 from jaxseq.training import loop
 from jaxseq.training.compile import Jitted, cached, jit
@@ -27,7 +27,7 @@ __all__ = ["create_train_state", "init_program", "loop_program", "place", "stack
 
 
 def _fresh_state(model, tx, x1, key) -> TrainState:
-    variables = dict(model.init(key, x1))
+    variables = dict(contracts.call_inputs(model.init, x1, key))
     params = variables.pop("params")
     return TrainState(step=jnp.zeros((), jnp.int32), apply_fn=ModelFn(model), params=params,
                       tx=tx, opt_state=tx.init(params), model_state=variables)
@@ -48,17 +48,19 @@ def init_program(model: nn.Module, tx: optax.GradientTransformation, replicated:
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, x, key, *,
                        batch_size: int = 1) -> TrainState:
-    """A fresh `TrainState` for `model` on inputs shaped like x (batch, ...): `model.init(key,
-    x[:batch_size])`, every variable collection kept (`params` in `state.params`, the others in
-    `state.model_state`), `opt_state = tx.init(params)`, step 0. Only the first `batch_size`
-    rows of x are used, for their shapes and dtype: the parameters do not depend on them; the
-    states of stateful layers get `batch_size` rows.
+    """A fresh `TrainState` for `model` on inputs shaped like x (batch, ...) (or several: a
+    tuple or dict of them, as `fit` takes): `model.init(key, x[:batch_size])`, every variable
+    collection kept (`params` in `state.params`, the others in `state.model_state`),
+    `opt_state = tx.init(params)`, step 0. Only the first `batch_size` rows of x are used, for
+    their shapes and dtype: the parameters do not depend on them; the states of stateful
+    layers get `batch_size` rows.
 
     Compiled once per (model, optimizer) and kept in the program cache, so a sweep that builds
     many states (learning rates with `optax.inject_hyperparams`, seeds) compiles it once.
     Traceable: under `jit`, `vmap` (over keys) or `eval_shape` it runs as a nested jit.
     key: a PRNG key (e.g. `split_seed(seed)[0]`, what `fit` initializes from)."""
-    return init_program(model, tx)(jnp.asarray(x[:batch_size]), key)
+    x = contracts.as_inputs(x, "x", "create_train_state")
+    return init_program(model, tx)(jax.tree.map(lambda a: jnp.asarray(a[:batch_size]), x), key)
 
 
 def stack_seeds(seeds: Sequence[int]) -> tuple[jax.Array, jax.Array]:

@@ -242,8 +242,13 @@ class Host:
         return [*([self.stopper] if self.stopper else []), *self.callbacks]
 
 
+def _shape(tree) -> tuple[int, ...]:
+    """The shape of x, or of the first of several inputs."""
+    return contracts.shape_of(jax.tree.leaves(tree)[0])
+
+
 def _leading(tree, axis: int) -> int:
-    return contracts.shape_of(jax.tree.leaves(tree)[0])[axis]
+    return _shape(tree)[axis]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -262,11 +267,11 @@ class Source:
     def __post_init__(self):
         if self.splits and _leading(self.train.x, 0) != self.splits:
             raise ValueError(f"Source expects train with a leading split axis of {self.splits}; "
-                             f"got x of shape {contracts.shape_of(self.train.x)}.")
+                             f"got x of shape {_shape(self.train.x)}.")
         if self.val_per_split and self.val is not None and (
                 _leading(self.val.x, 0) != self.splits):
             raise ValueError(f"Source expects val with a leading split axis of {self.splits}; "
-                             f"got x of shape {contracts.shape_of(self.val.x)}.")
+                             f"got x of shape {_shape(self.val.x)}.")
 
     @classmethod
     def per_split(cls, trains: Sequence[Batch], vals: Sequence[Batch | None] | Batch | None
@@ -300,5 +305,5 @@ class Source:
 
 def stack(batches: Sequence[Batch]) -> Batch:
     """Equally sized `Batch`es stacked on a new leading axis (None parts stay None)."""
-    return Batch(*(None if parts[0] is None else np.stack(parts)
+    return Batch(*(None if parts[0] is None else jax.tree.map(lambda *a: np.stack(a), *parts)
                    for parts in zip(*batches, strict=True)))

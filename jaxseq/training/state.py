@@ -61,7 +61,9 @@ class ModelFn:
                 carry_state: bool = False, return_mask: bool = False):
         """-> (outputs, updated non-params collections).
 
-        x: (batch, ...) inputs; mask: (batch, time) bool or None (passed only when given).
+        x: (batch, ...) inputs, or several: a tuple (passed positionally) or a dict (passed as
+        keyword arguments) of them (`contracts.call_inputs`); mask: (batch, time) bool or None
+        (passed only when given).
         `train`: dropout on (with `key` as the "dropout" rng, for models whose `__call__` takes
         `deterministic`) and every non-params collection mutable; else nothing is mutated but,
         with `carry_state`, the states that stateful layers keep ("rnn_state").
@@ -77,9 +79,10 @@ class ModelFn:
         mutable = list(model_state) if train else [
             c for c in model_state if carry_state and c == STATE_COLLECTION]
         if mutable:
-            out, updates = self.model.apply(variables, x, mutable=mutable, **kwargs)
+            out, updates = contracts.call_inputs(self.model.apply, x, variables,
+                                                 mutable=mutable, **kwargs)
             return out, {**model_state, **updates}
-        return self.model.apply(variables, x, **kwargs), model_state
+        return contracts.call_inputs(self.model.apply, x, variables, **kwargs), model_state
 
 
 @no_type_check  # flax's field annotations (params: FrozenDict) are narrower than flax accepts

@@ -61,7 +61,8 @@ def _blocker(program: Program, host: Host) -> str | None:
 def _work(program: Program, data: Source) -> int:
     rows = jax.tree.map(lambda a: jax.ShapeDtypeStruct((1, *np.shape(a)[1:]), a.dtype),
                         data.train.x)
-    shapes = jax.eval_shape(program.model.init, jax.random.PRNGKey(0), rows)
+    shapes = jax.eval_shape(lambda r: contracts.call_inputs(
+        program.model.init, r, jax.random.PRNGKey(0)), rows)
     params = sum(int(np.prod(s.shape)) for s in jax.tree.leaves(shapes.get("params", {})))
     return params * min(program.batch_size, data.n)
 
