@@ -6,15 +6,24 @@ Rows: LSTM(32) -> Dense(1) on 24-step windows, batch 32, 10 seeds; "early stoppi
 validation_split 0.2 and EarlyStopping(patience 50, restore_best_weights) for up to 1000 epochs;
 "fixed": 100 epochs, no validation. Each row times the loop and each strategy, warm, in
 interleaved rounds, and reports loop / strategy (above 1: the replicas are faster) and the
-strategy "auto" picks. "vmap, one chunk" is strategy "vmap" with `epochs_per_chunk=epochs`: the
-host never wakes, so the replica batch never compacts (every replica runs until the last one
-stops); "vmap" compacts the live replicas between chunks (`jaxseq.training.compaction`).
+strategy "auto" picks. The case runs twice: in this process on every core it may use, and in a
+child process whose CPU affinity is one core (`os.sched_setaffinity`: XLA's threads and
+"concurrent"'s host threads then share that core). "vmap, one chunk" is strategy "vmap" with
+`epochs_per_chunk=epochs`: the host never wakes, so the replica batch never compacts (every
+replica runs until the last one stops); "vmap" compacts the live replicas between chunks
+(`jaxseq.training.compaction`).
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -36,7 +45,28 @@ def series_windows(window: int = 24) -> tuple[np.ndarray, np.ndarray]:
     return x, s[window:, None]
 
 
-def forecaster_case(*, quick: bool, notes: list) -> dict:
+def forecaster_case(*, quick: bool, notes: list, one_core: bool = True) -> dict:
+    """The rows on all cores (this process) and, with `one_core` on a machine of several, again
+    in a child process pinned to one core (its result under "one_core")."""
+    result = _rows(quick=quick, notes=notes)
+    if one_core and result["rows"] and strategies.available_cores() > 1:
+        result["one_core"] = _pinned_child(quick)
+    return result
+
+
+def _pinned_child(quick: bool) -> dict:
+    core = min(os.sched_getaffinity(0))
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "forecaster.json"
+        argv = [__file__, "--json", str(out), *(["--quick"] if quick else [])]
+        # the child pins itself before JAX starts a thread: every thread it makes inherits
+        start = (f"import os, runpy, sys; os.sched_setaffinity(0, {{{core}}}); "
+                 f"sys.argv = {argv!r}; runpy.run_path(sys.argv[0], run_name='__main__')")
+        subprocess.run([sys.executable, "-c", start], check=True)
+        return json.loads(out.read_text())
+
+
+def _rows(*, quick: bool, notes: list) -> dict:
     try:
         x, y = series_windows()
     except ImportError as err:
@@ -114,3 +144,13 @@ def table(result: dict) -> str:
                         for k in ("vmap", "concurrent", "auto", "vmap, one chunk"))
         lines.append(f"  {r['name']:<16}{med['loop of fits']:>9.2f}{cells}  {r['auto_picks']}")
     return "\n".join(lines)
+
+
+if __name__ == "__main__":  # the pinned child of forecaster_case
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    result = _rows(quick=args.quick, notes=[])
+    args.json.write_text(json.dumps(result))
+    print(table(result), flush=True)

@@ -140,9 +140,32 @@ def compile_section(r: dict) -> list[str]:
             *_table(["contender", "T", "s"], rows, "lrr")]
 
 
-SECTIONS = {"tutorial": tutorial_section, "replicas": replicas_section,
-            "cross_validation": cv_section, "minimal": minimal_section, "train": train_section,
-            "compile": compile_section}
+def _forecaster_table(result: dict) -> list[str]:
+    kinds = ("vmap", "vmap, one chunk", "concurrent", "auto")
+    rows = []
+    for row in result["rows"]:
+        med, over = row["median_s"], row["loop_over"]
+        cells = [f"{med[k]:.2f} ({over[k]:.2f}x)" if k in med else "" for k in kinds]
+        rows.append([row["name"], str(row["epochs"]), str(sum(row["epochs_run"])),
+                     f"{med['loop of fits']:.2f}", *cells, row["auto_picks"]])
+    return _table(["row", "epochs", "epochs run (all seeds)", "loop of fits s",
+                   *[f"{k} s (loop / it)" for k in kinds], "auto picks"], rows, "lrrrrrrrl")
+
+
+def forecaster_section(r: dict) -> list[str]:
+    seeds = r["rows"][0]["seeds"] if r["rows"] else "?"
+    lines = [f"### fit_replicas against a loop of fits: forecaster, {seeds} seeds", "",
+             "elec_equip (statsmodels), LSTM(32) + Dense(1), 24-step windows, batch 32. Warm "
+             "medians; in brackets loop / strategy (above 1: the replicas are faster).", "",
+             f"On all {r.get('cores')} cores:", "", *_forecaster_table(r)]
+    if "one_core" in r:
+        lines += ["", "Pinned to one core:", "", *_forecaster_table(r["one_core"])]
+    return lines
+
+
+SECTIONS = {"forecaster": forecaster_section, "tutorial": tutorial_section,
+            "replicas": replicas_section, "cross_validation": cv_section,
+            "minimal": minimal_section, "train": train_section, "compile": compile_section}
 
 
 def render(run: dict) -> str:
@@ -151,7 +174,7 @@ def render(run: dict) -> str:
         lines.append("")
         if "size" in r:
             lines += layer_section(r)
-        elif r["case"] in SECTIONS and (r.get("rows", True) or r["case"] != "replicas"):
+        elif r["case"] in SECTIONS and r.get("rows", True):
             lines += SECTIONS[r["case"]](r)
     for note in run.get("notes", []):
         lines += ["", f"Note: {note}"]
