@@ -31,7 +31,8 @@ import jax.numpy as jnp
 
 from jaxseq.typing import Array
 
-__all__ = ["SMALL_PRODUCT", "fused_matmul", "fused_matmul_t", "matmul", "matmul_t"]
+__all__ = ["REPLICA_AXES", "SMALL_PRODUCT", "fused_matmul", "fused_matmul_t", "matmul", "matmul_t",
+           "replicas"]
 
 # Multiply-adds at most (m * k * n) of one product taken as multiply + sum, and of the stacked
 # products of all replicas together (`fused_matmul`). Measured for the stacked limit (one
@@ -41,25 +42,27 @@ SMALL_PRODUCT = 2048
 SMALL_STACKED = 16384
 
 
-def _small(count: int, *operands) -> bool:
-    limit = SMALL_PRODUCT if operands[0].ndim == 2 else SMALL_STACKED
-    return count <= limit and jnp.result_type(*operands) in (jnp.float32, jnp.float64)
+def _small(count: int, *operands, replicas: int = 1) -> bool:
+    limit = SMALL_PRODUCT if operands[0].ndim == 2 and replicas == 1 else SMALL_STACKED
+    return (count * replicas <= limit
+            and jnp.result_type(*operands) in (jnp.float32, jnp.float64))
 
 
-def matmul(a: Array, w: Array) -> Array:
+def matmul(a: Array, w: Array, *, replicas: int = 1) -> Array:
     """a (..., m, k) @ w (..., k, n) -> (..., m, n), the same leading axes on both; a tiny
-    product (`_small`) as multiply and sum over k."""
+    product (`_small`) as multiply and sum over k. replicas: how many `jax.vmap`-ed copies of
+    this product run together (`replicas`); the size rule counts them all."""
     count = math.prod(a.shape) * w.shape[-1]
-    if _small(count, a, w):
+    if _small(count, a, w, replicas=replicas):
         return jnp.sum(a[..., :, :, None] * w[..., None, :, :], axis=-2)
     return jnp.matmul(a, w)
 
 
-def matmul_t(a: Array, b: Array) -> Array:
+def matmul_t(a: Array, b: Array, *, replicas: int = 1) -> Array:
     """a.T @ b: a (..., m, k), b (..., m, n) -> (..., k, n), contracting the rows (a weight
-    gradient); a tiny product as multiply and sum over m."""
+    gradient); a tiny product as multiply and sum over m. replicas: as for `matmul`."""
     count = math.prod(a.shape) * b.shape[-1]
-    if _small(count, a, b):
+    if _small(count, a, b, replicas=replicas):
         return jnp.sum(a[..., :, :, None] * b[..., :, None, :], axis=-3)
     return jnp.matmul(jnp.swapaxes(a, -1, -2), b)
 
@@ -113,3 +116,25 @@ fused_matmul = _fused(matmul, """`matmul` whose size rule counts the products of
 replica together. a (m, k), w (k, n); under vmap the mapped axes lead both.""")
 fused_matmul_t = _fused(matmul_t, """`matmul_t` whose size rule counts the products of every
 `jax.vmap`-ed replica together. a (m, k), b (m, n); under vmap the mapped axes lead both.""")
+
+
+# The names of the `jax.vmap` axes over which jaxseq's drivers run replicas of a training
+# program (`fit_replicas`: one axis; `cross_validate`: splits x seeds); `replicas` counts them.
+REPLICA_AXIS = "replica"
+SPLIT_AXES = ("split", "seed")
+REPLICA_AXES = (REPLICA_AXIS, *SPLIT_AXES)
+
+
+def replicas() -> int:
+    """How many replicas the program being traced runs as one vmapped program: the product of
+    the sizes of the bound `REPLICA_AXES` (1 outside them). For products whose size rule must
+    see every replica but that cannot be `fused_matmul`s: the linear products of a custom JVP,
+    which reverse mode transposes (`custom_vmap` has no transpose rule). A replica axis that
+    is not named so counts as one replica (the size rule then sees one product at a time)."""
+    count = 1
+    for name in REPLICA_AXES:
+        try:
+            count *= jax.lax.axis_size(name)
+        except NameError:  # not bound here
+            pass
+    return count

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec
 
+from jaxseq import products
 from jaxseq.training import loop
 from jaxseq.training.compile import cached, jit
 from jaxseq.training.state import TrainState, create_train_state, split_seed
@@ -21,9 +22,10 @@ __all__ = ["by_split", "flat", "init_program", "init_state", "loop_program", "ov
 
 
 # The vmap axes of the replica programs, named so that `train_loop` can run one epoch counter
-# for all of them (`train_loop(axis_name=...)`).
-REPLICA_AXIS = "replica"
-SPLIT_AXES = ("split", "seed")
+# for all of them (`train_loop(axis_name=...)`), and that the fused recurrences' derivative
+# products count every replica (`products.replicas`).
+REPLICA_AXIS = products.REPLICA_AXIS
+SPLIT_AXES = products.SPLIT_AXES
 
 
 def init_program(model, tx, replicated: bool, batch_size: int, data_axis=None):
