@@ -231,23 +231,29 @@ def _forward_variant(spec: Spec, x, kernel, xb, rk, rb, states, mask, rmask, *, 
     u = rk.shape[0]
     n = rk.shape[1] // u
     dtype = rk.dtype
+    # The products: without `save` (the custom_jvp's primal, which JAX never differentiates)
+    # `fused_matmul`, whose size rule counts every vmapped replica from its batching rule;
+    # with `save` (the JVP rule's forward, which higher-order derivatives differentiate) plain
+    # products told the replica count (`products.replicas`): a `custom_vmap` cannot be
+    # linearized where the JVP rule is traced.
+    mm = fused_matmul if not save else functools.partial(matmul, replicas=products.replicas())
     # The input projection: hoisted out of the loop as ONE product (b*t, f) @ (f, g), or, when
     # `in_loop`, inside the step as [x_t, h] @ [kernel; recurrent_kernel] (`project_in_loop`).
     if in_loop:
         xp, w_cat = x, jnp.concatenate([kernel, rk], axis=0)
     else:
-        xp = matmul_last(x, kernel, fused_matmul)
+        xp = matmul_last(x, kernel, mm)
 
     def pre(xp_t, h):
         """(x-part, h-part) of the pre-activations, each (b, n, u); the h-part is a scalar 0
         when the x-part holds the sum."""
         hr = h if rmask is None else h * rmask
         if in_loop:
-            z = fused_matmul(jnp.concatenate([xp_t, hr], axis=1), w_cat)
+            z = mm(jnp.concatenate([xp_t, hr], axis=1), w_cat)
             z = z if xb is None else z + xb[None, :]
             return z.reshape(b, n, u), jnp.zeros((), z.dtype)
         xin = xp_t if xb is None else xp_t + xb[None, :]
-        inner = fused_matmul(hr, rk)
+        inner = mm(hr, rk)
         if rb is not None:
             inner = inner + rb[None, :]
         return xin.reshape(b, n, u), inner.reshape(b, n, u)
@@ -543,7 +549,7 @@ def _tangent(spec: Spec, x, kernel, rk, mask, rmask, res, tangents, *, split: bo
     return dys, ((dh, dc) if spec.kind == "lstm" else (dh,))
 
 
-def _recurrence_impl(spec, x, kernel, xb, rk, rb, states, mask, rmask):
+def _fused_recurrence(spec, x, kernel, xb, rk, rb, states, mask, rmask):
     return _forward(spec, x, kernel, xb, rk, rb, states, mask, rmask, save=False)[0]
 
 
@@ -568,7 +574,7 @@ def _recurrence_jvp(spec, primals, tangents):
                                            default=lambda: tangent(False))
 
 
-_recurrence = jax.custom_jvp(_recurrence_impl, nondiff_argnums=(0,))
+_recurrence = jax.custom_jvp(_fused_recurrence, nondiff_argnums=(0,))
 _recurrence.defjvp(_recurrence_jvp, symbolic_zeros=True)
 
 
