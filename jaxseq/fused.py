@@ -1,38 +1,45 @@
-"""A fused recurrence with a hand-written backward pass (cuDNN's algorithm, in plain JAX).
+"""A fused recurrence whose derivatives follow cuDNN's backward algorithm, in plain JAX.
 
 Autodiff of `lax.scan` accumulates the weight gradients with one small product per time step
-inside the backward loop. `recurrence` is a `jax.custom_vjp` over the whole layer computation
-(input projection included) whose backward loop carries only (dh, dc) and does only what
-depends on them, one product with `recurrent_kernel.T` per step; every weight gradient is then
-ONE large product over all steps at once (time and batch contracted together):
+inside the backward loop. `recurrence` is a `jax.custom_jvp` over the whole layer computation
+(input projection included) whose tangent is a linear recurrence written so that reverse mode,
+which JAX derives by transposing it, has a backward loop that carries only (dh, dc) and does
+only what depends on them, one product with `recurrent_kernel.T` per step; every weight
+gradient is then ONE large product over all steps at once (time and batch contracted together):
 
     dZ (b*t, g) = the gate gradients       d kernel = X.T @ dZ       d x = dZ @ kernel.T
     d recurrent_kernel = H_prev.T @ dZ     d bias = sum(dZ)
 
+Forward mode (`jax.jvp`, `jax.jacfwd`, `jax.linearize`) evaluates the same tangent recurrence:
+one loop over the steps next to the forward's. Both modes differentiate again (`jax.hessian`,
+gradients of gradients), through the same rule.
+
 Layout: batch-major, as the layer gets its input: the projection `x @ kernel` is one product on
-(b*t, f), the loop reads step t as the slice [:, t] and writes its outputs in place; no
-transposes, no flips (`go_backwards` only changes which slice a step reads and writes).
+(b*t, f), the loop reads step t as the slice [:, t] and writes its outputs in place; no flips
+(`go_backwards` only changes which slice a step reads and writes). The factors the tangent loop
+reads are saved time-major, as the scanned inputs of that loop.
 
 Choices by size, all measured on XLA:CPU with 2 cores (see the functions for the numbers): every
 gate nonlinearity in one elementwise pass (one tanh for sigmoid gates); for small steps (XLA runs
-their products on one thread) the backward product is taken per gate (`split_products`) and the
+their products on one thread) the recurrent product is taken per gate (`split_products`) and the
 training forward folds the input projection into the step (`project_in_loop`), which keeps the
 (b, t, g) projection out of memory; no loop unrolling (`AUTO_UNROLL`).
 
-What the forward saves, per step (b = batch, u = units): the factors that the backward step
-multiplies its carried gradients by, computed in the forward's own elementwise pass, where every
-operand is at hand (so the backward recomputes no activation and no product), and h_prev:
+What the forward saves when differentiated, per step (b = batch, u = units): the factors that
+the tangent (and backward) step multiplies its carried tangents by, computed in the forward's
+own elementwise pass, where every operand is at hand (so neither recomputes an activation or a
+product), and h_prev:
   LSTM       4u gate factors, o act'(c), f, h_prev             7u
   GRU        3u gate factors, z, (1 - z) act'(h~), h_prev        6u
   SimpleRNN  act'(h), h_prev                                     2u
-(`residual_bytes`). Autodiff of the scan keeps a similar amount (its step residuals); measured
-temp memory of the compiled fwd+bwd is in README.md (Performance).
+(`residual_bytes`; reverse mode keeps exactly these). Autodiff of the scan keeps a similar
+amount (its step residuals); measured temp memory of the compiled fwd+bwd is in README.md
+(Performance).
 
 Supported: LSTMCell, GRUCell (reset_after=True) and SimpleRNNCell with activations
 `tanh | sigmoid | linear | relu` (by name, or the same functions), every mask, go_backwards,
-zero_output_for_mask, initial states, a recurrent-dropout mask, outputs or final states only.
-Reverse mode only: `jax.jvp` / `jax.jacfwd` through it raise (as for any custom_vjp); use the
-layer's `implementation="scan"` for forward-mode derivatives.
+zero_output_for_mask, initial states, a recurrent-dropout mask, outputs or final states only;
+forward- and reverse-mode derivatives w.r.t. every floating input, to any order.
 """
 
 from __future__ import annotations
@@ -589,7 +596,8 @@ def recurrence(
     mask: Array | None = None,
     rmask: Array | None = None,
 ) -> tuple[Array | None, tuple[Array, ...]]:
-    """A recurrent layer's computation, input projection included, with the fused backward.
+    """A recurrent layer's computation, input projection included, with the fused derivatives
+    (a custom JVP whose transpose is the fused backward; see the module docstring).
 
     x: (b, t, f) batch-major; kernel (f, g) with g = gates * u; input_bias (g,) or None;
     recurrent_kernel (u, g); recurrent_bias (g,) (GRU's second bias row: added to

@@ -30,8 +30,9 @@ d - softplus(d). Outside log space they are sigmoids: 1 - z = σ(-k_z), a = σ(-
       a float64 loop). log_space=False: the linear-recurrence pairs
       (a1, b1)∘(a2, b2) = (a1·a2, a2·b1 + b2), no logarithm.
   "sequential": `jax.lax.scan` of h_t = a_t ⊙ h_{t-1} + b_t, one step at a time (what
-      step-by-step inference runs), without logarithms for either form; its backward pass is
-      the adjoint recurrence, one reverse scan (`sequential_scan`'s custom VJP).
+      step-by-step inference runs), without logarithms for either form; its derivatives are
+      `sequential_scan`'s custom JVP, the same linear recurrence on the tangents, whose
+      transpose (reverse mode) is the adjoint recurrence, one reverse scan.
   "auto" (default): "sequential" when the program is lowered for CPU, "parallel" otherwise
       (`jax.lax.platform_dependent`, as the fused LSTM/GRU path). On CPU the sequential loop
       is faster at T = 100 and T = 1000 and compiles several times faster
@@ -227,6 +228,7 @@ class MinGRU(MinimalRNN):
         `log_space`), "sequential" (`jax.lax.scan`, one step at a time, with an adjoint
         reverse scan as its backward pass) or "auto" (default: "sequential" when the program
         is lowered for CPU, where it is faster and compiles faster, "parallel" on GPU/TPU).
+        Every mode differentiates in forward mode (`jax.jvp`, `jax.jacfwd`) and reverse mode.
       log_space: bool. True (default): the paper's log-space form: candidate g(v) (v + 0.5
         for v >= 0, sigmoid(v) below), positive states, the parallel mode on logarithms.
         False: the plain form: identity candidate, signed states, no logarithms.
@@ -300,6 +302,7 @@ class MinLSTM(MinimalRNN):
         `log_space`), "sequential" (`jax.lax.scan`, one step at a time, with an adjoint
         reverse scan as its backward pass) or "auto" (default: "sequential" when the program
         is lowered for CPU, where it is faster and compiles faster, "parallel" on GPU/TPU).
+        Every mode differentiates in forward mode (`jax.jvp`, `jax.jacfwd`) and reverse mode.
       log_space: bool. True (default): the paper's log-space form: candidate g(v) (v + 0.5
         for v >= 0, sigmoid(v) below), positive states, the parallel mode on logarithms.
         False: the plain form: identity candidate, signed states, no logarithms.

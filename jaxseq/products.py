@@ -12,8 +12,11 @@ dot wins (m=16, k=8, n=32: 0.99 vs 1.11 us alone; in `fit`, thresholds of 8192 a
   they decide by the size of ALL the products together (`jax.custom_batching.custom_vmap`): 50
   replicas of a (8, 5) @ (5, 20) product are a 40,000-element multiply and sum, slower than the
   batched dot (cross-validation of the tutorial model, 5 splits x 10 seeds: 1.6 s against
-  1.0 s), where 32 replicas of (1, 5) @ (5, 20) are faster as one. They serve the fused path
-  (its `custom_vjp` calls them; differentiable through a `custom_jvp` on plain products).
+  1.0 s), where 32 replicas of (1, 5) @ (5, 20) are faster as one. They serve the fused path's
+  forward (differentiable through a `custom_jvp` on plain products).
+* `replicas`: the replica count read from the named vmap axes of jaxseq's drivers, for the
+  products that cannot be `fused_matmul`s: the fused path's derivative products, which reverse
+  mode transposes (`matmul(..., replicas=...)`).
   Weights shared by all replicas (only `a` mapped) make ONE (r*m, k) @ (k, n) product, under the
   one-product limit.
 

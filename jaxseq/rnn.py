@@ -121,12 +121,12 @@ class RNN(nn.Module):
       param_dtype: the parameters' dtype. Default float32.
       implementation: "auto" (default), "scan" or "fused". "scan": `nn.scan` of the cell's
         step with the input projection taken for every step in one product before the loop.
-        "fused": the same recurrence under one `jax.custom_vjp` whose backward pass takes the
+        "fused": the same recurrence under one `jax.custom_jvp` whose reverse mode takes the
         weight gradients out of the loop (`jaxseq.fused`); it supports LSTM, GRU with
         `reset_after=True` and SimpleRNN with the activations tanh, sigmoid, linear and relu,
-        without `proj_size`, and reverse-mode differentiation only (use "scan" for
-        `jax.jvp` / `jax.jacfwd`). "auto" takes "fused" wherever it supports the layer, else
-        "scan". Both give the same values to float rounding.
+        without `proj_size`. "auto" takes "fused" wherever it supports the layer, else
+        "scan". Both give the same values to float rounding, and both differentiate in
+        forward mode (`jax.jvp`, `jax.jacfwd`, `jax.linearize`) and reverse mode.
       remat: gradient checkpointing over time (`jaxseq.remat`): False (default) keeps every
         step's residuals for the backward pass (memory linear in time); True cuts the
         sequence into segments of ceil(sqrt(time)) steps, a positive int k into segments of k
