@@ -489,15 +489,19 @@ def _tangent(spec: Spec, x, kernel, rk, mask, rmask, res, tangents, *, split: bo
     # (which reverse mode cannot transpose).
     replicas = products.replicas()
     hoisted = _hoisted(spec, x, kernel, rk, rmask, res, tangents, replicas)
-    rks = tuple(rk[:, j * u:(j + 1) * u] for j in range(n)) if split else None
+    # recurrent_kernel transposed (split: each gate's block), materialized once before the
+    # loop: reverse mode multiplies by these as they lie in memory. Without the barrier XLA
+    # sinks the transposes into the loop body.
+    rk_t = jax.lax.optimization_barrier(
+        tuple(rk[:, j * u:(j + 1) * u].T for j in range(n)) if split else rk.T)
     lane = _lane(n)  # (1, n, 1)
 
     def recurrent(dh):
         """The carried dh's part of the step's pre-activations, (b, n, u)."""
         dhr = dh if rmask is None else dh * rmask
         if split:
-            return jnp.stack([matmul(dhr, w, replicas=replicas) for w in rks], axis=1)
-        return matmul(dhr, rk, replicas=replicas).reshape(b, n, u)
+            return jnp.stack([matmul(dhr, w.T, replicas=replicas) for w in rk_t], axis=1)
+        return matmul(dhr, rk_t.T, replicas=replicas).reshape(b, n, u)
 
     def at(a, tau):  # a[:, tau]: tau in range, so no index arithmetic (that reverse mode keeps)
         return None if a is None else jax.lax.dynamic_index_in_dim(
