@@ -418,7 +418,7 @@ def _masked_h_drk(h_prev, rmask, drk, replicas: int):
     return matmul(_rows(h_prev * rmask[:, None]), drk, replicas=replicas)
 
 
-@functools.partial(jax.checkpoint, static_argnums=(0,))
+@functools.partial(jax.checkpoint, static_argnums=(0,), prevent_cse=False)
 def _combine(kind: str, k, kh, dxp, dhp):
     """The hoisted terms (`_hoisted`) from the saved gate factors k (t, b, n, u) (GRU: and
     kh (t, b, u)) and the pre-activations' tangents dxp, dhp (b, t, n, u) or None. Under

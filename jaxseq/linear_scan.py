@@ -85,10 +85,8 @@ def sequential_scan(a: Array, b: Array, h0: Array) -> Array:
     return _scan_linear(a, b, h0)
 
 
-@jax.checkpoint
 def _times_h_prev(da: Array, h: Array, h0: Array) -> Array:
-    """da_t ⊙ h_{t-1} for all t (h_0 = h0). Under `jax.checkpoint`: reverse mode keeps h and
-    h0 (h is the output) and shifts h again, rather than keeping the shifted copy."""
+    """da_t ⊙ h_{t-1} for all t (h_0 = h0)."""
     return da * jnp.concatenate([h0[None], h[:-1]])
 
 
