@@ -34,7 +34,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding
 
-from jaxseq import contracts
+from jaxseq import contracts, products
 from jaxseq.training import losses
 from jaxseq.training.callbacks import Callback, EarlyStopping
 from jaxseq.training.data import Batch
@@ -43,9 +43,10 @@ __all__ = ["REPLICA_AXIS", "SPLIT_AXES", "Checkpoints", "Host", "Layout", "Progr
            "stack"]
 
 # The vmap axes of replicated programs, named so that `train_loop` can run one epoch counter
-# for all replicas (`train_loop(axis_name=...)`).
-REPLICA_AXIS = "replica"
-SPLIT_AXES = ("split", "seed")
+# for all replicas (`train_loop(axis_name=...)`), and that the fused recurrences' derivative
+# products count every replica (`products.replicas` reads these names).
+REPLICA_AXIS = products.REPLICA_AXIS
+SPLIT_AXES = products.SPLIT_AXES
 
 
 @dataclasses.dataclass(frozen=True)
