@@ -351,3 +351,72 @@ def test_replicas_counts_the_bound_replica_axes_and_the_drivers_use_them():
     dots = lambda r: str(jax.make_jaxpr(
         functools.partial(products.matmul, replicas=r))(a, w)).count("dot_general")
     assert (dots(1), dots(15), dots(30)) == (0, 0, 1)
+
+
+# --------------------------------------------------------------------------------------------
+# Every registered recurrent layer kind at its defaults, and the flags that change its path
+
+# registered name -> (the layer, built with extra keyword arguments, its input shape)
+KINDS = {
+    "LSTM": (lambda **kw: js.LSTM(3, **kw), (2, 4, 2)),
+    "GRU": (lambda **kw: js.GRU(3, **kw), (2, 4, 2)),
+    "SimpleRNN": (lambda **kw: js.SimpleRNN(3, **kw), (2, 4, 2)),
+    "MinGRU": (lambda **kw: js.MinGRU(3, **kw), (2, 4, 2)),
+    "MinLSTM": (lambda **kw: js.MinLSTM(3, **kw), (2, 4, 2)),
+    "ConvLSTM1D": (lambda **kw: js.ConvLSTM1D(2, 2, **kw), (2, 3, 4, 2)),
+    "ConvLSTM2D": (lambda **kw: js.ConvLSTM2D(2, (2, 2), **kw), (2, 3, 3, 3, 1)),
+    "Bidirectional": (lambda **kw: js.Bidirectional(js.LSTM(3, **kw)), (2, 4, 2)),
+}
+# the defaults of every kind, then the flags that take another path: layer_norm (the scan
+# path under "auto") and remat (checkpointed segments around the fused / sequential loop)
+KIND_CASES = [(name, {}) for name in KINDS] + [
+    ("LSTM", {"layer_norm": True}), ("GRU", {"layer_norm": True}),
+    ("LSTM", {"remat": 2}), ("GRU", {"remat": 2}), ("SimpleRNN", {"remat": 2}),
+    ("MinGRU", {"remat": 2}), ("MinLSTM", {"remat": 2}), ("ConvLSTM1D", {"remat": 2}),
+]
+
+
+def test_kind_cases_cover_every_registered_recurrent_layer():
+    recurrent = {k.name for k in js.registry.kinds()
+                 if issubclass(k.cls, js.RNN) or k.cls is js.Bidirectional}
+    assert recurrent == set(KINDS)
+
+
+@pytest.mark.parametrize(("name", "extra"), KIND_CASES,
+                         ids=[f"{n}-{'-'.join(f'{k}={v}' for k, v in e.items()) or 'default'}"
+                              for n, e in KIND_CASES])
+def test_every_recurrent_kind_differentiates_in_forward_mode(name, extra):
+    """jax.jvp and jax.jacfwd through the layer as a user builds it (float32 and float64),
+    against float64 central differences of the same layer's forward: the jvp along a random
+    direction of (params, x), and jacfwd w.r.t. x contracted with a direction of x."""
+    make, shape = KINDS[name]
+    layer = make(**extra)
+    rng = np.random.default_rng(len(name))
+    x = rng.normal(size=shape).astype(np.float32)
+    params = layer.init(jax.random.key(0), jnp.asarray(x))["params"]
+    params = jax.tree.map(lambda p: p + rng.normal(scale=0.3, size=p.shape).astype(p.dtype),
+                          params)
+    dp, dx = _random_like((params, x), seed=5)
+
+    def derivatives(params, x, dp, dx):
+        f = lambda p, x: layer.apply({"params": p}, x)
+        zero = jax.tree.map(jnp.zeros_like, dp)
+        central = lambda tp, tx: jax.tree.map(
+            lambda a, b: (a - b) / (2 * EPS),
+            f(jax.tree.map(lambda p, t: p + EPS * t, params, tp), x + EPS * tx),
+            f(jax.tree.map(lambda p, t: p - EPS * t, params, tp), x - EPS * tx))
+        jac = jax.jacfwd(f, argnums=1)(params, x)
+        jac_dx = jnp.tensordot(jac, dx, axes=x.ndim)
+        return (jax.jvp(f, (params, x), (dp, dx))[1], jac_dx,
+                central(dp, dx), central(zero, dx))
+
+    jvp32, jac_dx32, _, _ = jax.jit(derivatives)(params, x, dp, dx)
+    with jax.enable_x64(True):
+        f64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), (params, x, dp, dx))
+        jvp64, jac_dx64, want, want_x = jax.jit(derivatives)(*f64)
+    # float64 forward mode equals the differences to their error (about 1e-10, see the top)
+    _tree_close(jvp64, want, rtol=1e-7)
+    _tree_close(jac_dx64, want_x, rtol=1e-7)
+    # float32 forward mode (the layer as used) equals them to float32 rounding
+    _tree_close(jvp32, want)
+    _tree_close(jac_dx32, want_x)
