@@ -116,6 +116,8 @@ fused_matmul_t = _fused(matmul_t, """`matmul_t` whose size rule counts the produ
 
 # The names of the `jax.vmap` axes over which jaxseq's drivers run replicas of a training
 # program (`fit_replicas`: one axis; `cross_validate`: splits x seeds); `replicas` counts them.
+# The same names as `jaxseq.training.spec.REPLICA_AXIS` / `SPLIT_AXES` (the layers sit below
+# training and do not import it; tests/test_forward_mode.py checks that they agree).
 REPLICA_AXIS = "replica"
 SPLIT_AXES = ("split", "seed")
 REPLICA_AXES = (REPLICA_AXIS, *SPLIT_AXES)

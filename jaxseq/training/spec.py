@@ -34,7 +34,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding
 
-from jaxseq import contracts, products
+from jaxseq import contracts
 from jaxseq.training import losses
 from jaxseq.training.callbacks import Callback, EarlyStopping
 from jaxseq.training.data import Batch
@@ -43,10 +43,11 @@ __all__ = ["REPLICA_AXIS", "SPLIT_AXES", "Checkpoints", "Host", "Layout", "Progr
            "stack"]
 
 # The vmap axes of replicated programs, named so that `train_loop` can run one epoch counter
-# for all replicas (`train_loop(axis_name=...)`), and that the fused recurrences' derivative
-# products count every replica (`products.replicas` reads these names).
-REPLICA_AXIS = products.REPLICA_AXIS
-SPLIT_AXES = products.SPLIT_AXES
+# for all replicas (`train_loop(axis_name=...)`). `jaxseq.products.REPLICA_AXES` holds the
+# same names (each side keeps its own copy: training imports no layer module, the layers import
+# nothing of training); the fused recurrences' derivative products count replicas by them.
+REPLICA_AXIS = "replica"
+SPLIT_AXES = ("split", "seed")
 
 
 @dataclasses.dataclass(frozen=True)
