@@ -9,9 +9,11 @@ rounding (shapes b = batch, t = time, f = features, u = units, g = gates * u):
 * "scan": the input projection `x @ kernel + bias` for every step in ONE product (b, t, g)
   before the loop, then `jax.lax.scan` of the cell's step, where only `h @ recurrent_kernel`
   runs (cuDNN's layout), with Keras 3's masking inside the step;
-* "fused": the same recurrence under one `jax.custom_vjp` whose backward pass takes the weight
-  gradients out of the loop (`jaxseq.fused`); it supports fewer configurations
-  (`fused.unsupported`).
+* "fused": the same recurrence under one `jax.custom_jvp` (a linear tangent recurrence) whose
+  transpose, reverse mode, takes the weight gradients out of the loop (`jaxseq.fused`); it
+  supports fewer configurations (`fused.unsupported`).
+
+Both differentiate in forward mode (`jax.jvp`, `jax.jacfwd`, `jax.linearize`) and reverse mode.
 """
 
 from __future__ import annotations

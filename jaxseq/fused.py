@@ -1,53 +1,62 @@
-"""A fused recurrence with a hand-written backward pass (cuDNN's algorithm, in plain JAX).
+"""A fused recurrence whose derivatives follow cuDNN's backward algorithm, in plain JAX.
 
 Autodiff of `lax.scan` accumulates the weight gradients with one small product per time step
-inside the backward loop. `recurrence` is a `jax.custom_vjp` over the whole layer computation
-(input projection included) whose backward loop carries only (dh, dc) and does only what
-depends on them, one product with `recurrent_kernel.T` per step; every weight gradient is then
-ONE large product over all steps at once (time and batch contracted together):
+inside the backward loop. `recurrence` is a `jax.custom_jvp` over the whole layer computation
+(input projection included) whose tangent is a linear recurrence written so that reverse mode,
+which JAX derives by transposing it, has a backward loop that carries only (dh, dc) and does
+only what depends on them, one product with `recurrent_kernel.T` per step; every weight
+gradient is then ONE large product over all steps at once (time and batch contracted together):
 
     dZ (b*t, g) = the gate gradients       d kernel = X.T @ dZ       d x = dZ @ kernel.T
     d recurrent_kernel = H_prev.T @ dZ     d bias = sum(dZ)
 
+Forward mode (`jax.jvp`, `jax.jacfwd`, `jax.linearize`) evaluates the same tangent recurrence:
+one loop over the steps next to the forward's. Both modes differentiate again (`jax.hessian`,
+gradients of gradients), through the same rule.
+
 Layout: batch-major, as the layer gets its input: the projection `x @ kernel` is one product on
-(b*t, f), the loop reads step t as the slice [:, t] and writes its outputs in place; no
-transposes, no flips (`go_backwards` only changes which slice a step reads and writes).
+(b*t, f), the loop reads step t as the slice [:, t] and writes its outputs in place; no flips
+(`go_backwards` only changes which slice a step reads and writes). The factors the tangent loop
+reads are saved time-major, as the scanned inputs of that loop.
 
 Choices by size (the thresholds are named in `jaxseq.tuning`, the measurements that chose them
 are on the benchmarks page): every gate nonlinearity in one elementwise pass (one tanh for
-sigmoid gates); for small steps (XLA runs their products on one thread) the backward product is
+sigmoid gates); for small steps (XLA runs their products on one thread) the recurrent product is
 taken per gate (`split_products`) and the training forward folds the input projection into the
 step (`project_in_loop`), which keeps the (b, t, g) projection out of memory; the loop unroll
 of a layer that leaves `unroll=False` is `tuning.AUTO_UNROLL`.
 
-What the forward saves, per step (b = batch, u = units): the factors that the backward step
-multiplies its carried gradients by, computed in the forward's own elementwise pass, where every
-operand is at hand (so the backward recomputes no activation and no product), and h_prev:
+What the forward saves when differentiated, per step (b = batch, u = units): the factors that
+the tangent (and backward) step multiplies its carried tangents by, computed in the forward's
+own elementwise pass, where every operand is at hand (so neither recomputes an activation or a
+product), and h_prev:
   LSTM       4u gate factors, o act'(c), f, h_prev             7u
   GRU        3u gate factors, z, (1 - z) act'(h~), h_prev        6u
   SimpleRNN  act'(h), h_prev                                     2u
-(`residual_bytes`). Autodiff of the scan keeps a similar amount (its step residuals); measured
-temp memory of the compiled fwd+bwd is in README.md (Performance).
+(`residual_bytes`; reverse mode keeps exactly these). Autodiff of the scan keeps a similar
+amount (its step residuals); measured temp memory of the compiled fwd+bwd is in README.md
+(Performance).
 
 Supported: LSTMCell, GRUCell (reset_after=True) and SimpleRNNCell with activations
 `tanh | sigmoid | linear | relu` (by name, or the same functions), every mask, go_backwards,
-zero_output_for_mask, initial states, a recurrent-dropout mask, outputs or final states only.
-Reverse mode only: `jax.jvp` / `jax.jacfwd` through it raise (as for any custom_vjp); use the
-layer's `implementation="scan"` for forward-mode derivatives.
+zero_output_for_mask, initial states, a recurrent-dropout mask, outputs or final states only;
+forward- and reverse-mode derivatives w.r.t. every floating input, to any order.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
 
+from jaxseq import products
 from jaxseq.activations import ACTIVATIONS
 from jaxseq.cells import CellBase, GRUCell, LSTMCell, SimpleRNNCell, matmul_last
-from jaxseq.products import fused_matmul as matmul
-from jaxseq.products import fused_matmul_t as matmul_t
+from jaxseq.products import fused_matmul, matmul
 from jaxseq.tuning import SMALL_STEP_MULTIPLY_ADDS
 from jaxseq.typing import Array
 
@@ -191,12 +200,15 @@ def _forward_variant(spec: Spec, x, kernel, xb, rk, rb, states, mask, rmask, *, 
                      in_loop: bool):
     """x (b, t, f) -> ((ys, final_states), residuals); residuals is None unless `save`.
 
-    ys (b, t, u) is in processing order; the residuals are in time order (aligned with x):
-      LSTM       (k (b, t, 4, u) = [g ract'(i), c_prev ract'(f), i act'(g), act(c) ract'(o)],
-                  e = o act'(c), f, h_prev)
-      GRU        (k (b, t, 3, u) = [kz, kr, kh r], z, kh, h_prev) with kz = (h_prev - h~)
-                  ract'(z), kh = (1 - z) act'(h~), kr = kh (h_prev @ rk_h + b_h) ract'(r)
-      SimpleRNN  (act'(h_new), h_prev)
+    ys (b, t, u) is in processing order; the residuals are in time order, the loop's factors
+    time-major (the tangent loop's scanned inputs) and h_prev batch-major, as x (it meets the
+    weights' tangents only, in products over all steps):
+      LSTM       (k (t, b, 4, u) = [g ract'(i), c_prev ract'(f), i act'(g), act(c) ract'(o)],
+                  e = o act'(c) (t, b, u), f (t, b, u), h_prev (b, t, u))
+      GRU        (k (t, b, 3, u) = [kz, kr, kh r], z, kh, h_prev (b, t, u)) with kz =
+                  (h_prev - h~) ract'(z), kh = (1 - z) act'(h~), kr = kh (h_prev @ rk_h + b_h)
+                  ract'(r)
+      SimpleRNN  (act'(h_new) (t, b, u), h_prev (b, t, u))
     """
     act, dact = _ACT[spec.activation]
     _, dract = _ACT[spec.recurrent_activation]
@@ -204,32 +216,41 @@ def _forward_variant(spec: Spec, x, kernel, xb, rk, rb, states, mask, rmask, *, 
     u = rk.shape[0]
     n = rk.shape[1] // u
     dtype = rk.dtype
+    # The products: without `save` (the custom_jvp's primal, which JAX never differentiates)
+    # `fused_matmul`, whose size rule counts every vmapped replica from its batching rule;
+    # with `save` (the JVP rule's forward, which higher-order derivatives differentiate) plain
+    # products told the replica count (`products.replicas`): a `custom_vmap` cannot be
+    # linearized where the JVP rule is traced.
+    mm = fused_matmul if not save else functools.partial(matmul, replicas=products.replicas())
     # The input projection: hoisted out of the loop as ONE product (b*t, f) @ (f, g), or, when
     # `in_loop`, inside the step as [x_t, h] @ [kernel; recurrent_kernel] (`project_in_loop`).
     if in_loop:
         xp, w_cat = x, jnp.concatenate([kernel, rk], axis=0)
     else:
-        xp = matmul_last(x, kernel, matmul)
+        xp = matmul_last(x, kernel, mm)
 
     def pre(xp_t, h):
         """(x-part, h-part) of the pre-activations, each (b, n, u); the h-part is a scalar 0
         when the x-part holds the sum."""
         hr = h if rmask is None else h * rmask
         if in_loop:
-            z = matmul(jnp.concatenate([xp_t, hr], axis=1), w_cat)
+            z = mm(jnp.concatenate([xp_t, hr], axis=1), w_cat)
             z = z if xb is None else z + xb[None, :]
             return z.reshape(b, n, u), jnp.zeros((), z.dtype)
         xin = xp_t if xb is None else xp_t + xb[None, :]
-        inner = matmul(hr, rk)
+        inner = mm(hr, rk)
         if rb is not None:
             inner = inner + rb[None, :]
         return xin.reshape(b, n, u), inner.reshape(b, n, u)
 
-    def zeros(*shape):
-        return jnp.zeros((b, steps, *shape), dtype)
+    def zeros(*gates):
+        return jnp.zeros((steps, b, *gates, u), dtype)
+
+    def zeros_bm():
+        return jnp.zeros((b, steps, u), dtype)
 
     if spec.kind == "lstm":
-        res0 = (zeros(4, u), zeros(u), zeros(u), zeros(u)) if save else ()
+        res0 = (zeros(4), zeros(), zeros(), zeros_bm()) if save else ()
 
         def cell(h, c, xp_t):
             xin, inner = pre(xp_t, h)
@@ -244,7 +265,7 @@ def _forward_variant(spec: Spec, x, kernel, xb, rk, rb, states, mask, rmask, *, 
             return h_new, c_new, (k, o * dact(tc), fg, h)
 
     elif spec.kind == "gru":
-        res0 = (zeros(3, u), zeros(u), zeros(u), zeros(u)) if save else ()
+        res0 = (zeros(3), zeros(), zeros(), zeros_bm()) if save else ()
 
         def cell(h, c, xp_t):
             xin, inner = pre(xp_t, h)
@@ -259,7 +280,7 @@ def _forward_variant(spec: Spec, x, kernel, xb, rk, rb, states, mask, rmask, *, 
             return h_new, c, (jnp.stack([kz, kh * rh * dract(r), kh * r], axis=1), z, kh, h)
 
     else:
-        res0 = (zeros(u), zeros(u)) if save else ()
+        res0 = (zeros(), zeros_bm()) if save else ()
 
         def cell(h, c, xp_t):
             xin, inner = pre(xp_t, h)
@@ -278,11 +299,15 @@ def _forward_variant(spec: Spec, x, kernel, xb, rk, rb, states, mask, rmask, *, 
             if spec.zero_output_for_mask and m_t is not None:
                 y = jnp.where(m_t[:, None], h_new, jnp.zeros_like(h_new))
             ys = _put(ys, y, t)
-        res = tuple(_put(buf, v, tau) for buf, v in zip(res, res_t, strict=True))
+        # the loop's factors time-major (the tangent scan's xs), h_prev batch-major (it only
+        # meets the weights' tangents, in products over all steps with x)
+        res = tuple(jax.lax.dynamic_update_index_in_dim(buf, v, tau, axis=1 if i == last else 0)
+                    for i, (buf, v) in enumerate(zip(res, res_t, strict=True)))
         return h_t, c_t, ys, res
 
+    last = len(res0) - 1
     c0 = states[1] if spec.kind == "lstm" else None
-    ys0 = zeros(u) if spec.emit else None
+    ys0 = jnp.zeros((b, steps, u), dtype) if spec.emit else None
     h, c, ys, res = jax.lax.fori_loop(0, steps, body, (states[0], c0, ys0, res0),
                                       unroll=spec.unroll)
     final = (h, c) if spec.kind == "lstm" else (h,)
@@ -290,10 +315,23 @@ def _forward_variant(spec: Spec, x, kernel, xb, rk, rb, states, mask, rmask, *, 
 
 
 # ---------------------------------------------------------------------------------------------
-# Backward: the loop carries (dh, dc) and does only what depends on them: a few multiplies by
-# the saved factors and the product with recurrent_kernel.T. It writes dh (and dc) per step;
-# the gate gradients of all steps are rebuilt after the loop in one elementwise pass, and every
-# weight gradient is one product.
+# Derivatives: a custom JVP. The tangent of the recurrence is a LINEAR recurrence in the inputs'
+# tangents, driven by the factors the forward saved: JAX's forward mode (jvp, jacfwd,
+# linearize) evaluates it, and JAX's reverse mode transposes it. It is written so that its
+# transpose is the cuDNN-style backward:
+#   * everything that does not depend on the carried tangent (dh, dc) is hoisted out of the
+#     loop, for all steps at once: ONE product per weight or input tangent (transposed: every
+#     weight gradient is one product, time and batch contracted together), then one
+#     elementwise pass with the saved factors (transposed: the gate gradients of all steps);
+#   * the loop carries (dh, dc) and does a few multiplies by the step's factors and the product
+#     with recurrent_kernel (transposed: the backward loop, with recurrent_kernel.T);
+#   * the factors are the scan's inputs, time-major, and every known value that meets a tangent
+#     is a saved array or an input as it lies: reverse mode keeps exactly those (a slice,
+#     transpose or product of one would be kept as a new array);
+#   * the hoisted terms are read, and their cotangents written, at their step of batch-major
+#     (b, t, u) arrays: each step updates its slice in place.
+# Reverse mode therefore has the fused backward's products, loop and memory (measured against
+# it in tests and the docs: same temp memory within a few %, same time).
 
 
 def _small_step(batch: int, units: int, gates: int) -> bool:
@@ -305,10 +343,11 @@ def _small_step(batch: int, units: int, gates: int) -> bool:
 
 
 def split_products(batch: int, units: int, gates: int) -> bool:
-    """Whether the backward step multiplies by recurrent_kernel.T gate by gate (n products
-    (b, u) @ (u, u)) rather than once ((b, n*u) @ (n*u, u)): for a small step, where the
-    per-gate products need no gate array assembled; a large product runs on every core,
-    better as one."""
+    """Whether the tangent loop multiplies by recurrent_kernel gate by gate (n products
+    (b, u) @ (u, u)) rather than once ((b, u) @ (u, n*u)); transposed, the backward step then
+    takes n products with the gates' cotangents and assembles no gate array: for a small step,
+    where the per-gate products need no gate array assembled; a large product runs on every
+    core, better as one."""
     return _small_step(batch, units, gates)
 
 
@@ -323,167 +362,207 @@ def project_in_loop(batch: int, units: int, gates: int) -> bool:
     return _small_step(batch, units, gates)
 
 
-def _backward(spec: Spec, x, kernel, rk, rb, states, mask, rmask, res, dys, dfinal):
-    """-> (dx, dkernel, dxb, drk, drb, dstates, drmask); per-gate products on CPU at small sizes
-    (`split_products`, chosen by the lowering platform)."""
-    b, _, _ = x.shape
-    u = rk.shape[0]
+def _nonzero(t):
+    """A tangent, or None for a symbolic zero or an absent input."""
+    return None if t is None or isinstance(t, SymbolicZero) else t
+
+
+def _add(a, b):
+    return b if a is None else (a if b is None else a + b)
+
+
+def _time_major(a: Array) -> Array:
+    return jnp.swapaxes(a, 0, 1)
+
+
+def _rows(a: Array) -> Array:
+    """(b, t, k) -> (b*t, k): every product over all steps is ONE 2-D product."""
+    return a.reshape(-1, a.shape[-1])
+
+
+def _gate_sum(a: Array, which=None) -> Array:
+    """Sum over the gate axis (-2) of a, of the gates where `which` holds (all by default): a
+    select and a reduction, whose transpose is a broadcast and a select, one elementwise pass
+    (slices would transpose into one padded array per gate)."""
+    return jnp.sum(a if which is None else jnp.where(which, a, 0), axis=-2)
+
+
+@functools.partial(jax.checkpoint, static_argnums=(3,))
+def _masked_h_drk(h_prev, rmask, drk, replicas: int):
+    """(h_prev * rmask) @ drk, (b*t, g), for h_prev (b, t, u) and rmask (b, u). Under
+    `jax.checkpoint`: reverse mode keeps h_prev and rmask, not their product."""
+    return matmul(_rows(h_prev * rmask[:, None]), drk, replicas=replicas)
+
+
+@functools.partial(jax.checkpoint, static_argnums=(0,), prevent_cse=False)
+def _combine(kind: str, k, kh, dxp, dhp):
+    """The hoisted terms (`_hoisted`) from the saved gate factors k (t, b, n, u) (GRU: and
+    kh (t, b, u)) and the pre-activations' tangents dxp, dhp (b, t, n, u) or None. Under
+    `jax.checkpoint`: reverse mode reads k transposed in its elementwise pass instead of
+    keeping a transposed copy."""
+    k = _time_major(k)
+    lane = _lane(k.shape[2])[None]  # (1, 1, n, 1)
+    if kind == "gru":  # the candidate's x-part meets kh, its h-part k[..., 2, :] = kh r
+        v = None
+        if dxp is not None:
+            v = _gate_sum(jnp.where(lane == 2, _time_major(kh)[:, :, None] * dxp, k * dxp))
+        if dhp is not None:
+            v = _add(v, _gate_sum(k * dhp))
+        return (v,)
+    dp = dhp if dxp is None else dxp
+    if kind == "lstm":
+        kdp = k * dp
+        return _gate_sum(kdp, lane < 3), _gate_sum(kdp, lane == 3)
+    return (k * dp[:, :, 0],)
+
+
+def _hoisted(spec: Spec, x, kernel, rk, rmask, res, tangents, replicas: int):
+    """The tangent terms of every step that do not depend on the carried tangent, for all steps
+    at once, each (b, t, u) or None where zero:
+      LSTM       (uc, uh): dc_new = f dc + uc + (dh terms), dh_new = e dc_new + uh + (dh terms)
+      GRU        (v,): dh_new = z dh + v + (dh terms)
+      SimpleRNN  (v,): dh_new = v + (dh terms)
+    """
+    dx, dkernel, dxb, drk, drb, _, _, drmask = map(_nonzero, tangents)
+    h_prev = res[-1]
+    b, steps, u = h_prev.shape
     n = rk.shape[1] // u
-    args = (spec, x, kernel, rk, rb, states, mask, rmask, res, dys, dfinal)
-    if not split_products(b, u, n):
-        return _backward_variant(*args, split=False)
-    return jax.lax.platform_dependent(cpu=lambda: _backward_variant(*args, split=True),
-                                      default=lambda: _backward_variant(*args, split=False))
+    mm = functools.partial(matmul, replicas=replicas)
+    # d(x @ kernel + input_bias) and d((h_prev * rmask) @ recurrent_kernel + recurrent_bias)
+    # but for the carried dh: one product each, batch-major as x and h_prev lie, (b*t, g), and
+    # summed in that shape (one cotangent array for all of them); the GRU keeps the x-part
+    # and the h-part apart (its candidate gate needs them apart)
+    dxp = None if dx is None else mm(_rows(dx), kernel)
+    if dkernel is not None:
+        dxp = _add(dxp, mm(_rows(x), dkernel))
+    if dxb is not None:
+        dxp = _add(dxp, dxb[None])
+    dhp = None
+    if drk is not None:
+        dhp = (mm(_rows(h_prev), drk) if rmask is None
+               else _masked_h_drk(h_prev, rmask, drk, replicas))
+    if drmask is not None:
+        dhp = _add(dhp, mm(_rows(h_prev * drmask[:, None]), rk))
+    if drb is not None:
+        dhp = _add(dhp, drb[None])
+    if spec.kind != "gru" and dxp is not None and dhp is not None:
+        dxp, dhp = dxp + dhp, None
+    if dxp is None and dhp is None:
+        return (None, None) if spec.kind == "lstm" else (None,)
+    dxp, dhp = (None if a is None else jnp.broadcast_to(a, (b * steps, n * u)).reshape(
+        b, steps, n, u) for a in (dxp, dhp))
+    return _combine(spec.kind, res[0], res[2] if spec.kind == "gru" else None, dxp, dhp)
 
 
-def _backward_variant(spec: Spec, x, kernel, rk, rb, states, mask, rmask, res, dys, dfinal, *,
-                      split: bool):
-    b, steps, f = x.shape
-    u = rk.shape[0]
+def _tangent(spec: Spec, x, kernel, rk, mask, rmask, res, tangents, *, split: bool):
+    """The tangent (dys, dfinal) of `_forward`'s output, linear in `tangents` (the tangents of
+    `_recurrence`'s differentiable inputs, symbolic zeros allowed); res: the forward's saved
+    factors. Shapes and order as `_forward`'s output."""
+    b, steps, u = res[-1].shape
     n = rk.shape[1] // u
     dtype = rk.dtype
-    if split:  # [j] = rk[:, j*u:(j+1)*u].T, each its own array: the loop slices nothing
-        rk_t = tuple(rk[:, j * u:(j + 1) * u].T for j in range(n))
-    else:
-        rk_t = rk.T
-    # Materialized once, before the loop: without the barrier XLA sinks the transposes (or
-    # the slices) into the loop body and recomputes them every step.
-    rk_t = jax.lax.optimization_barrier(rk_t)
-    emit, zero_out = spec.emit, spec.zero_output_for_mask
-    h_prev = res[-1]
+    # Products whose size rule counts every vmapped replica, as `products.fused_matmul` does
+    # (which reverse mode cannot transpose).
+    replicas = products.replicas()
+    hoisted = _hoisted(spec, x, kernel, rk, rmask, res, tangents, replicas)
+    # recurrent_kernel transposed (split: each gate's block), materialized once before the
+    # loop: reverse mode multiplies by these as they lie in memory. Without the barrier XLA
+    # sinks the transposes into the loop body.
+    rk_t = jax.lax.optimization_barrier(
+        tuple(rk[:, j * u:(j + 1) * u].T for j in range(n)) if split else rk.T)
+    lane = _lane(n)  # (1, n, 1)
 
-    def entry(dh, m_t, dy_t):
-        """The incoming dh split into (gradient of h_new, gradient passed to h_prev)."""
-        dh_in = dh + dy_t if emit else dh
-        if m_t is None:
-            return dh_in, None
-        keep = m_t[:, None]
-        return jnp.where(keep, dh_in, 0), jnp.where(keep, 0, dh if zero_out else dh_in)
-
-    def through_rk(dgate, dgates, hp_t, extra, drm):
-        """d h_prev from `inner = (h_prev * rmask) @ rk`, plus `extra`; accumulates d rmask.
-        d inner comes as `dgate(j)` -> (b, u) for gate j, or `dgates()` -> (b, n, u) (one
-        elementwise expression: no concatenation)."""
+    def recurrent(dh):
+        """The carried dh's part of the step's pre-activations, (b, n, u)."""
+        dhr = dh if rmask is None else dh * rmask
         if split:
-            dhr = matmul(dgate(0), rk_t[0])
-            for j in range(1, n):
-                dhr = dhr + matmul(dgate(j), rk_t[j])
+            return jnp.stack([matmul(dhr, w.T, replicas=replicas) for w in rk_t], axis=1)
+        return matmul(dhr, rk_t.T, replicas=replicas).reshape(b, n, u)
+
+    def at(a, tau):  # a[:, tau]: tau in range, so no index arithmetic (that reverse mode keeps)
+        return None if a is None else jax.lax.dynamic_index_in_dim(
+            a, tau, axis=1, keepdims=False, allow_negative_indices=False)
+
+    if spec.kind == "lstm":
+        uc, uh = hoisted
+
+        def cell(dh, dc, tau, factors):
+            k, e, fg = factors
+            s = k * recurrent(dh)
+            dc_new = _add(fg * dc + _gate_sum(s, lane < 3), at(uc, tau))
+            return _add(e * dc_new + _gate_sum(s, lane == 3), at(uh, tau)), dc_new
+
+        factors = res[:3]
+    elif spec.kind == "gru":
+        (v,) = hoisted
+
+        def cell(dh, dc, tau, factors):
+            k, z = factors
+            return _add(z * dh + _gate_sum(k * recurrent(dh)), at(v, tau)), dc
+
+        factors = res[:2]
+    else:
+        (v,) = hoisted
+
+        def cell(dh, dc, tau, factors):
+            return _add(factors[0] * recurrent(dh)[:, 0], at(v, tau)), dc
+
+        factors = res[:1]
+
+    def body(carry, xs):
+        dh, dc = carry
+        tau, m_t, factors = xs
+        dh_new, dc_new = cell(dh, dc, tau, factors)
+        if m_t is None:
+            dh_t, dc_t = dh_new, dc_new
         else:
-            dhr = matmul(dgates().reshape(b, n * u), rk_t)
-        if rmask is None:
-            return dhr if extra is None else dhr + extra, drm
-        dh_prev = dhr * rmask
-        return (dh_prev if extra is None else dh_prev + extra), drm + hp_t * dhr
+            dh_t = jnp.where(m_t, dh_new, dh)
+            dc_t = None if dc is None else jnp.where(m_t, dc_new, dc)
+        y = None
+        if spec.emit:
+            y = dh_t
+            if spec.zero_output_for_mask and m_t is not None:
+                y = jnp.where(m_t, dh_new, 0)
+        return (dh_t, dc_t), y
 
-    if spec.kind == "lstm":
-        k, e, fg, _ = res
-
-        def step(dh, dc, drm, tau, m_t, dy_t):
-            dhn, ph = entry(dh, m_t, dy_t)
-            dcn = dc if m_t is None else jnp.where(m_t[:, None], dc, 0)
-            dcn = dcn + dhn * _at(e, tau)
-            dc_prev = dcn * _at(fg, tau)
-            if m_t is not None:
-                dc_prev = dc_prev + jnp.where(m_t[:, None], 0, dc)
-            k_t = _at(k, tau)
-            dh_prev, drm = through_rk(
-                lambda j: (dhn if j == 3 else dcn) * k_t[:, j],
-                lambda: jnp.where(_lane(4) == 3, dhn[:, None], dcn[:, None]) * k_t,
-                _at(h_prev, tau) if rmask is not None else None, ph, drm,
-            )
-            return dh_prev, dc_prev, drm, (dhn, dcn)
-
-    elif spec.kind == "gru":
-        k, z, kh, _ = res
-
-        def step(dh, dc, drm, tau, m_t, dy_t):
-            dhn, ph = entry(dh, m_t, dy_t)
-            direct = dhn * _at(z, tau)
-            if ph is not None:
-                direct = direct + ph
-            k_t = _at(k, tau)
-            dh_prev, drm = through_rk(
-                lambda j: dhn * k_t[:, j], lambda: dhn[:, None] * k_t,
-                _at(h_prev, tau) if rmask is not None else None, direct, drm,
-            )
-            return dh_prev, dc, drm, (dhn,)
-
-    else:
-        k, _ = res
-
-        def step(dh, dc, drm, tau, m_t, dy_t):
-            dhn, ph = entry(dh, m_t, dy_t)
-            dh_prev, drm = through_rk(
-                lambda j: dhn * _at(k, tau), lambda: (dhn * _at(k, tau))[:, None],
-                _at(h_prev, tau) if rmask is not None else None, ph, drm,
-            )
-            return dh_prev, dc, drm, (dhn,)
-
-    def body(s, carry):
-        dh, dc, drm, seqs = carry
-        t = steps - 1 - s  # processing steps, last first
-        tau = _time_index(spec, steps, t)
-        m_t = None if mask is None else _at(mask, tau)
-        dy_t = _at(dys, t) if emit else None
-        dh, dc, drm, outs = step(dh, dc, drm, tau, m_t, dy_t)
-        return dh, dc, drm, tuple(_put(buf, v, tau) for buf, v in zip(seqs, outs, strict=True))
-
-    n_seqs = 2 if spec.kind == "lstm" else 1
-    seqs0 = tuple(jnp.zeros((b, steps, u), dtype) for _ in range(n_seqs))
-    dc0 = dfinal[1] if spec.kind == "lstm" else None
-    drm0 = None if rmask is None else jnp.zeros_like(rmask)
-    dh, dc, drmask, seqs = jax.lax.fori_loop(0, steps, body, (dfinal[0], dc0, drm0, seqs0),
-                                             unroll=spec.unroll)
-    dstates = (dh, dc) if spec.kind == "lstm" else (dh,)
-
-    # The gate gradients of every step at once, time order (aligned with x).
-    if spec.kind == "lstm":
-        dhn, dcn = seqs
-        dinner = dxp = jnp.where(_lane(4)[None] == 3, dhn[:, :, None], dcn[:, :, None]) * k
-    elif spec.kind == "gru":
-        (dhn,) = seqs
-        dinner = dhn[:, :, None] * k
-        dxp = jnp.concatenate([dinner[:, :, :2], (dhn * kh)[:, :, None]], axis=2)
-    else:
-        (dhn,) = seqs
-        dinner = dxp = dhn * k
-    dinner = dinner.reshape(b * steps, n * u)
-    dxp = dxp.reshape(b * steps, n * u)
-    hr_prev = h_prev if rmask is None else h_prev * rmask[:, None]
-    # ONE product each, contracting batch and time together.
-    x2 = x.reshape(b * steps, f)
-    dx = matmul(dxp, kernel.T).reshape(b, steps, f)
-    dkernel = matmul_t(x2, dxp)
-    drk = matmul_t(hr_prev.reshape(b * steps, u), dinner)
-    dxb = dxp.sum(axis=0)
-    drb = None if rb is None else dinner.sum(axis=0)
-    return dx, dkernel, dxb, drk, drb, dstates, drmask
+    dstates = [jnp.zeros((b, u), dtype) if _nonzero(t) is None else t for t in tangents[5]]
+    dc0 = dstates[1] if spec.kind == "lstm" else None
+    m = None if mask is None else mask.T[:, :, None]  # (t, b, 1)
+    (dh, dc), dys = jax.lax.scan(body, (dstates[0], dc0), (jnp.arange(steps), m, factors),
+                                 reverse=spec.reverse, unroll=spec.unroll)
+    if dys is not None:  # (t, b, u) in time order -> (b, t, u) in processing order
+        dys = _time_major(dys)
+        dys = jnp.flip(dys, axis=1) if spec.reverse else dys
+    return dys, ((dh, dc) if spec.kind == "lstm" else (dh,))
 
 
-# ---------------------------------------------------------------------------------------------
-# The custom_vjp
-
-
-def _recurrence_impl(spec, x, kernel, xb, rk, rb, states, mask, rmask):
+def _fused_recurrence(spec, x, kernel, xb, rk, rb, states, mask, rmask):
     return _forward(spec, x, kernel, xb, rk, rb, states, mask, rmask, save=False)[0]
 
 
-def _recurrence_fwd(spec, x, kernel, xb, rk, rb, states, mask, rmask):
+def _recurrence_jvp(spec, primals, tangents):
+    """The forward with its factors saved, and the tangent recurrence (`_tangent`); per-gate
+    products on CPU at small sizes (`split_products`, chosen by the lowering platform)."""
+    x, kernel, xb, rk, rb, states, mask, rmask = primals
     out, res = _forward(spec, x, kernel, xb, rk, rb, states, mask, rmask, save=True)
-    return out, (x, kernel, xb is not None, rk, rb, states, mask, rmask, res)
+    b, _, _ = x.shape
+    u = rk.shape[0]
+    n = rk.shape[1] // u
+    # Under `jax.checkpoint`: reverse mode keeps the tangent's known inputs as they are (the
+    # saved factors and the inputs), and recomputes any view of them (reshapes, slices,
+    # broadcast masks: free under jit) rather than keeping it as one more array.
+    tangent = lambda split: jax.checkpoint(functools.partial(_tangent, spec, split=split),
+                                           prevent_cse=False)(
+        x, kernel, rk, mask, rmask, res,
+        jax.tree.map(_nonzero, tangents, is_leaf=lambda t: isinstance(t, SymbolicZero)))
+    if not split_products(b, u, n):
+        return out, tangent(False)
+    return out, jax.lax.platform_dependent(cpu=lambda: tangent(True),
+                                           default=lambda: tangent(False))
 
 
-def _recurrence_bwd(spec, saved, cotangents):
-    x, kernel, has_xb, rk, rb, states, mask, rmask, res = saved
-    dys, dfinal = cotangents
-    dx, dkernel, dxb, drk, drb, dstates, drmask = _backward(
-        spec, x, kernel, rk, rb, states, mask, rmask, res, dys, dfinal
-    )
-    return dx, dkernel, (dxb if has_xb else None), drk, drb, dstates, None, drmask
-
-
-_recurrence = jax.custom_vjp(_recurrence_impl, nondiff_argnums=(0,))
-_recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
+_recurrence = jax.custom_jvp(_fused_recurrence, nondiff_argnums=(0,))
+_recurrence.defjvp(_recurrence_jvp, symbolic_zeros=True)
 
 
 def recurrence(
@@ -497,7 +576,8 @@ def recurrence(
     mask: Array | None = None,
     rmask: Array | None = None,
 ) -> tuple[Array | None, tuple[Array, ...]]:
-    """A recurrent layer's computation, input projection included, with the fused backward.
+    """A recurrent layer's computation, input projection included, with the fused derivatives
+    (a custom JVP whose transpose is the fused backward; see the module docstring).
 
     x: (b, t, f) batch-major; kernel (f, g) with g = gates * u; input_bias (g,) or None;
     recurrent_kernel (u, g); recurrent_bias (g,) (GRU's second bias row: added to

@@ -30,8 +30,9 @@ d - softplus(d). Outside log space they are sigmoids: 1 - z = σ(-k_z), a = σ(-
       a float64 loop). log_space=False: the linear-recurrence pairs
       (a1, b1)∘(a2, b2) = (a1·a2, a2·b1 + b2), no logarithm.
   "sequential": `jax.lax.scan` of h_t = a_t ⊙ h_{t-1} + b_t, one step at a time (what
-      step-by-step inference runs), without logarithms for either form; its backward pass is
-      the adjoint recurrence, one reverse scan (`sequential_scan`'s custom VJP).
+      step-by-step inference runs), without logarithms for either form; its derivatives are
+      `sequential_scan`'s custom JVP, the same linear recurrence on the tangents, whose
+      transpose (reverse mode) is the adjoint recurrence, one reverse scan.
   "auto" (default): "sequential" when the program is lowered for CPU, "parallel" otherwise
       (`jaxseq.tuning.AUTO_IMPLEMENTATIONS["minimal"]`, chosen by measurement; the associative
       scan's O(log T) depth is meant for accelerators).
@@ -224,7 +225,8 @@ class MinGRU(MinimalRNN):
         space with `log_space`), "sequential" (`jax.lax.scan`, one step at a time, with an
         adjoint reverse scan as its backward pass) or "auto" (default: "sequential" when the
         program is lowered for CPU, where it is faster and compiles faster, "parallel" on
-        GPU/TPU). Every choice supports every configuration.
+        GPU/TPU). Every choice supports every configuration and differentiates in forward
+        mode (`jax.jvp`, `jax.jacfwd`, `jax.linearize`) and reverse mode.
       mode: another name for `implementation`, accepted as well (give one of the two).
         Default "auto".
       remat: False (default), True or an int k >= 1: gradient checkpointing over time, as
@@ -307,7 +309,8 @@ class MinLSTM(MinimalRNN):
         space with `log_space`), "sequential" (`jax.lax.scan`, one step at a time, with an
         adjoint reverse scan as its backward pass) or "auto" (default: "sequential" when the
         program is lowered for CPU, where it is faster and compiles faster, "parallel" on
-        GPU/TPU). Every choice supports every configuration.
+        GPU/TPU). Every choice supports every configuration and differentiates in forward
+        mode (`jax.jvp`, `jax.jacfwd`, `jax.linearize`) and reverse mode.
       mode: another name for `implementation`, accepted as well (give one of the two).
         Default "auto".
       remat: False (default), True or an int k >= 1: gradient checkpointing over time, as

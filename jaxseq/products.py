@@ -10,9 +10,12 @@ wins (the threshold is named in `jaxseq.tuning`, the measurements are on the ben
   they decide by the size of ALL the products together (`jax.custom_batching.custom_vmap`,
   against `SMALL_STACKED`): many replicas of a small product make a multiply and sum larger
   than the batched dot, where a few tiny ones are still faster as one. They serve the fused
-  path (its `custom_vjp` calls them; differentiable through a `custom_jvp` on plain products).
+  path's forward (differentiable through a `custom_jvp` on plain products).
   Weights shared by all replicas (only `a` mapped) make ONE (r*m, k) @ (k, n) product, under
   the one-product limit.
+* `replicas`: the replica count read from the named vmap axes of jaxseq's drivers, for the
+  products that cannot be `fused_matmul`s: the fused path's derivative products, which reverse
+  mode transposes (`matmul(..., replicas=...)`).
 
 Every form computes the same sums in another order: equal to float rounding. Only float32 and
 float64 take the multiply and sum; other dtypes (bfloat16, float16) always take the dot, which
@@ -30,29 +33,32 @@ from jaxseq.tuning import SMALL_PRODUCT, SMALL_STACKED
 from jaxseq.typing import Array
 
 __all__ = [
-    "SMALL_PRODUCT", "SMALL_STACKED", "fused_matmul", "fused_matmul_t", "matmul", "matmul_t",
+    "REPLICA_AXES", "REPLICA_AXIS", "SMALL_PRODUCT", "SMALL_STACKED", "SPLIT_AXES",
+    "fused_matmul", "fused_matmul_t", "matmul", "matmul_t", "replicas",
 ]
 
 
-def _small(count: int, *operands) -> bool:
-    limit = SMALL_PRODUCT if operands[0].ndim == 2 else SMALL_STACKED
-    return count <= limit and jnp.result_type(*operands) in (jnp.float32, jnp.float64)
+def _small(count: int, *operands, replicas: int = 1) -> bool:
+    limit = SMALL_PRODUCT if operands[0].ndim == 2 and replicas == 1 else SMALL_STACKED
+    return (count * replicas <= limit
+            and jnp.result_type(*operands) in (jnp.float32, jnp.float64))
 
 
-def matmul(a: Array, w: Array) -> Array:
+def matmul(a: Array, w: Array, *, replicas: int = 1) -> Array:
     """a (..., m, k) @ w (..., k, n) -> (..., m, n), the same leading axes on both; a tiny
-    product (`_small`) as multiply and sum over k."""
+    product (`_small`) as multiply and sum over k. replicas: how many `jax.vmap`-ed copies of
+    this product run together (`replicas`); the size rule counts them all."""
     count = math.prod(a.shape) * w.shape[-1]
-    if _small(count, a, w):
+    if _small(count, a, w, replicas=replicas):
         return jnp.sum(a[..., :, :, None] * w[..., None, :, :], axis=-2)
     return jnp.matmul(a, w)
 
 
-def matmul_t(a: Array, b: Array) -> Array:
+def matmul_t(a: Array, b: Array, *, replicas: int = 1) -> Array:
     """a.T @ b: a (..., m, k), b (..., m, n) -> (..., k, n), contracting the rows (a weight
-    gradient); a tiny product as multiply and sum over m."""
+    gradient); a tiny product as multiply and sum over m. replicas: as for `matmul`."""
     count = math.prod(a.shape) * b.shape[-1]
-    if _small(count, a, b):
+    if _small(count, a, b, replicas=replicas):
         return jnp.sum(a[..., :, :, None] * b[..., :, None, :], axis=-3)
     return jnp.matmul(jnp.swapaxes(a, -1, -2), b)
 
@@ -106,3 +112,27 @@ fused_matmul = _fused(matmul, """`matmul` whose size rule counts the products of
 replica together. a (m, k), w (k, n); under vmap the mapped axes lead both.""")
 fused_matmul_t = _fused(matmul_t, """`matmul_t` whose size rule counts the products of every
 `jax.vmap`-ed replica together. a (m, k), b (m, n); under vmap the mapped axes lead both.""")
+
+
+# The names of the `jax.vmap` axes over which jaxseq's drivers run replicas of a training
+# program (`fit_replicas`: one axis; `cross_validate`: splits x seeds); `replicas` counts them.
+# The same names as `jaxseq.training.spec.REPLICA_AXIS` / `SPLIT_AXES` (the layers sit below
+# training and do not import it; tests/test_forward_mode.py checks that they agree).
+REPLICA_AXIS = "replica"
+SPLIT_AXES = ("split", "seed")
+REPLICA_AXES = (REPLICA_AXIS, *SPLIT_AXES)
+
+
+def replicas() -> int:
+    """How many replicas the program being traced runs as one vmapped program: the product of
+    the sizes of the bound `REPLICA_AXES` (1 outside them). For products whose size rule must
+    see every replica but that cannot be `fused_matmul`s: the linear products of a custom JVP,
+    which reverse mode transposes (`custom_vmap` has no transpose rule). A replica axis that
+    is not named so counts as one replica (the size rule then sees one product at a time)."""
+    count = 1
+    for name in REPLICA_AXES:
+        try:
+            count *= jax.lax.axis_size(name)
+        except NameError:  # not bound here
+            pass
+    return count

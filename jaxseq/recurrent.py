@@ -81,10 +81,11 @@ class LSTM(CellRNN):
       norm_epsilon: float > 0 added to the variance of each norm. Default 1e-3 (TF-Addons).
       implementation: "auto" (default), "scan" or "fused". "scan": `lax.scan` of the step,
         the input projection taken for all steps in one product before the loop. "fused":
-        one `jax.custom_vjp` over the layer whose backward pass takes the weight gradients
+        one `jax.custom_jvp` over the layer whose reverse mode takes the weight gradients
         out of the loop (`jaxseq.fused`); it supports the activations tanh, sigmoid, linear
-        and relu and no `proj_size`; reverse mode only (use "scan" for `jax.jvp` /
-        `jax.jacfwd`). "auto": "fused" where it supports the layer, else "scan".
+        and relu and no `proj_size`. "auto": "fused" where it supports the layer, else
+        "scan". Both differentiate in forward mode (`jax.jvp`, `jax.jacfwd`,
+        `jax.linearize`) and reverse mode, to any order.
       remat: False (default), True or an int k >= 1: gradient checkpointing over time
         (`jaxseq.remat`): segments of ceil(sqrt(time)) steps (True) or k steps, only the
         states between segments kept for the backward pass, one segment recomputed at a time
@@ -191,10 +192,11 @@ class GRU(CellRNN):
       norm_epsilon: float > 0 added to the variance of each norm. Default 1e-3.
       implementation: "auto" (default), "scan" or "fused". "scan": `lax.scan` of the step,
         the input projection taken for all steps in one product before the loop. "fused":
-        one `jax.custom_vjp` over the layer whose backward pass takes the weight gradients
+        one `jax.custom_jvp` over the layer whose reverse mode takes the weight gradients
         out of the loop (`jaxseq.fused`); it supports `reset_after=True` with the
-        activations tanh, sigmoid, linear and relu; reverse mode only (use "scan" for
-        `jax.jvp` / `jax.jacfwd`). "auto": "fused" where it supports the layer, else "scan".
+        activations tanh, sigmoid, linear and relu. "auto": "fused" where it supports the
+        layer, else "scan". Both differentiate in forward mode (`jax.jvp`, `jax.jacfwd`,
+        `jax.linearize`) and reverse mode, to any order.
       remat: False (default), True or an int k >= 1: gradient checkpointing over time
         (`jaxseq.remat`): segments of ceil(sqrt(time)) steps (True) or k steps, only the
         states between segments kept for the backward pass, one segment recomputed at a time
@@ -275,10 +277,11 @@ class SimpleRNN(CellRNN):
       param_dtype: dtype of the parameters. Default float32.
       implementation: "auto" (default), "scan" or "fused". "scan": `lax.scan` of the step,
         the input projection taken for all steps in one product before the loop. "fused":
-        one `jax.custom_vjp` over the layer whose backward pass takes the weight gradients
+        one `jax.custom_jvp` over the layer whose reverse mode takes the weight gradients
         out of the loop (`jaxseq.fused`); it supports the activations tanh, sigmoid, linear
-        and relu; reverse mode only (use "scan" for `jax.jvp` / `jax.jacfwd`). "auto":
-        "fused" where it supports the layer, else "scan".
+        and relu. "auto": "fused" where it supports the layer, else "scan". Both
+        differentiate in forward mode (`jax.jvp`, `jax.jacfwd`, `jax.linearize`) and
+        reverse mode, to any order.
       remat: False (default), True or an int k >= 1: gradient checkpointing over time
         (`jaxseq.remat`): segments of ceil(sqrt(time)) steps (True) or k steps, only the
         states between segments kept for the backward pass, one segment recomputed at a time

@@ -125,7 +125,8 @@ class RNN(nn.Module):
         requirements are documented on each layer); "auto" takes, on the platform the program
         is lowered for, the preferred one that supports the configuration
         (`resolve_implementation`, `jaxseq.tuning.AUTO_IMPLEMENTATIONS`). Every choice gives
-        the same values to float rounding.
+        the same values to float rounding, and differentiates in forward mode (`jax.jvp`,
+        `jax.jacfwd`, `jax.linearize`) and reverse mode.
       remat: gradient checkpointing over time (`jaxseq.remat`): False (default) keeps every
         step's residuals for the backward pass (memory linear in time); True cuts the
         sequence into segments of ceil(sqrt(time)) steps, a positive int k into segments of k

@@ -43,7 +43,9 @@ __all__ = ["REPLICA_AXIS", "SPLIT_AXES", "Checkpoints", "Host", "Layout", "Progr
            "stack"]
 
 # The vmap axes of replicated programs, named so that `train_loop` can run one epoch counter
-# for all replicas (`train_loop(axis_name=...)`).
+# for all replicas (`train_loop(axis_name=...)`). `jaxseq.products.REPLICA_AXES` holds the
+# same names (each side keeps its own copy: training imports no layer module, the layers import
+# nothing of training); the fused recurrences' derivative products count replicas by them.
 REPLICA_AXIS = "replica"
 SPLIT_AXES = ("split", "seed")
 
