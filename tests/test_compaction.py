@@ -166,8 +166,10 @@ def diverging():
 @pytest.mark.parametrize("on_nan", ["stop", "raise"])
 def test_non_finite_replicas_keep_their_flags_and_order(diverging, on_nan):
     (ref_states, ref), failed, runs, raised, compiled = diverging
-    assert 0 < len(failed) <= len(ref.nonfinite) // 2  # some failed: compaction then acts
-    assert compiled == ["jit(train_loop)"] * 2  # 8 rows, then the survivors in 4 (or fewer)
+    # 3 or 4 of the 8 survive: they fit a batch of 4 (half of 8, so compaction acts) and never
+    # a batch of 2, so exactly two loop programs run: 8 rows, then the survivors in 4
+    assert 2 < len(ref.nonfinite) - len(failed) <= len(ref.nonfinite) // 2
+    assert compiled == ["jit(train_loop)"] * 2
     assert raised == failed
     states, history = runs[on_nan]
     np.testing.assert_array_equal(history.nonfinite, ref.nonfinite)
