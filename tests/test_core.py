@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from tests_common import backend_compiles
 
 import jaxseq as js
 from jaxseq import training
@@ -144,34 +145,19 @@ def no_persistent_cache():
     jax.config.update("jax_enable_compilation_cache", old)
 
 
-def _compiles(fn) -> int:
-    events = []
-
-    def listener(name, duration, **kwargs):
-        if name == "/jax/core/compile/backend_compile_duration":
-            events.append(name)
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        fn()
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
-    return len(events)
-
-
 def test_epochs_verbose_seed_callbacks_and_restore_compile_nothing(capsys, no_persistent_cache):
     x, y = js.problems.frame(js.problems.echo_sequence(5), "many_to_many")
     model = js.models.many_to_many()
     stop = lambda r: js.EarlyStopping(monitor="loss", patience=2, restore_best_weights=r)
     training.clear_caches()  # equal models share programs: another test may have compiled it
     jax.clear_caches()
-    first = _compiles(lambda: js.fit(model, x, y, epochs=30, batch_size=1, verbose=0))
+    first = backend_compiles(lambda: js.fit(model, x, y, epochs=30, batch_size=1, verbose=0))
     assert first > 0  # the counter works
 
     class Noop(js.Callback):
         pass
 
-    again = _compiles(lambda: (
+    again = backend_compiles(lambda: (
         js.fit(model, x, y, epochs=37, batch_size=1, verbose=0),
         js.fit(model, x, y, epochs=5, batch_size=1, verbose=2),
         js.fit(model, x, y, epochs=64, batch_size=1, verbose=1, seed=3),
@@ -185,8 +171,8 @@ def test_epochs_verbose_seed_callbacks_and_restore_compile_nothing(capsys, no_pe
     training.clear_caches()
     jax.clear_caches()
     xs = [np.random.default_rng(n).normal(size=(n, 5, 1)).astype(np.float32) for n in (5, 9, 13)]
-    assert _compiles(lambda: js.predict(model, params, xs[0], batch_size=4)) == 1
-    assert _compiles(lambda: [js.predict(model, params, a, batch_size=4) for a in xs]) == 0
+    assert backend_compiles(lambda: js.predict(model, params, xs[0], batch_size=4)) == 1
+    assert backend_compiles(lambda: [js.predict(model, params, a, batch_size=4) for a in xs]) == 0
 
 
 def test_inject_hyperparams_sweeps_a_learning_rate_with_one_compilation():
@@ -202,7 +188,7 @@ def test_inject_hyperparams_sweeps_a_learning_rate_with_one_compilation():
 
     a, _ = run(1e-3)
     finals = []
-    assert _compiles(lambda: finals.extend(run(lr)[1].loss[-1] for lr in (1e-2, 1e-1))) == 0
+    assert backend_compiles(lambda: finals.extend(run(lr)[1].loss[-1] for lr in (1e-2, 1e-1))) == 0
     b, _ = run(1e-1)
     assert not np.allclose(a.params["dense"]["kernel"], b.params["dense"]["kernel"])
     assert finals[0] != finals[1]

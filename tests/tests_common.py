@@ -1,5 +1,6 @@
 """Cases shared by tests and the subprocess workers they start (not a test module)."""
 
+import jax
 import numpy as np
 
 from jaxseq import models
@@ -16,3 +17,19 @@ def dist_case(seed: int = DATA_SEED):
     fit_kw = dict(epochs=4, batch_size=8, seed=0)
     rep_kw = dict(seeds=list(range(4)), epochs=3, batch_size=8)
     return models.many_to_many(), x, y, fit_kw, rep_kw
+
+
+def backend_compiles(fn) -> int:
+    """How many XLA backend compiles running `fn()` triggers (JAX's monitoring event)."""
+    events = []
+
+    def listener(name, duration, **kwargs):
+        if name == "/jax/core/compile/backend_compile_duration":
+            events.append(name)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        fn()
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    return len(events)
