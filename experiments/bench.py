@@ -625,86 +625,6 @@ def layer_table(r: dict, peak: float) -> list[str]:
     return lines
 
 
-def targets(results: list[dict], peak: float) -> list[dict]:
-    """Each ratio the benchmark checks against its bound, from the results' medians (value
-    None where a case or peer is missing)."""
-    out = []
-
-    def ratio(r, a, b):
-        s = r["samples_s"]
-        if a not in s or b not in s:
-            return None
-        return _median(s[a]) / _median(s[b])
-
-    layer = [r for r in results if "size" in r]
-    for r in layer:
-        tag = f"{r['case']} {'x'.join(map(str, r['size']))}"
-        if r["case"] in ("lstm", "lstm_fwd"):
-            out.append({"target": f"{tag}: jaxseq / torch <= 1.0",
-                        "value": ratio(r, "jaxseq", "torch"), "limit": 1.0})
-        if r["case"] == "lstm":
-            out.append({"target": f"{tag}: jaxseq / flax <= 0.7",
-                        "value": ratio(r, "jaxseq", "flax"), "limit": 0.7})
-            if r["size"] == [32, 200, 512, 512]:
-                med = _median(r["samples_s"]["jaxseq"])
-                frac = r["flops"] / med / 1e9 / peak
-                out.append({"target": f"{tag}: jaxseq >= 85% of matmul peak",
-                            "value": frac, "limit": 0.85, "higher_is_better": True})
-        if r["case"] == "gru":
-            out.append({"target": f"{tag}: jaxseq / torch <= 1.2",
-                        "value": ratio(r, "jaxseq", "torch"), "limit": 1.2})
-    for r in results:
-        if r["case"] == "compile":
-            rows = [row for row in r["rows"] if row["name"] == "jaxseq"]
-            short, long_ = (_median(row["samples_s"]) for row in rows)
-            out.append({"target": f"compile: T={r['lengths'][1]} / T={r['lengths'][0]} <= 1.5",
-                        "value": long_ / short, "limit": 1.5})
-    for r in results:
-        if r["case"] == "replicas" and r["rows"]:
-            warm = {row["name"]: _median(row["warm_s"]) for row in r["rows"]}
-            many = f"fit_replicas ({r['replicas']} seeds)"
-            one = "fit (1 seed)"
-            for name in [k for k in warm if k.startswith(many[:-1]) and one in warm]:
-                label = name.removeprefix("fit_replicas ")
-                out.append({"target": f"replicas {label} / {one} <= 2",
-                            "value": warm[name] / warm[one], "limit": 2.0})
-    for r in results:
-        if r["case"] == "minimal" and r["shape"][1] >= 1000:
-            m = {k: _median(v) for k, v in r["samples_s"].items()}
-            best = min((k for k in m if k.startswith("MinGRU")), key=m.get)
-            out.append({"target": f"minimal T={r['shape'][1]}: GRU / {best} >= 10",
-                        "value": m["GRU"] / m[best], "limit": 10.0, "higher_is_better": True})
-        if r["case"] == "train":
-            pe = {k: _median(v) for k, v in r["per_epoch_s"].items()}
-            w, j = r["workload"], pe["jaxseq"]
-            if w == "forecaster":
-                out.append({"target": f"{w}: jaxseq / compute bound <= 3",
-                            "value": j / r["bound_s"], "limit": 3.0})
-                for reps in [k for k in pe if k.startswith("fit_replicas")]:
-                    out.append({"target": f"{w}: {r['replicas']} x fit / {reps} >= 5",
-                                "value": pe[f"{r['replicas']} x fit"] / pe[reps],
-                                "limit": 5.0, "higher_is_better": True})
-            for peer, goal in (("keras", 5.0), ("torch", 15.0)):
-                if peer in pe and (w == "forecaster" or peer == "keras"):
-                    out.append({"target": f"{w}: {peer} / jaxseq >= {goal:g}",
-                                "value": pe[peer] / j, "limit": goal,
-                                "higher_is_better": True})
-        if r["case"] == "cross_validation":
-            warm = {row["name"]: _median(row["warm_s"]) for row in r["rows"]}
-            loop = r["rows"][0]["name"]
-            for name in list(warm)[1:]:
-                out.append({"target": f"{loop} / {name} >= 5",
-                            "value": warm[loop] / warm[name], "limit": 5.0,
-                            "higher_is_better": True})
-    for t in out:
-        v = t["value"]
-        if v is None:
-            t["met"] = None
-        else:
-            t["met"] = v >= t["limit"] if t.get("higher_is_better") else v <= t["limit"]
-    return out
-
-
 def report(results: list[dict], peak: float, notes: list) -> str:
     lines = [f"matmul peak (best large float32 matmul): {peak:.1f} GFLOP/s"]
     for r in results:
@@ -765,12 +685,6 @@ def report(results: list[dict], peak: float, notes: list) -> str:
                              f"{temp[impl, t, True]:7.2f}")
             for k, v in r["samples_s"].items():
                 lines.append(f"  {k:16s}{_median(v) * 1e3:9.1f} ms")
-    lines.append("")
-    lines.append("Ratios against their bounds:")
-    for t in targets(results, peak):
-        v = "n/a" if t["value"] is None else f"{t['value']:.2f}"
-        met = {True: "met", False: "NOT met", None: "n/a"}[t["met"]]
-        lines.append(f"  {t['target']:48s}{v:>7s}  {met}")
     for n in notes:
         lines.append(f"note: {n}")
     return "\n".join(lines)
@@ -861,7 +775,6 @@ def main(argv=None) -> dict:
         "repeats": repeats,
         "matmul_peak": peak,
         "results": results,
-        "targets": targets(results, peak["gflops"]),
         "notes": notes,
         "case_wall_s": case_wall,
         "total_wall_s": time.perf_counter() - t_start,

@@ -6,9 +6,10 @@ Rows: LSTM(32) -> Dense(1) on 24-step windows, batch 32, 10 seeds; "early stoppi
 validation_split 0.2 and EarlyStopping(patience 50, restore_best_weights) for up to 1000 epochs;
 "fixed": 100 epochs, no validation. Each row times the loop and each strategy, warm, in
 interleaved rounds, and reports loop / strategy (above 1: the replicas are faster) and the
-strategy "auto" picks. The case runs twice: in this process on every core it may use, and in a
-child process whose CPU affinity is one core (`os.sched_setaffinity`: XLA's threads and
-"concurrent"'s host threads then share that core). "vmap, one chunk" is strategy "vmap" with
+strategy "auto" picks. The case runs twice, each time in a child process with JAX's default
+configuration (one CPU device, whatever `--cpu-devices` gave the parent): on every core this
+process may use, and with the CPU affinity of one core (`os.sched_setaffinity`: XLA's threads
+and "concurrent"'s host threads then share that core). "vmap, one chunk" is strategy "vmap" with
 `epochs_per_chunk=epochs`: the host never wakes, so the replica batch never compacts (every
 replica runs until the last one stops); "vmap" compacts the live replicas between chunks
 (`jaxseq.training.compaction`).
@@ -46,23 +47,30 @@ def series_windows(window: int = 24) -> tuple[np.ndarray, np.ndarray]:
 
 
 def forecaster_case(*, quick: bool, notes: list, one_core: bool = True) -> dict:
-    """The rows on all cores (this process) and, with `one_core` on a machine of several, again
-    in a child process pinned to one core (its result under "one_core")."""
-    result = _rows(quick=quick, notes=notes)
+    """The rows on all cores and, with `one_core` on a machine of several, again pinned to one
+    core (its result under "one_core"); each in a child process."""
+    try:
+        import statsmodels  # noqa: F401
+    except ImportError as err:
+        notes.append(f"forecaster rows skipped ({err}; pip install statsmodels)")
+        return {"case": "forecaster", "rows": []}
+    result = _child(quick, core=None)
     if one_core and result["rows"] and strategies.available_cores() > 1:
-        result["one_core"] = _pinned_child(quick)
+        result["one_core"] = _child(quick, core=min(os.sched_getaffinity(0)))
     return result
 
 
-def _pinned_child(quick: bool) -> dict:
-    core = min(os.sched_getaffinity(0))
+def _child(quick: bool, core: int | None) -> dict:
+    """`_rows` in a fresh interpreter (JAX's default configuration), pinned to `core` if given."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "forecaster.json"
         argv = [__file__, "--json", str(out), *(["--quick"] if quick else [])]
         # the child pins itself before JAX starts a thread: every thread it makes inherits
-        start = (f"import os, runpy, sys; os.sched_setaffinity(0, {{{core}}}); "
+        pin = "" if core is None else f"os.sched_setaffinity(0, {{{core}}}); "
+        start = (f"import os, runpy, sys; {pin}"
                  f"sys.argv = {argv!r}; runpy.run_path(sys.argv[0], run_name='__main__')")
-        subprocess.run([sys.executable, "-c", start], check=True)
+        env = {k: v for k, v in os.environ.items() if k != "JAX_NUM_CPU_DEVICES"}
+        subprocess.run([sys.executable, "-c", start], check=True, env=env)
         return json.loads(out.read_text())
 
 

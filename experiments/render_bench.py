@@ -154,9 +154,14 @@ def _forecaster_table(result: dict) -> list[str]:
 
 def forecaster_section(r: dict) -> list[str]:
     seeds = r["rows"][0]["seeds"] if r["rows"] else "?"
+    epochs = {row["name"]: row["epochs"] for row in r["rows"]}
     lines = [f"### fit_replicas against a loop of fits: forecaster, {seeds} seeds", "",
-             "elec_equip (statsmodels), LSTM(32) + Dense(1), 24-step windows, batch 32. Warm "
-             "medians; in brackets loop / strategy (above 1: the replicas are faster).", "",
+             "elec_equip (statsmodels), LSTM(32) + Dense(1), 24-step windows, batch 32; "
+             "\"early stopping\": validation_split 0.2, EarlyStopping(patience 50) for up to "
+             f"{epochs.get('early stopping')} epochs; \"fixed\": {epochs.get('fixed')} epochs. "
+             "Each table ran in a fresh process with JAX's default configuration (one CPU "
+             "device). Warm medians in seconds; in brackets loop / strategy (above 1: the "
+             "replicas are faster).", "",
              f"On all {r.get('cores')} cores:", "", *_forecaster_table(r)]
     if "one_core" in r:
         lines += ["", "Pinned to one core:", "", *_forecaster_table(r["one_core"])]
@@ -182,8 +187,9 @@ def render(run: dict) -> str:
 
 
 def summary(run: dict) -> str:
-    """README's small table: the tutorial's fit per epoch against Keras, and the LSTM's
-    fwd+bwd against torch, from the same run."""
+    """README's small table: the tutorial's fit per epoch against Keras, the LSTM's fwd+bwd
+    against torch, and the forecaster's seeds (`fit_replicas` as "auto" runs it, on every core)
+    against a loop of `fit` calls, from the same run."""
     rows = []
     for r in run["results"]:
         if r["case"] == "tutorial":
@@ -197,6 +203,12 @@ def summary(run: dict) -> str:
             j, t = _med(r["samples_s"]["jaxseq"]), _med(r["samples_s"]["torch"])
             rows.append([f"LSTM fwd+bwd {_size(r['size'])}, ms", f"{j * 1e3:.1f}",
                          f"torch {t * 1e3:.1f}"])
+        elif r["case"] == "forecaster":
+            for row in r["rows"]:
+                med = row["median_s"]
+                rows.append([f"forecaster, {row['seeds']} seeds ({row['name']}), "
+                             f"`fit_replicas` s", f"{med['auto']:.2f}",
+                             f"loop of `fit` {med['loop of fits']:.2f}"])
     head = f"{run['machine']['cpu']}, {run['machine']['cpu_count']} CPUs, {run.get('date', '')}"
     start = (run.get("load_average") or {}).get("start")
     if start:  # a busy machine slows every contender, multi-threaded ones most

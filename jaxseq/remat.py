@@ -5,9 +5,9 @@ memory grows linearly with the sequence length t. With `remat`, the sequence is 
 segments of k steps; an outer `lax.scan` over the segments carries the states, and each
 segment's recurrence (input projection included) runs under `jax.checkpoint`. The forward keeps
 only the states at segment boundaries; the backward recomputes one segment at a time, with its
-residuals, and runs that segment's backward (the fused path's custom backward, or autodiff of
-the scan). Memory: about (t / k) boundary states plus one segment's residuals, smallest near
-k = sqrt(t) (Chen et al. 2016, "Training deep nets with sublinear memory cost";
+residuals, and runs that segment's backward (the transpose of the fused path's custom JVP, or
+autodiff of the scan). Memory: about (t / k) boundary states plus one segment's residuals,
+smallest near k = sqrt(t) (Chen et al. 2016, "Training deep nets with sublinear memory cost";
 `jax.checkpoint` over scan chunks as in jax-ml/jax#2139); time: one more forward pass.
 
 A length t = n k + r that k does not divide gets n segments of k steps and one of r steps

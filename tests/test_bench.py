@@ -47,9 +47,8 @@ def _table_rows(stdout: str, title: str) -> dict[str, tuple[float, float]]:
 
 def test_bench_layer_and_compile_cases(tmp_path):
     """Two layer cases and the compile case (no training API), tiny sizes: the recorded
-    numbers are consistent with each other: positive times, every ratio and target value the
-    quotient of the medians it comes from, `met` the comparison with its limit, the printed
-    table the JSON's numbers."""
+    numbers are consistent with each other: positive times, every printed ratio the quotient
+    of the medians it comes from, the printed table the JSON's numbers."""
     proc = _bench("--quick", "--cases", "lstm,gru_fwd,compile,minimal", "--repeats", "3",
                   "--out", str(tmp_path / "res"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
@@ -104,21 +103,7 @@ def test_bench_layer_and_compile_cases(tmp_path):
         ("jaxseq", 3), ("jaxseq", 30)]
     assert compile_case["lengths"] == [3, 30]
     assert all(s > 0 for row in compile_case["rows"] for s in row["samples_s"])
-    short, long_ = (_median(row["samples_s"]) for row in compile_case["rows"])
-
-    want = {"compile: T=30 / T=3 <= 1.5": (long_ / short, 1.5),
-            "lstm 4x6x3x5: jaxseq / flax <= 0.7": (
-                medians["lstm"]["jaxseq"] / medians["lstm"]["flax"], 0.7)}
-    if have_torch:
-        want["lstm 4x6x3x5: jaxseq / torch <= 1.0"] = (
-            medians["lstm"]["jaxseq"] / medians["lstm"]["torch"], 1.0)
-    assert sorted(t["target"] for t in data["targets"]) == sorted(want)
-    for t in data["targets"]:
-        value, limit = want[t["target"]]
-        assert t["value"] == pytest.approx(value, rel=1e-12) and t["limit"] == limit
-        assert t["met"] is (value <= limit)
-        assert re.search(re.escape(t["target"]) + rf"\s+{value:.2f}\s+"
-                         + ("met" if t["met"] else "NOT met"), proc.stdout)
+    assert "targets" not in data  # the record holds measurements, no scorecard
 
 
 def test_bench_rejects_unknown_cases(tmp_path):

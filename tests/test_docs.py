@@ -123,6 +123,12 @@ def _synthetic_run() -> dict:
                 {"name": "fit (1 seed)", "epochs": 1000, "cold_s": 1.0, "warm_s": [0.02, 0.03]},
                 {"name": "fit_replicas (32 seeds)", "epochs": 1000, "cold_s": 2.0,
                  "warm_s": [0.1, 0.12, 0.11]}]},
+            {"case": "forecaster", "cores": 4, "rows": [
+                {"name": "fixed", "seeds": 3, "epochs": 7, "epochs_run": [7, 7, 7],
+                 "median_s": {"loop of fits": 6.0, "vmap": 4.0, "concurrent": 2.0, "auto": 2.4},
+                 "loop_over": {"loop of fits": 1.0, "vmap": 1.5, "concurrent": 3.0,
+                               "auto": 2.5},
+                 "auto_picks": "concurrent"}]},
         ],
         "targets": [{"target": "anything", "value": 1.0, "limit": 0.5, "met": False}],
         "notes": ["Keras rows skipped (test)"],
@@ -152,10 +158,15 @@ def test_render_bench_renders_a_run_into_page_and_readme(tmp_path):
     assert "| torch | 30.0 | 1.00 | 66.7 |  |" in text
     assert "| many_to_many | keras | 1000 x 1 | 1200.0 | 2.50 |" in text
     assert "| `fit_replicas (32 seeds)` | 110.0 | 4.40 | 2.00 |" in text  # 110 / 25 ms
+    assert ("| fixed | 7 | 21 | 6.00 | 4.00 (1.50x) |  | 2.00 (3.00x) | 2.40 (2.50x) "
+            "| concurrent |") in text
+    assert "On all 4 cores" in text and "Pinned to one core" not in text
     assert "anything" not in text and "target" not in text.lower()  # no targets on the page
     summary = readme.read_text()
     assert "| LSTM fwd+bwd 2x3x4x5, ms | 11.0 | torch 30.0 |" in summary
     assert "| tutorial many_to_many, `fit` µs/epoch | 20.0 | Keras 3 1200 |" in summary
+    assert "| forecaster, 3 seeds (fixed), `fit_replicas` s | 2.40 | loop of `fit` 6.00 |" \
+        in summary
     assert "load average 0.5 at the start" in summary
     assert summary.startswith("a\n<!-- bench-summary:start -->\n") and summary.endswith("b\n")
 

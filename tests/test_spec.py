@@ -102,13 +102,14 @@ def test_the_program_is_the_cache_key_and_runtime_values_stay_out_of_it(case):
 
 def test_a_layout_run_in_chunks_equals_the_whole_layout(case):
     # The layout is a value: the driver runs any part of it, and replica i is the same run
-    # wherever it is placed (vmapped batches may sum in another order: float32 rounding).
+    # wherever it is placed (vmapped batches may sum in another order: float32 rounding). Two
+    # equal chunks share one compiled program; uneven cuts are `Layout.chunks`' own test above.
     _, data, program = case
     layout = Layout((0, 1, 2, 3))
     host = parse.parse_host("fit_replicas", epochs=3, verbose=0, callbacks=(),
                             epochs_per_chunk=None, on_nan="stop")
     states, history = training.drive(program(layout), layout, host, data)
-    parts = [training.drive(program(c), c, host, data) for c in layout.chunks(3)]
+    parts = [training.drive(program(c), c, host, data) for c in layout.chunks(2)]
     joined = jax.tree.map(lambda *a: jnp.concatenate(a), *(p[0].params for p in parts))
     chex.assert_trees_all_close(joined, states.params, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(np.concatenate([p[1].loss for p in parts]), history.loss,
