@@ -37,7 +37,8 @@ __all__ = ["STRATEGIES", "VMAP_BELOW", "available_cores", "drive_each", "resolve
 
 STRATEGIES = ("auto", "vmap", "concurrent")
 # parameters x batch size below which "auto" vmaps on CPU (the replicas rows of
-# docs/benchmarks.md: the tutorial's LSTM(5), batch 1, vmaps 6-10x faster than a loop).
+# docs/benchmarks.md: 32 seeds of the tutorial's LSTM(5), batch 1, train in one vmapped
+# program several times faster than 32 fits would).
 VMAP_BELOW = 16_384
 
 
