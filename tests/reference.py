@@ -1,4 +1,5 @@
-"""An independent float64 NumPy reference for the Keras 3 recurrent layers.
+"""An independent float64 NumPy reference for the Keras 3 recurrent layers, and for minGRU /
+minLSTM (`minimal`, Feng et al. 2024).
 
 Written from the Keras 3 formulas (jax backend, non-unrolled `rnn` loop), not from jaxseq: it
 imports neither jaxseq nor jax. Every function loops over time in plain Python, one step at a
@@ -228,3 +229,32 @@ def bidirectional(
     if return_state:
         return (out, *fw_states, *bw_states)
     return out
+
+
+MINIMAL_GATES = {"min_gru": 2, "min_lstm": 3}
+
+
+def minimal(name: str, params: dict, x: np.ndarray, *, mask=None, h0=None, log_space=True,
+            go_backwards=False):
+    """minGRU ("min_gru") / minLSTM ("min_lstm"), Feng et al. (2024) section 3 (appendix A's g
+    in log space), a step at a time: (outputs (b, t, u) in processing order, final h (b, u)).
+    params: kernel (f, gates u), bias (gates u,); h0 None starts from 0.5 in log space, else 0;
+    a masked step (mask (b, t) False) keeps h."""
+    kernel, bias = (np.asarray(params[k], np.float64) for k in ("kernel", "bias"))
+    x = np.asarray(x, np.float64)
+    u = kernel.shape[1] // MINIMAL_GATES[name]
+    h = (np.asarray(h0, np.float64) if h0 is not None
+         else np.full((x.shape[0], u), 0.5 if log_space else 0.0))
+    cand = (lambda v: np.where(v >= 0, v + 0.5, sigmoid(v))) if log_space else (lambda v: v)
+    outs = []
+    for t in (range(x.shape[1] - 1, -1, -1) if go_backwards else range(x.shape[1])):
+        k = x[:, t] @ kernel + bias
+        if name == "min_gru":
+            z = sigmoid(k[:, :u])
+            new = (1 - z) * h + z * cand(k[:, u:])
+        else:
+            f, i = sigmoid(k[:, :u]), sigmoid(k[:, u:2 * u])
+            new = f / (f + i) * h + i / (f + i) * cand(k[:, 2 * u:])
+        h = new if mask is None else np.where(mask[:, t, None], new, h)
+        outs.append(h)
+    return np.stack(outs, axis=1), h

@@ -3,11 +3,11 @@ recurrent layers, against float64 central differences of independent NumPy refer
 
 The default `LSTM`, `GRU` and `SimpleRNN` run the fused recurrence (`jaxseq.fused`, a custom
 JVP), `MinGRU` / `MinLSTM` `sequential_scan` (a custom JVP; "sequential" mode, the default on
-CPU) or the associative scan ("parallel"). References: tests/reference.py (the Keras 3 layers)
-and `_minimal_reference` below (the paper's step equations), both NumPy float64, one step at a
-time; derivatives by central differences in float64 (step 1e-6: truncation about 1e-12,
-rounding about 1e-10). The float32 derivatives must agree to float32 rounding: rtol 1e-5 with
-an absolute floor of 1e-5 times the largest magnitude, as tests/test_fused.py. The custom rules
+CPU) or the associative scan ("parallel"). References: tests/reference.py (the Keras 3 layers,
+and `minimal`: the paper's step equations), NumPy float64, one step at a time; derivatives by
+central differences in float64 (step 1e-6: truncation about 1e-12, rounding about 1e-10). The
+float32 derivatives must agree to float32 rounding: rtol 1e-5 with an absolute floor of 1e-5
+times the largest magnitude, as tests/test_fused.py. The custom rules
 themselves are also checked in float64 against JAX's autodiff of the same forward math, every
 flag, to 1e-10.
 
@@ -224,33 +224,16 @@ MINIMAL_CASES = [
 ]
 
 
-def _sigmoid(v):
-    return 1.0 / (1.0 + np.exp(-v))
-
-
 def _minimal_reference(name, flags):
     """Feng et al. (2024), section 3 (and appendix A's g in log space), a step at a time in
     float64: (outputs (b, t, u) in processing order, or the last h; the final h)."""
     _, log_space, go_backwards, masked, use_init, return_sequences = flags
 
     def fn(params, x, h0):
-        kernel, bias = (np.asarray(params[k], np.float64) for k in ("kernel", "bias"))
-        x = np.asarray(x, np.float64)
-        h = (np.asarray(h0, np.float64) if use_init
-             else np.full((x.shape[0], U), 0.5 if log_space else 0.0))
-        cand = (lambda v: np.where(v >= 0, v + 0.5, _sigmoid(v))) if log_space else (lambda v: v)
-        outs = []
-        for t in (range(x.shape[1] - 1, -1, -1) if go_backwards else range(x.shape[1])):
-            k = x[:, t] @ kernel + bias
-            if name == "min_gru":
-                z = _sigmoid(k[:, :U])
-                new = (1 - z) * h + z * cand(k[:, U:])
-            else:
-                f, i = _sigmoid(k[:, :U]), _sigmoid(k[:, U:2 * U])
-                new = f / (f + i) * h + i / (f + i) * cand(k[:, 2 * U:])
-            h = np.where(MASK[:, t, None], new, h) if masked else new
-            outs.append(h)
-        return (np.stack(outs, axis=1) if return_sequences else h), h
+        seq, h = R.minimal(name, params, x, mask=MASK if masked else None,
+                           h0=h0 if use_init else None, log_space=log_space,
+                           go_backwards=go_backwards)
+        return (seq if return_sequences else h), h
 
     return fn
 

@@ -1,10 +1,10 @@
 """jaxseq.MinGRU / MinLSTM (Feng et al. 2024, arXiv:2410.01201) against a float64 NumPy loop.
 
-`_reference` below is written from the paper's step equations (section 3, and appendix A's
-g for the log-space form), one time step at a time in float64; it shares no code with
-jaxseq.minimal. Both modes ("parallel": associative scan, in log space when log_space=True;
-"sequential": lax.scan) must match it, with masks (gaps, a fully masked row, NaN padding),
-initial states and go_backwards.
+The reference, tests/reference.py's `minimal`, is written from the paper's step equations
+(section 3, and appendix A's g for the log-space form), one time step at a time in float64; it
+shares no code with jaxseq.minimal. Both modes ("parallel": associative scan, in log space when
+log_space=True; "sequential": lax.scan) must match it, with masks (gaps, a fully masked row,
+NaN padding), initial states and go_backwards.
 
 Speed: one jitted program per (layer, time) computes every flag combination, built once
 (`_outputs`, cached) and compared case by case.
@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import reference as R
 from jax.test_util import check_grads
 
 import jaxseq as js
@@ -48,45 +49,6 @@ def _flags(name: str, time: int) -> list[tuple]:
 def _raises(exc, *fragments):
     """pytest.raises(exc) whose message contains every fragment, literally."""
     return pytest.raises(exc, match="".join(f"(?=[\\s\\S]*{re.escape(f)})" for f in fragments))
-
-
-# --------------------------------------------------------------------------------------------
-# The float64 reference
-# --------------------------------------------------------------------------------------------
-
-
-def _sigmoid(v):
-    return 1.0 / (1.0 + np.exp(-v))
-
-
-def _g(v):
-    return np.where(v >= 0, v + 0.5, _sigmoid(v))
-
-
-def _reference(name, params, x, *, mask=None, h0=None, log_space=True, go_backwards=False):
-    """(outputs (b, t, u) in processing order, final h (b, u)), a step at a time."""
-    kernel, bias = (np.asarray(params[k], np.float64) for k in ("kernel", "bias"))
-    x = np.asarray(x, np.float64)
-    u = kernel.shape[1] // LAYERS[name][1]
-    if h0 is None:
-        h0 = np.full((x.shape[0], u), 0.5 if log_space else 0.0)
-    h = np.asarray(h0, np.float64)
-    cand = _g if log_space else (lambda v: v)
-    outs = []
-    steps = range(x.shape[1] - 1, -1, -1) if go_backwards else range(x.shape[1])
-    for t in steps:
-        k = x[:, t] @ kernel + bias
-        if name == "min_gru":
-            z = _sigmoid(k[:, :u])
-            new = (1 - z) * h + z * cand(k[:, u:])
-        else:
-            f, i = _sigmoid(k[:, :u]), _sigmoid(k[:, u:2 * u])
-            new = f / (f + i) * h + i / (f + i) * cand(k[:, 2 * u:])
-        if mask is not None:
-            new = np.where(mask[:, t, None], new, h)
-        h = new
-        outs.append(h)
-    return np.stack(outs, axis=1), h
 
 
 def _data(name, time, seed=0):
@@ -137,7 +99,7 @@ def test_matches_float64_loop(name, time):
     for flags in _flags(name, time):
         ls, mode, back, masked, with_h0 = flags
         h0 = (h0_positive if ls else h0_signed) if with_h0 else None
-        want_seq, want_h = _reference(name, params, x if masked else np.nan_to_num(x),
+        want_seq, want_h = R.minimal(name, params, x if masked else np.nan_to_num(x),
                                       mask=mask if masked else None, h0=h0, log_space=ls,
                                       go_backwards=back)
         seq, h = outputs[flags]
@@ -167,7 +129,7 @@ def test_long_sequences():
             {"params": params}, x, mask=mask, initial_state=h0) for mode in MODES}
 
     got = run(params, x, mask, h0)
-    want, _ = _reference(name, params, x, mask=mask, h0=h0)
+    want, _ = R.minimal(name, params, x, mask=mask, h0=h0)
     for mode in MODES:
         np.testing.assert_allclose(got[mode], want, rtol=1e-5, err_msg=mode)
 
@@ -305,8 +267,8 @@ def test_return_state_and_bidirectional(name):
     y, h_fw, h_bw = layer.apply(variables, x, mask=mask, initial_state=(h0, h0))
     chex.assert_shape(y, (B, 5, 2 * U))
     chex.assert_shape((h_fw, h_bw), (B, U))
-    fw, fw_h = _reference(name, params, x, mask=mask, h0=h0)
-    bw, bw_h = _reference(name, params, x, mask=mask, h0=h0, go_backwards=True)
+    fw, fw_h = R.minimal(name, params, x, mask=mask, h0=h0)
+    bw, bw_h = R.minimal(name, params, x, mask=mask, h0=h0, go_backwards=True)
     want = np.concatenate([fw, np.flip(bw, axis=1)], axis=-1) * mask[:, :, None]
     np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(h_fw, fw_h, rtol=1e-5)
