@@ -18,7 +18,7 @@ from jaxseq.contracts import accepts
 from jaxseq.models import Sequential, sequential_names
 from jaxseq.recurrent import Bidirectional
 from jaxseq.rnn import RNN
-from jaxseq.training.compile import cached
+from jaxseq.training.compile import cached, jit
 from jaxseq.training.data import output_shape
 from jaxseq.typing import Array
 from jaxseq.wrappers import RepeatVector
@@ -95,7 +95,7 @@ def rollout(model: Sequential, params, prefix, steps: int) -> Array:
             f"{where} feeds predictions back as inputs, so the model must output f={features} "
             f"features per step; it outputs shape (batch, {', '.join(map(str, out.shape[1:]))})."
         )
-    fn = cached("rollout", model, steps, build=lambda: jax.jit(rollout_program(model, steps)))
+    fn = cached("rollout", model, steps, build=lambda: jit(rollout_program(model, steps)))
     y = fn(params, jnp.asarray(prefix))
     chex.assert_shape(y, (batch, steps, features))
     return y

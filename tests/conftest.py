@@ -7,13 +7,21 @@ float64 stays off by default (as for users); tests that need a float64 reference
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
-# XLA:CPU compiles the tests' own programs (layer applies, gradients, references) with the loop
-# emitters, as jaxseq compiles its drivers' programs (compile.CPU_OPTIONS): the suite's programs
-# are tiny, so compiling them is most of its time, and the loop emitters compile them in about
-# half the time. Subprocesses inherit the flag; one the environment already sets is kept.
+# XLA:CPU options for every program the tests compile themselves (references, layer applies,
+# gradients, Keras' programs, eager ops; subprocesses inherit them): the loop emitters (as
+# jaxseq's drivers use), LLVM at level 0 without its expensive passes, and one LLVM module per
+# program instead of parallel parts (the suite's two workers already fill the cores). These
+# programs are tiny and run a few times, so compiling them is most of the suite's time; level 0
+# compiles them in about half the time (XLA:CPU keeps fast math off at every level). jaxseq's
+# drivers (fit, fit_replicas, cross_validate, predict, evaluate) set their levels per program
+# (training.compile.CPU_OPTIONS), so the tests run the programs users get. Flags the environment
+# already sets are kept.
 _flags = os.environ.get("XLA_FLAGS", "")
-if "--xla_cpu_use_fusion_emitters" not in _flags:
-    os.environ["XLA_FLAGS"] = f"{_flags} --xla_cpu_use_fusion_emitters=false".strip()
+_TEST_FLAGS = {"--xla_cpu_use_fusion_emitters": "false", "--xla_backend_optimization_level": "0",
+               "--xla_llvm_disable_expensive_passes": "true",
+               "--xla_cpu_parallel_codegen_split_count": "1"}
+os.environ["XLA_FLAGS"] = " ".join(
+    [_flags, *(f"{k}={v}" for k, v in _TEST_FLAGS.items() if k not in _flags)]).strip()
 
 import jax  # noqa: E402
 

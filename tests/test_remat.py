@@ -31,7 +31,6 @@ MASK = np.ones((B, T), bool)
 MASK[1, [2, 3, 4, 9]] = False
 MASK[2] = False
 REMATS = (True, 3)  # k = ceil(sqrt(11)) = 4 (11 = 2*4 + 3) and 3 (11 = 3*3 + 2)
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
 def _data(n_states: int, dtype, seed: int = 0):
@@ -83,7 +82,7 @@ def test_forward_identical(kind, impl):
                                                                    initial_state=init)
         return out
 
-    out = jax.jit(run).lower(params, x, init).compile(FAST_COMPILE)(params, x, init)
+    out = jax.jit(run)(params, x, init)
     for (gb, masked, seqs, _), got in out.items():
         want = out[gb, masked, seqs, False]
         assert len(got) == 1 + n_states
@@ -118,7 +117,7 @@ def test_gradients_equal_the_default_float64(kind, impl):
                     out[gb, masked, r] = _grads(layer(gb, r), params, x, init, mask=mask)
             return out
 
-        out = jax.jit(run).lower(params, x, init).compile(FAST_COMPILE)(params, x, init)
+        out = jax.jit(run)(params, x, init)
         for (gb, masked, r), got in out.items():
             if r is not False:
                 _assert_close(got, out[gb, masked, False], rtol=1e-10, atol=1e-12)
@@ -142,7 +141,7 @@ def test_float32_gradients_and_dropout_masks(impl):
         kw = dict(mask=MASK, deterministic=False, rngs=rngs)
         return {r: _grads(layer(r), params, x, init, **kw) for r in (False, True, 3)}
 
-    out = jax.jit(run).lower(params, x, init).compile(FAST_COMPILE)(params, x, init)
+    out = jax.jit(run)(params, x, init)
     for r in (True, 3):
         _assert_close(out[r], out[False], rtol=1e-5, atol=1e-6)
     no_dropout = layer(False).apply(params, x, initial_state=init, mask=MASK)

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from tests_common import user_jit
 
 import jaxseq as js
 from jaxseq import models, problems, training
@@ -90,7 +91,7 @@ def test_compiled_init_equals_eager_init_bitwise(build):
     x, _ = problems.frame(SEQ, "many_to_many")
     key, _ = training.split_seed(4)
     state = training.create_train_state(model, training.DEFAULT_OPTIMIZER, x, key)
-    chex.assert_trees_all_equal(state.params, model.init(key, x[:1])["params"])
+    chex.assert_trees_all_equal(state.params, user_jit(model.init)(key, x[:1])["params"])
 
 
 def test_tutorial_builders_pass_lstm_options():

@@ -33,3 +33,16 @@ def backend_compiles(fn) -> int:
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
     return len(events)
+
+
+# XLA's own defaults for the options conftest lowers for the suite's programs: a test that
+# compares a driver's program with what a user compiles (`jax.jit` without options) compiles its
+# reference with these.
+XLA_DEFAULTS = {"xla_backend_optimization_level": 3, "xla_llvm_disable_expensive_passes": False,
+                "xla_cpu_use_fusion_emitters": True}
+
+
+def user_jit(fn):
+    """`jax.jit(fn)` compiled with XLA's default options (see XLA_DEFAULTS), whatever XLA_FLAGS
+    the suite sets."""
+    return jax.jit(fn, compiler_options=XLA_DEFAULTS)

@@ -8,11 +8,15 @@ referenced, so an entry keeps its model and optimizer alive until it is evicted.
 not part of the key: each jitted program keeps JAX's own per-shape cache.
 
 XLA:CPU options (`compiler_options`): the loop emitters instead of the MLIR fusion emitters
-(the training programs compile in about half the time and run as fast), and LLVM level 1 for
-programs that run once per fit (initialization; bitwise the same parameters, tested). The
-benchmarks page (`experiments/bench.py --cases compile`) measures compile times. Other backends
-get no options. XLA takes options only on an outermost program, so a jaxseq program called
-with traced arguments (inside a user's `jit`, `vmap`, `grad`) runs as a plain nested jit.
+(the training programs compile in about half the time and run as fast), XLA's default
+optimization level (3, with LLVM's expensive passes) for the programs that train and predict,
+and level 1 for programs that run once per fit (initialization; bitwise the same parameters,
+tested). The levels are set explicitly, so the drivers' programs compile alike whatever
+XLA_FLAGS sets as the default for the other programs of the process (the test suite compiles
+its own programs at level 0). The benchmarks page (`experiments/bench.py --cases compile`)
+measures compile times. Other backends get no options. XLA takes options only on an outermost
+program, so a jaxseq program called with traced arguments (inside a user's `jit`, `vmap`,
+`grad`) runs as a plain nested jit.
 Cache keys hold each part with its type (see `_key`): equal values of different types, such as
 optax's `GradientTransformation` and `GradientTransformationExtraArgs` twins, never share a
 program.
@@ -28,7 +32,8 @@ from typing import Any
 
 import jax
 
-CPU_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
+CPU_OPTIONS = {"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 3,
+               "xla_llvm_disable_expensive_passes": False}
 CPU_ONCE_OPTIONS = {**CPU_OPTIONS, "xla_backend_optimization_level": 1}
 
 _DEFAULT_SIZE = 64
