@@ -1,5 +1,6 @@
 """fit / predict / evaluate: Keras semantics, learning the tutorial, determinism, compilation."""
 
+import os
 import re
 
 import chex
@@ -92,6 +93,18 @@ def test_compiled_init_equals_eager_init_bitwise(build):
     key, _ = training.split_seed(4)
     state = training.create_train_state(model, training.DEFAULT_OPTIMIZER, x, key)
     chex.assert_trees_all_equal(state.params, user_jit(model.init)(key, x[:1])["params"])
+
+
+def test_the_drivers_set_their_optimization_levels():
+    # The suite compiles its own programs at LLVM level 0 (conftest's XLA_FLAGS); the drivers'
+    # options override it per program: XLA's default level 3 for training and prediction, 1
+    # for initialization (the test above: bitwise the parameters of a default `jax.jit`).
+    assert "--xla_backend_optimization_level=0" in os.environ["XLA_FLAGS"]
+    run, once = training.compiler_options(), training.compiler_options(once=True)
+    assert run["xla_backend_optimization_level"] == 3
+    assert run["xla_llvm_disable_expensive_passes"] is False
+    assert once["xla_backend_optimization_level"] == 1
+    assert not run["xla_cpu_use_fusion_emitters"] and not once["xla_cpu_use_fusion_emitters"]
 
 
 def test_tutorial_builders_pass_lstm_options():
