@@ -13,9 +13,9 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 # program instead of parallel parts (the suite's two workers already fill the cores). These
 # programs are tiny and run a few times, so compiling them is most of the suite's time; level 0
 # compiles them in about half the time (XLA:CPU keeps fast math off at every level). jaxseq's
-# drivers (fit, fit_replicas, cross_validate, predict, evaluate) set their levels per program
-# (training.compile.CPU_OPTIONS), so the tests run the programs users get. Flags the environment
-# already sets are kept.
+# drivers (fit, fit_replicas, cross_validate, predict, evaluate, rollout) set their levels per
+# program (training.compile.CPU_OPTIONS), so the tests run the programs users get. Flags the
+# environment already sets are kept.
 _flags = os.environ.get("XLA_FLAGS", "")
 _TEST_FLAGS = {"--xla_cpu_use_fusion_emitters": "false", "--xla_backend_optimization_level": "0",
                "--xla_llvm_disable_expensive_passes": "true",

@@ -85,9 +85,10 @@ def test_fit_matches_a_python_loop_with_a_partial_last_batch():
 
 
 @pytest.mark.parametrize("build", [models.many_to_many, models.one_to_one])
-def test_compiled_init_equals_eager_init_bitwise(build):
+def test_compiled_init_equals_a_default_jit_of_init_bitwise(build):
     # fit compiles init with its own XLA options (training.compiler_options(once=True)); they
-    # must not change a bit of the initial parameters.
+    # must not change a bit of the initial parameters a user's `jax.jit(model.init)` gives with
+    # XLA's default options (user_jit: the suite's own level-0 flags would change the bits).
     model = build()
     x, _ = problems.frame(SEQ, "many_to_many")
     key, _ = training.split_seed(4)
