@@ -136,6 +136,7 @@ def environment() -> dict:
         "torch_threads": torch.get_num_threads() if HAVE_TORCH else None,
         "versions": versions,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "jaxseq_optimization_level": js.training.optimization_level(),
     }
 
 

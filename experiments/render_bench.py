@@ -67,6 +67,9 @@ def environment(run: dict) -> list[str]:
         lines.append(f"- **Matmul peak** (best large float32 matmul): {peak:.1f} GFLOP/s")
     if run.get("xla_flags"):
         lines.append(f"- **XLA_FLAGS**: `{run['xla_flags']}`")
+    if run.get("jaxseq_optimization_level", 3) != 3:
+        lines.append("- **jaxseq's drivers**: XLA:CPU optimization level "
+                     f"{run['jaxseq_optimization_level']} (JAXSEQ_OPTIMIZATION_LEVEL)")
     return lines
 
 

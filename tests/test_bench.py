@@ -1,8 +1,8 @@
 """experiments/bench.py runs with tiny sizes on a few cases and records consistent numbers.
 
-The script runs as users run it, in a subprocess, with the suite's XLA_FLAGS (conftest: LLVM at
-level 0 for every program without options of its own): compilation is this test's cost, and the
-tiny sizes time nothing worth optimizing. The cases that train
+The script runs as users run it, in a subprocess, with the suite's XLA_FLAGS and
+JAXSEQ_OPTIMIZATION_LEVEL (conftest: level 0 for every program): compilation is this test's cost,
+and the tiny sizes time nothing worth optimizing. The cases that train
 (tutorial, train, replicas, cross_validation) are left out: they time jaxseq.fit and
 cross_validate, whose own tests are elsewhere.
 """
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _bench(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "KERAS_BACKEND": "jax"}  # XLA_FLAGS: the suite's (conftest)
+    env = {**os.environ, "KERAS_BACKEND": "jax"}  # XLA_FLAGS and the level: the suite's
     return subprocess.run([sys.executable, str(ROOT / "experiments" / "bench.py"), *args],
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=400)
 
@@ -56,6 +56,8 @@ def test_bench_layer_and_compile_cases(tmp_path):
     assert data["device"]["backend"] in ("cpu", "gpu", "tpu")
     assert {"jax", "flax", "jaxseq", "torch", "keras"} <= set(data["versions"])
     assert data["xla_flags"] == os.environ["XLA_FLAGS"]
+    # the drivers' level the suite's processes inherit (conftest)
+    assert data["jaxseq_optimization_level"] == int(os.environ["JAXSEQ_OPTIMIZATION_LEVEL"])
     assert data["repeats"] == 3
     assert [r["case"] for r in data["results"]] == ["lstm", "gru_fwd", "compile", "minimal"]
     assert set(data["case_wall_s"]) == {"lstm", "gru_fwd", "compile", "minimal"}

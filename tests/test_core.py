@@ -136,15 +136,6 @@ def test_train_loop_with_an_axis_name_equals_the_plain_vmap():
         lambda a: a[1], states))  # the stopped replica is untouched
 
 
-@pytest.fixture
-def no_persistent_cache():
-    """Compile counts need real compiles: no hits from the run's shared persistent cache."""
-    old = jax.config.jax_enable_compilation_cache
-    jax.config.update("jax_enable_compilation_cache", False)
-    yield
-    jax.config.update("jax_enable_compilation_cache", old)
-
-
 def test_epochs_verbose_seed_callbacks_and_restore_compile_nothing(capsys, no_persistent_cache):
     x, y = js.problems.frame(js.problems.echo_sequence(5), "many_to_many")
     model = js.models.many_to_many()

@@ -104,6 +104,31 @@ def test_jaxseq_cache_dir_turns_on_the_persistent_compilation_cache(tmp_path):
     assert any((tmp_path / "cache").iterdir())
 
 
+LEVEL_RUN = """
+import os, sys
+os.environ["JAXSEQ_OPTIMIZATION_LEVEL"] = "high"
+try:
+    import jaxseq
+except ValueError as err:
+    print("refused:", err)
+for name in [m for m in sys.modules if m == "jaxseq" or m.startswith("jaxseq.")]:
+    del sys.modules[name]
+os.environ["JAXSEQ_OPTIMIZATION_LEVEL"] = "2"
+import jaxseq as js
+print("level", js.training.optimization_level(),
+      js.training.compiler_options()["xla_backend_optimization_level"],
+      js.training.compiler_options(once=True)["xla_backend_optimization_level"])
+"""
+
+
+def test_jaxseq_optimization_level_sets_the_drivers_level_for_the_process():
+    out = subprocess.run([sys.executable, "-c", LEVEL_RUN], capture_output=True, text=True,
+                         timeout=120, check=True).stdout.splitlines()
+    assert out[0].startswith("refused: JAXSEQ_OPTIMIZATION_LEVEL must be 0, 1, 2 or 3")
+    assert "got 'high'" in out[0] and "Unset it" in out[0]
+    assert out[1] == "level 2 2 1"
+
+
 NAMESPACE = """
 import importlib, types
 import jaxseq

@@ -1,6 +1,5 @@
 """fit / predict / evaluate: Keras semantics, learning the tutorial, determinism, compilation."""
 
-import os
 import re
 
 import chex
@@ -10,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from tests_common import user_jit
+from tests_common import backend_compiles, optimization_level, user_jit
 
 import jaxseq as js
 from jaxseq import models, problems, training
@@ -86,26 +85,51 @@ def test_fit_matches_a_python_loop_with_a_partial_last_batch():
 
 @pytest.mark.parametrize("build", [models.many_to_many, models.one_to_one])
 def test_compiled_init_equals_a_default_jit_of_init_bitwise(build):
-    # fit compiles init with its own XLA options (training.compiler_options(once=True)); they
-    # must not change a bit of the initial parameters a user's `jax.jit(model.init)` gives with
-    # XLA's default options (user_jit: the suite's own level-0 flags would change the bits).
+    # fit compiles init with its own XLA options (training.compiler_options(once=True)); at
+    # jaxseq's default level they must not change a bit of the initial parameters a user's
+    # `jax.jit(model.init)` gives with XLA's default options (user_jit: the suite's level-0
+    # flags would change the bits; measured, 18 of 100 entries 1 ulp apart).
     model = build()
     x, _ = problems.frame(SEQ, "many_to_many")
     key, _ = training.split_seed(4)
-    state = training.create_train_state(model, training.DEFAULT_OPTIMIZER, x, key)
+    with optimization_level(None):
+        state = training.create_train_state(model, training.DEFAULT_OPTIMIZER, x, key)
     chex.assert_trees_all_equal(state.params, user_jit(model.init)(key, x[:1])["params"])
 
 
-def test_the_drivers_set_their_optimization_levels():
-    # The suite compiles its own programs at LLVM level 0 (conftest's XLA_FLAGS); the drivers'
-    # options override it per program: XLA's default level 3 for training and prediction, 1
-    # for initialization (the test above: bitwise the parameters of a default `jax.jit`).
-    assert "--xla_backend_optimization_level=0" in os.environ["XLA_FLAGS"]
-    run, once = training.compiler_options(), training.compiler_options(once=True)
+def test_the_drivers_set_their_optimization_levels(no_persistent_cache):
+    # By default XLA's level 3 for training and prediction, 1 for initialization (the test
+    # above: bitwise the parameters of a default `jax.jit`); set_optimization_level(0) lowers
+    # both, and each level keeps its own cached programs.
+    model = models.many_to_many(units=2)
+    x, _ = problems.frame(SEQ, "many_to_many")
+    key, _ = training.split_seed(0)
+
+    def init():
+        return training.create_train_state(model, training.DEFAULT_OPTIMIZER, x, key)
+
+    training.clear_caches()  # the counts below start from nothing compiled
+
+    with optimization_level(None):
+        assert training.optimization_level() == 3
+        run, once = training.compiler_options(), training.compiler_options(once=True)
+        assert backend_compiles(init) == 1 and backend_compiles(init) == 0
     assert run["xla_backend_optimization_level"] == 3
     assert run["xla_llvm_disable_expensive_passes"] is False
     assert once["xla_backend_optimization_level"] == 1
+    assert once["xla_llvm_disable_expensive_passes"] is False
     assert not run["xla_cpu_use_fusion_emitters"] and not once["xla_cpu_use_fusion_emitters"]
+    with optimization_level(0):
+        assert training.optimization_level() == 0
+        run, once = training.compiler_options(), training.compiler_options(once=True)
+        assert backend_compiles(init) == 1 and backend_compiles(init) == 0
+    assert run["xla_backend_optimization_level"] == once["xla_backend_optimization_level"] == 0
+    assert run["xla_llvm_disable_expensive_passes"] is True
+    with optimization_level(None):
+        assert backend_compiles(init) == 0  # the level-3 program is still cached
+    for bad in (4, -1, True, "0", 1.0):
+        with pytest.raises(ValueError, match=r"int in 0\.\.3 or None"):
+            training.set_optimization_level(bad)
 
 
 def test_tutorial_builders_pass_lstm_options():

@@ -1,9 +1,11 @@
 """Cases shared by tests and the subprocess workers they start (not a test module)."""
 
+import contextlib
+
 import jax
 import numpy as np
 
-from jaxseq import models
+from jaxseq import models, training
 
 DATA_SEED = 0
 
@@ -46,3 +48,15 @@ def user_jit(fn):
     """`jax.jit(fn)` compiled with XLA's default options (see XLA_DEFAULTS), whatever XLA_FLAGS
     the suite sets."""
     return jax.jit(fn, compiler_options=XLA_DEFAULTS)
+
+
+@contextlib.contextmanager
+def optimization_level(level: int | None):
+    """The drivers compile at `level` (None: jaxseq's default) inside the block, at the suite's
+    level again after it (conftest)."""
+    before = training.optimization_level()
+    training.set_optimization_level(level)
+    try:
+        yield
+    finally:
+        training.set_optimization_level(before)

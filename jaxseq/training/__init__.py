@@ -5,7 +5,8 @@ Core (see `loop`): `create_train_state`, `train_step`, `eval_step`, `train_epoch
 (`losses`); Keras' optimizers by name with their clipping arguments (`keras_optimizer`,
 module `optimizers`). Drivers: `fit`, `fit_replicas`, `predict`, `evaluate`. A run's shape
 (`spec`): `Program`, `Layout`, `Host`, `Source`, built by the parsers of `parse` and run by
-`drive`. Compilation cache: `clear_caches`, `set_cache_size`, `cache_size`.
+`drive`. Compilation: `clear_caches`, `set_cache_size`, `cache_size`, `compiler_options`,
+`set_optimization_level`, `optimization_level`, `enable_compilation_cache`.
 """
 
 from jaxseq.history import CheckpointSaveError, History, NonFiniteLossError
@@ -28,7 +29,9 @@ from jaxseq.training.compile import (
     clear_caches,
     compiler_options,
     enable_compilation_cache,
+    optimization_level,
     set_cache_size,
+    set_optimization_level,
 )
 from jaxseq.training.data import Batch
 from jaxseq.training.drivers import drive, fit, fit_replicas
@@ -79,11 +82,13 @@ __all__ = [
     "keras_optimizer",
     "losses",
     "loop",
+    "optimization_level",
     "optimizers",
     "parse",
     "predict",
     "programs",
     "set_cache_size",
+    "set_optimization_level",
     "spec",
     "split_seed",
     "state",

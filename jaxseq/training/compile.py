@@ -12,11 +12,12 @@ XLA:CPU options (`compiler_options`): the loop emitters instead of the MLIR fusi
 optimization level (3, with LLVM's expensive passes) for the programs that train and predict,
 and level 1 for programs that run once per fit (initialization; bitwise the same parameters,
 tested). The levels are set explicitly, so the drivers' programs compile alike whatever
-XLA_FLAGS sets as the default for the other programs of the process (the test suite compiles
-its own programs at level 0). The benchmarks page (`experiments/bench.py --cases compile`)
-measures compile times. Other backends get no options. XLA takes options only on an outermost
-program, so a jaxseq program called with traced arguments (inside a user's `jit`, `vmap`,
-`grad`) runs as a plain nested jit.
+XLA_FLAGS sets as the default for the other programs of the process. `set_optimization_level`
+trades run speed for compile speed, for work where compiling dominates (unit tests of code that
+calls `fit`, notebooks with short runs; jaxseq's own test suite runs at level 0). The
+benchmarks page (`experiments/bench.py --cases compile`) measures compile times. Other backends
+get no options. XLA takes options only on an outermost program, so a jaxseq program called
+with traced arguments (inside a user's `jit`, `vmap`, `grad`) runs as a plain nested jit.
 Cache keys hold each part with its type (see `_key`): equal values of different types, such as
 optax's `GradientTransformation` and `GradientTransformationExtraArgs` twins, never share a
 program.
@@ -32,9 +33,21 @@ from typing import Any
 
 import jax
 
-CPU_OPTIONS = {"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 3,
-               "xla_llvm_disable_expensive_passes": False}
-CPU_ONCE_OPTIONS = {**CPU_OPTIONS, "xla_backend_optimization_level": 1}
+DEFAULT_LEVEL = 3
+_ENV_LEVEL = "JAXSEQ_OPTIMIZATION_LEVEL"
+
+
+def _level_from_env() -> int:
+    value = os.environ.get(_ENV_LEVEL, "").strip()
+    if not value:
+        return DEFAULT_LEVEL
+    if value not in ("0", "1", "2", "3"):
+        raise ValueError(f"{_ENV_LEVEL} must be 0, 1, 2 or 3 (XLA:CPU's optimization level of "
+                         f"jaxseq's programs); got {value!r}. Unset it for the default, 3.")
+    return int(value)
+
+
+_level = _level_from_env()
 
 _DEFAULT_SIZE = 64
 _cache: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
@@ -60,11 +73,49 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> str:
 
 
 def compiler_options(*, once: bool = False) -> dict | None:
-    """The XLA options jaxseq's own programs compile with on this backend (None off CPU).
-    `once`: for a program that runs once per fit (initialization)."""
+    """The XLA options jaxseq's own programs compile with on this backend (None off CPU), at
+    the level `set_optimization_level` set (default 3). `once`: for a program that runs once
+    per fit (initialization), at level min(level, 1)."""
     if jax.default_backend() != "cpu":
         return None
-    return dict(CPU_ONCE_OPTIONS if once else CPU_OPTIONS)
+    return {"xla_cpu_use_fusion_emitters": False,
+            "xla_backend_optimization_level": min(_level, 1) if once else _level,
+            "xla_llvm_disable_expensive_passes": _level < DEFAULT_LEVEL}
+
+
+def optimization_level() -> int:
+    """The XLA:CPU optimization level the drivers compile their programs at (see
+    `set_optimization_level`)."""
+    return _level
+
+
+def set_optimization_level(level: int | None = None) -> None:
+    """Compile the drivers' programs from now on at XLA:CPU optimization level `level`.
+
+    `fit`, `fit_replicas`, `cross_validate`, `predict`, `evaluate`, `rollout` and
+    `create_train_state` compile at XLA's default level 3 (initialization at level 1). A
+    lower level compiles faster and runs slower (LLVM optimizes less); it pays where compiling
+    dominates: unit tests of code that trains models, short runs in a notebook. Below level 3
+    LLVM's expensive passes are off as well (`xla_llvm_disable_expensive_passes`). Programs
+    already compiled stay cached under their own level; a call at another level compiles its
+    own. No effect off CPU. The environment variable JAXSEQ_OPTIMIZATION_LEVEL (0..3), read
+    when jaxseq is imported, sets the level for a whole process and the processes it starts (a
+    test suite's workers).
+
+    Args:
+      level: 0, 1, 2 or 3 (XLA's `xla_backend_optimization_level`); None restores jaxseq's
+        default, 3.
+
+    Raises:
+      ValueError: `level` is not None or an int in 0..3.
+    """
+    global _level
+    if level is None:
+        level = DEFAULT_LEVEL
+    if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= 3:
+        raise ValueError(f"set_optimization_level expects an int in 0..3 or None (the "
+                         f"default, 3); got {level!r}.")
+    _level = level
 
 
 def _traced(args) -> bool:
@@ -128,8 +179,9 @@ def _memo(store, size: int, kind: str, parts, build: Callable):
 def cached(kind: str, *parts, build: Callable):
     """The memo of `build()` (a compiled program) for (kind, parts), least recently used
     evicted first. Unhashable parts are keyed by identity and kept alive by their entry, so an
-    id is never reused while the entry exists."""
-    return _memo(_cache, _size, kind, parts, build)
+    id is never reused while the entry exists. The key holds the optimization level the
+    program compiles at (`set_optimization_level`)."""
+    return _memo(_cache, _size, kind, (_level, *parts), build)
 
 
 def cached_shape(kind: str, *parts, build: Callable):
