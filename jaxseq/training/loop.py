@@ -311,6 +311,8 @@ def train_loop(carry: LoopState, key, first, last, data: Batch, val: Batch | Non
     logs = {**{k: nan for k in names}, "ran": jnp.zeros((buffer,), bool),
             "finite": jnp.ones((buffer,), bool), "bad_batch": jnp.full((buffer,), -1, jnp.int32),
             "bad_loss": nan}
+    if axis_name is not None:  # mapped: logs per replica from the start (the same values),
+        logs = tree_where(carry.alive, logs, logs)  # so vmap batches the loop's body once
 
     def cond(c):
         carry, epoch, _ = c
