@@ -18,7 +18,7 @@ os.environ.setdefault("JAXSEQ_OPTIMIZATION_LEVEL", "0")
 # drivers (fit, fit_replicas, cross_validate, predict, evaluate, rollout) set their levels per
 # program; the suite puts them at level 0 too (JAXSEQ_OPTIMIZATION_LEVEL above, the setting
 # users have for the same trade), and the tests that compare the drivers with the programs
-# users get by default run at the default level (tests_common.optimization_level). Flags the
+# users get by default run at the default level (tests_common.at_optimization_level). Flags the
 # environment already sets are kept.
 _flags = os.environ.get("XLA_FLAGS", "")
 _TEST_FLAGS = {"--xla_cpu_use_fusion_emitters": "false", "--xla_backend_optimization_level": "0",
@@ -32,7 +32,6 @@ import pytest  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_numpy_rank_promotion", "raise")
-
 
 # One persistent compilation cache per test run, shared by the xdist workers: programs that
 # several test files compile alike (the tutorial models, fit's loop) compile once per run.

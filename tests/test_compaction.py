@@ -9,7 +9,7 @@ import warnings
 import jax
 import numpy as np
 import pytest
-from tests_common import optimization_level
+from tests_common import at_optimization_level
 
 import jaxseq as js
 from jaxseq import evaluation
@@ -147,7 +147,7 @@ def diverging():
     # plain SGD at lr 0.5 on targets x3: some seeds' training overflows, each at its own epoch.
     # Which seeds overflow depends on every rounding of the programs, so the drivers compile at
     # jaxseq's default level here (the suite's level 0 lets another subset overflow).
-    with optimization_level(None):
+    with at_optimization_level(None):
         return _diverging()
 
 

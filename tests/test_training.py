@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from tests_common import backend_compiles, optimization_level, user_jit
+from tests_common import at_optimization_level, backend_compiles, user_jit
 
 import jaxseq as js
 from jaxseq import models, problems, training
@@ -92,7 +92,7 @@ def test_compiled_init_equals_a_default_jit_of_init_bitwise(build):
     model = build()
     x, _ = problems.frame(SEQ, "many_to_many")
     key, _ = training.split_seed(4)
-    with optimization_level(None):
+    with at_optimization_level(None):
         state = training.create_train_state(model, training.DEFAULT_OPTIMIZER, x, key)
     chex.assert_trees_all_equal(state.params, user_jit(model.init)(key, x[:1])["params"])
 
@@ -110,7 +110,7 @@ def test_the_drivers_set_their_optimization_levels(no_persistent_cache):
 
     training.clear_caches()  # the counts below start from nothing compiled
 
-    with optimization_level(None):
+    with at_optimization_level(None):
         assert training.optimization_level() == 3
         run, once = training.compiler_options(), training.compiler_options(once=True)
         assert backend_compiles(init) == 1 and backend_compiles(init) == 0
@@ -119,13 +119,13 @@ def test_the_drivers_set_their_optimization_levels(no_persistent_cache):
     assert once["xla_backend_optimization_level"] == 1
     assert once["xla_llvm_disable_expensive_passes"] is False
     assert not run["xla_cpu_use_fusion_emitters"] and not once["xla_cpu_use_fusion_emitters"]
-    with optimization_level(0):
+    with at_optimization_level(0):
         assert training.optimization_level() == 0
         run, once = training.compiler_options(), training.compiler_options(once=True)
         assert backend_compiles(init) == 1 and backend_compiles(init) == 0
     assert run["xla_backend_optimization_level"] == once["xla_backend_optimization_level"] == 0
     assert run["xla_llvm_disable_expensive_passes"] is True
-    with optimization_level(None):
+    with at_optimization_level(None):
         assert backend_compiles(init) == 0  # the level-3 program is still cached
     for bad in (4, -1, True, "0", 1.0):
         with pytest.raises(ValueError, match=r"int in 0\.\.3 or None"):

@@ -51,7 +51,7 @@ def user_jit(fn):
 
 
 @contextlib.contextmanager
-def optimization_level(level: int | None):
+def at_optimization_level(level: int | None):
     """The drivers compile at `level` (None: jaxseq's default) inside the block, at the suite's
     level again after it (conftest)."""
     before = training.optimization_level()
