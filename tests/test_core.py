@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from tests_common import backend_compiles
+from tests_common import backend_compiles, compiled_programs
 
 import jaxseq as js
 from jaxseq import training
@@ -164,6 +164,30 @@ def test_epochs_verbose_seed_callbacks_and_restore_compile_nothing(capsys, no_pe
     xs = [np.random.default_rng(n).normal(size=(n, 5, 1)).astype(np.float32) for n in (5, 9, 13)]
     assert backend_compiles(lambda: js.predict(model, params, xs[0], batch_size=4)) == 1
     assert backend_compiles(lambda: [js.predict(model, params, a, batch_size=4) for a in xs]) == 0
+
+
+def test_runs_compile_their_programs_and_no_eager_operation(no_persistent_cache):
+    """Starting and ending a run (seeds, EarlyStopping's state, the donated copy, restoring the
+    best weights, cross-validation's states in split order) dispatches no eager operation, each
+    of which would compile a program of its own on first use."""
+    x, y = js.problems.frame(js.problems.echo_sequence(5), "many_to_many")
+    model = js.models.many_to_many(units=4)
+    stop = lambda: [js.EarlyStopping(patience=2, restore_best_weights=True)]
+    kw = dict(epochs=6, batch_size=1, verbose=0, callbacks=stop())
+    training.clear_caches()
+    jax.clear_caches()
+    fit = compiled_programs(lambda: js.fit(model, x, y, validation_data=(x, y), **kw))
+    assert sorted(fit) == ["jit(_fresh_state)", "jit(split_seed)", "jit(train_loop)"]
+    replicas = compiled_programs(lambda: js.fit_replicas(
+        model, x, y, seeds=3, validation_data=(x, y), **kw))
+    assert sorted(replicas) == ["jit(_fresh_state)", "jit(_select_best)", "jit(split_seed)",
+                                "jit(train_loop)"]
+    rng = np.random.default_rng(0)
+    xc, yc = rng.random((8, 5, 1), np.float32), rng.random((8, 5, 1), np.float32)
+    cv = compiled_programs(lambda: js.evaluation.cross_validate(
+        model, xc, yc, folds=2, seeds=(0, 1), validation_split=0.25, **kw))
+    assert set(cv) == {"jit(split_seed)", "jit(_fresh_state)", "jit(mapped)", "jit(_select_best)",
+                       "jit(_gather)"}, cv
 
 
 def test_inject_hyperparams_sweeps_a_learning_rate_with_one_compilation():

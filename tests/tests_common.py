@@ -21,20 +21,26 @@ def dist_case(seed: int = DATA_SEED):
     return models.many_to_many(), x, y, fit_kw, rep_kw
 
 
-def backend_compiles(fn) -> int:
-    """How many XLA backend compiles running `fn()` triggers (JAX's monitoring event)."""
-    events = []
+def compiled_programs(fn) -> list[str]:
+    """The names of the programs XLA compiles while `fn()` runs (JAX's monitoring event), e.g.
+    "jit(train_loop)"; an eager operation compiles as "jit(<its name>)"."""
+    names = []
 
     def listener(name, duration, **kwargs):
         if name == "/jax/core/compile/backend_compile_duration":
-            events.append(name)
+            names.append(str(kwargs.get("fun_name")))
 
     jax.monitoring.register_event_duration_secs_listener(listener)
     try:
         fn()
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
-    return len(events)
+    return names
+
+
+def backend_compiles(fn) -> int:
+    """How many XLA backend compiles running `fn()` triggers."""
+    return len(compiled_programs(fn))
 
 
 # XLA's own defaults for the options conftest lowers for the suite's programs: a test that

@@ -23,6 +23,7 @@ from functools import partial
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -156,6 +157,27 @@ def _held_out(program: Program, layout: Layout, states, test: Batch, batch_size:
     return {name: np.asarray(v, np.float64) for name, v in values.items()}
 
 
+def _rows_in_order(groups: list, picks: list):
+    """The stacked states of every (split, seed), split-major: picks[i] = (g, rows) names the
+    rows of groups[g] (one driver run's stacked state) that hold split i. One compiled gather
+    per state leaf, not one eager operation per leaf and split."""
+    rows = [np.concatenate([r for g, r in picks if g == k]) for k in range(len(groups))]
+    offsets = np.cumsum([0] + [len(r) for r in rows])
+    seen = [0] * len(groups)
+    order = []
+    for g, r in picks:  # where split i's rows land in the concatenation of the groups' rows
+        start = offsets[g] + seen[g]
+        order.append(np.arange(start, start + len(r)))
+        seen[g] += len(r)
+    return _gather(tuple(groups), tuple(rows), np.concatenate(order))
+
+
+@jax.jit
+def _gather(groups, rows, order):
+    return jax.tree.map(lambda *leaves: jnp.concatenate(
+        [leaf[r] for leaf, r in zip(leaves, rows, strict=True)])[order], *groups)
+
+
 def cross_validate(
     model: nn.Module,
     x: Inputs,
@@ -262,7 +284,7 @@ def cross_validate(
                            validation_split is not None)
     scores = {m: np.full((s, k), np.nan) for m in loop.log_names(runs[0][3].metrics, False)}
     failed = np.zeros((s, k), bool)
-    states, histories = [None] * s, [None] * s
+    states, histories, groups = [None] * s, [None] * s, []
     for members, layout, source, program in runs:
         with warnings.catch_warnings():  # failures are reported below, by (split, seed)
             warnings.filterwarnings("ignore", message=f"{where}: ", category=RuntimeWarning)
@@ -275,14 +297,15 @@ def cross_validate(
             failed[i] = bad[a]
             for m in scores:
                 scores[m][i] = np.where(bad[a], np.nan, held[m][rows[a]])
-            states[i] = jax.tree.map(lambda leaf, r=rows[a]: leaf[r], state)
+            states[i] = (len(groups), rows[a])
             histories[i] = {m: history.history[m][rows[a]] for m in names}
+        groups.append(state)
     epochs_run = max(h["loss"].shape[-1] for h in histories)
     history = History({m: np.stack([np.pad(h[m], ((0, 0), (0, epochs_run - h[m].shape[-1])),
                                            constant_values=np.nan) for h in histories])
                        for m in names}, nonfinite=failed)
     result = CrossValidation(scores=scores, history=history,
-                             states=jax.tree.map(lambda *a: jax.numpy.concatenate(a), *states),
+                             states=_rows_in_order(groups, states),
                              splits=pairs, seeds=tuple(seeds), failed=failed)
     odd = ~failed & ~np.all([np.isfinite(v) for v in scores.values()], axis=0)
     if odd.any():

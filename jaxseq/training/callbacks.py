@@ -88,6 +88,12 @@ class StopState(NamedTuple):
     best_params: Any  # the weights at the best epoch: (params, model_state) in fit's loop
 
 
+def copy_tree(tree):
+    """A copy of every array leaf in new buffers, with its sharding (what a donated carry needs
+    so that the caller's arrays survive): a device copy, no compiled program."""
+    return jax.tree.map(lambda a: jax.device_put(a, may_alias=False), tree)
+
+
 def tree_where(flag, new, old):
     """`new` where the scalar `flag` holds, else `old`, leaf by leaf (exact: no arithmetic)."""
     return jax.tree.map(lambda a, b: jnp.where(flag, a, b), new, old)
@@ -136,8 +142,8 @@ def stop_state(stopper: EarlyStopping | None, params, names) -> StopState:
 
 def with_replica_axis(stop: StopState, r: int) -> StopState:
     """A StopState built from stacked params: its scalar settings get the replica axis too."""
-    fields = {k: jnp.broadcast_to(v, (r,) + jnp.shape(v))
-              for k, v in stop._asdict().items() if k != "best_params"}
+    fields = {k: (np.broadcast_to if isinstance(v, np.ndarray) else jnp.broadcast_to)(
+        v, (r,) + np.shape(v)) for k, v in stop._asdict().items() if k != "best_params"}
     return stop._replace(**fields)
 
 
@@ -209,19 +215,21 @@ class EarlyStopping(Callback):
             raise ValueError(
                 f"EarlyStopping(monitor={self.monitor!r}): training logs {names}. Monitor one of "
                 "them (a 'val_' name needs validation data; a metric needs metrics=[...]).")
-        f32, i32 = jnp.float32, jnp.int32
-        zero = lambda dtype: jnp.zeros((), dtype)
+        # NumPy scalars: built on the host, they become device arrays when the loop program
+        # takes them, so starting a run dispatches no eager operations (each would compile).
+        f32, i32 = np.float32, np.int32
+        zero = lambda dtype: np.zeros((), dtype)
         return StopState(
-            enabled=jnp.asarray(enabled), monitor=jnp.asarray(names.index(self.monitor), i32),
-            sign=jnp.asarray(-1.0 if self.mode == "max" else 1.0, f32),
-            restore=jnp.asarray(self.restore_best_weights),
-            min_delta=jnp.asarray(self.min_delta, f32), patience=jnp.asarray(self.patience, i32),
-            baseline=jnp.asarray(self.baseline or 0.0, f32),
-            has_baseline=jnp.asarray(self.baseline is not None),
-            start_from_epoch=jnp.asarray(self.start_from_epoch, i32),
+            enabled=np.asarray(enabled, bool), monitor=np.asarray(names.index(self.monitor), i32),
+            sign=np.asarray(-1.0 if self.mode == "max" else 1.0, f32),
+            restore=np.asarray(self.restore_best_weights, bool),
+            min_delta=np.asarray(self.min_delta, f32), patience=np.asarray(self.patience, i32),
+            baseline=np.asarray(self.baseline or 0.0, f32),
+            has_baseline=np.asarray(self.baseline is not None),
+            start_from_epoch=np.asarray(self.start_from_epoch, i32),
             best=zero(f32), has_best=zero(bool), wait=zero(i32), best_epoch=zero(i32),
             stopped_epoch=zero(i32), stopped=zero(bool), has_weights=zero(bool),
-            best_params=jax.tree.map(jnp.copy, params),
+            best_params=copy_tree(params),
         )
 
     def reset(self) -> None:
@@ -262,9 +270,23 @@ def restore_best(stop: StopState, state):
     """`state` with params and model_state replaced by the best ones where `restore_best_weights`
     asked for it and a best epoch was recorded (Keras 3: also when training ran all its
     epochs); per replica when `stop` has a replica axis."""
-    restore = stop.restore & stop.has_weights
-    params, model_state = jax.tree.map(
-        lambda best, p: jnp.where(restore.reshape(restore.shape + (1,) * (p.ndim - restore.ndim)),
-                                  best, p),
-        stop.best_params, (state.params, state.model_state))
+    if not isinstance(stop.restore, jax.core.Tracer) and np.ndim(stop.restore) == 0:
+        # one run (its flags replicated wherever it ran), decided on the host: nothing to
+        # compile, the best weights taken as they are
+        if not (np.asarray(stop.restore) and np.asarray(stop.has_weights)):
+            return state
+        params, model_state = stop.best_params
+        return state.replace(params=params, model_state=model_state)
+    params, model_state = _select_best(stop.restore, stop.has_weights, stop.best_params,
+                                       (state.params, state.model_state))
     return state.replace(params=params, model_state=model_state)
+
+
+@jax.jit
+def _select_best(restore, has_weights, best, current):
+    """Per replica (the leading axis of every leaf), `best` where `restore & has_weights`, else
+    `current`: one program for the whole tree (under a trace, inlined)."""
+    flag = restore & has_weights
+    return jax.tree.map(
+        lambda b, c: jnp.where(flag.reshape(flag.shape + (1,) * (c.ndim - flag.ndim)), b, c),
+        best, current)

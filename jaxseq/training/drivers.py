@@ -31,7 +31,6 @@ from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -91,7 +90,9 @@ def drive(program: Program, layout: Layout, host: Host, data: Source,
         if saver is not None:
             state, key, stop = saver.resume(state, key, stop, record)
         # Donation consumes the buffers passed in; keep the caller's state usable.
-        carry = loop.LoopState(jax.tree.map(jnp.copy, state), ~jnp.asarray(stop.stopped), stop)
+        alive = np.logical_not(stop.stopped) if isinstance(stop.stopped, np.ndarray) else (
+            ~stop.stopped)
+        carry = loop.LoopState(cbs.copy_tree(state), alive, stop)
         carry, key, train, val = programs.place(carry, key, data, program.mesh, layout)
         chunks = compaction.Compactor(program, layout, data, run, key, train, val, compact)
         record.begin(state, carry.alive)

@@ -12,8 +12,6 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxseq import parallel
@@ -155,13 +153,13 @@ class Record:
         self.progress = Progress(self.host.epochs, self.host.verbose, self.first)
         self.stopped = not np.asarray(parallel.to_host(alive)).any()
 
-    def window(self) -> tuple[jax.Array, jax.Array]:
+    def window(self) -> tuple[np.int32, np.int32]:
         """The next chunk's (first, last) epochs as int32: up to `host.chunk` epochs, ending at
         a checkpoint epoch."""
         last = min(self.host.epochs, self.first + self.host.chunk)
         if self.every is not None:  # chunks end at checkpoint epochs
             last = min(last, (self.first // self.every + 1) * self.every)
-        return jnp.asarray(self.first, jnp.int32), jnp.asarray(last, jnp.int32)
+        return np.int32(self.first), np.int32(last)  # host scalars: nothing to compile
 
     def add(self, out: dict, alive) -> None:
         """One chunk: `train_loop`'s logs (with the replica axis when replicated) and the

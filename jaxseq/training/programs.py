@@ -66,7 +66,7 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, x, ke
 def stack_seeds(seeds: Sequence[int]) -> tuple[jax.Array, jax.Array]:
     """`split_seed` of every seed, stacked (one compiled call)."""
     split = cached("split_seeds", build=lambda: jit(jax.vmap(split_seed), once=True))
-    return split(jnp.asarray(np.asarray(seeds)))
+    return split(np.asarray(seeds))
 
 
 def start(program: Program, layout: Layout, data: Source, state: TrainState | None = None):
@@ -75,8 +75,9 @@ def start(program: Program, layout: Layout, data: Source, state: TrainState | No
     axis R in the layout's row order when the layout is replicated."""
     if layout.replicated:
         init_key, key = stack_seeds(layout.row_seeds)
-    else:
-        init_key, key = split_seed(layout.seeds[0])
+    else:  # one compiled program, not the eager ops of PRNGKey and split (each compiles)
+        split = cached("split_seed", build=lambda: jit(split_seed, once=True))
+        init_key, key = split(np.int64(layout.seeds[0]))
     if state is None:
         x1, axis = data.first_rows(program.batch_size, layout)
         init = init_program(program.model, program.tx, layout.replicated, axis)
