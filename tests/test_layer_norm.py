@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from tests_common import jit_apply, jit_init
 
 import jaxseq as js
 from jaxseq.rnn import resolve_implementation
@@ -138,9 +139,9 @@ def test_outputs_and_states_equal_the_float64_reference(kind, masked, go_backwar
         kw = dict(proj_size=proj) if proj else {}
         layer = _layer(kind, u, return_sequences=True, return_state=True,
                        go_backwards=go_backwards, param_dtype=jnp.float64, **kw)
-        params = layer.init(jax.random.PRNGKey(0), x)["params"]
+        params = jit_init(layer, jax.random.PRNGKey(0), x)["params"]
         params = _random_params(kind, params, 3)
-        out, *states = layer.apply({"params": params}, x, mask=mask)
+        out, *states = jit_apply(layer, {"params": params}, x, mask=mask)
         assert out.dtype == jnp.float64
         ys, *want_states = REFS[kind](params, x, mask, go_backwards)
         np.testing.assert_allclose(out, ys, rtol=1e-12, atol=1e-12)
@@ -155,9 +156,9 @@ def test_outputs_and_states_equal_the_float64_reference(kind, masked, go_backwar
 def test_float32_default_layer_equals_the_reference(kind):
     x = np.random.default_rng(4).normal(size=(2, 7, 3)).astype(np.float32)
     layer = _layer(kind, 4)  # implementation="auto": must resolve to the scan path
-    params = layer.init(jax.random.PRNGKey(5), x)["params"]
+    params = jit_init(layer, jax.random.PRNGKey(5), x)["params"]
     params = _random_params(kind, params, 6)
-    out = layer.apply({"params": params}, x)
+    out = jit_apply(layer, {"params": params}, x)
     assert out.dtype == jnp.float32 and out.shape == (2, 4)
     # float32 rounding through 7 steps of normalisation: a few ulps of the float64 values
     np.testing.assert_allclose(out, REFS[kind](params, x)[1], rtol=2e-5, atol=2e-6)
@@ -167,8 +168,8 @@ def test_float32_default_layer_equals_the_reference(kind):
 def test_bfloat16_compute_stays_close_to_the_reference(kind):
     x = np.random.default_rng(20).normal(size=(2, 5, 3)).astype(np.float32)
     layer = _layer(kind, 4, dtype=jnp.bfloat16)
-    params = _random_params(kind, layer.init(jax.random.PRNGKey(5), x)["params"], 21)
-    out = layer.apply({"params": params}, x)
+    params = _random_params(kind, jit_init(layer, jax.random.PRNGKey(5), x)["params"], 21)
+    out = jit_apply(layer, {"params": params}, x)
     assert out.dtype == jnp.bfloat16
     # bfloat16 keeps 8 significant bits (relative step 2^-8 ≈ 4e-3); five steps of rounding
     # in the products and gates, the normalisations themselves computed in float32
@@ -202,7 +203,7 @@ def test_gradients_wrt_params_and_inputs_equal_the_reference(kind, masked, go_ba
         mask = _mask(b, t, 8) if masked else None
         layer = _layer(kind, u, return_sequences=True, return_state=True,
                        go_backwards=go_backwards, param_dtype=jnp.float64)
-        params = _random_params(kind, layer.init(jax.random.PRNGKey(0), x)["params"], 9)
+        params = _random_params(kind, jit_init(layer, jax.random.PRNGKey(0), x)["params"], 9)
         w_ys = rng.normal(size=(b, t, u))
         w_states = [rng.normal(size=(b, u)) for _ in range(2 if kind == "lstm" else 1)]
 
@@ -218,10 +219,10 @@ def test_gradients_wrt_params_and_inputs_equal_the_reference(kind, masked, go_ba
             return np.sum(ys * w_ys) + sum(np.sum(s * w) for s, w in
                                            zip(states, w_states, strict=True))
 
-        g_params, g_x = jax.grad(loss_jax, argnums=(0, 1))(params, jnp.asarray(x))
+        g_params, g_x = jax.jit(jax.grad(loss_jax, argnums=(0, 1)))(params, jnp.asarray(x))
         arrays = {k: np.asarray(v, np.float64) for k, v in params.items()}
         arrays["__x__"] = x.copy()
-        np.testing.assert_allclose(loss_jax(params, x), loss_np(arrays), rtol=1e-12)
+        np.testing.assert_allclose(jax.jit(loss_jax)(params, x), loss_np(arrays), rtol=1e-12)
         want = _fd_grad(loss_np, arrays)
         assert set(g_params) == set(want) - {"__x__"}
         # central differences at h=1e-6 in float64: truncation ~h², rounding ~1e-16/h
@@ -239,7 +240,7 @@ def test_parameters_names_initial_values_and_summary_count(kind, proj):
     x = np.zeros((2, 4, f), np.float32)
     kw = dict(proj_size=proj) if proj else {}
     layer = _layer(kind, u, **kw)
-    params = layer.init(jax.random.PRNGKey(0), x)["params"]
+    params = jit_init(layer, jax.random.PRNGKey(0), x)["params"]
     g = {"lstm": 4, "gru": 3}[kind] * u
     norms = {"kernel_norm": g, "recurrent_norm": g}
     if kind == "lstm":
@@ -286,8 +287,8 @@ def test_norm_epsilon_is_used():
     with jax.enable_x64(True):
         x = np.random.default_rng(10).normal(size=(2, 3, 2)) * 0.05  # small: eps matters
         layer = js.LSTM(3, layer_norm=True, norm_epsilon=0.5, param_dtype=jnp.float64)
-        params = _random_params("lstm", layer.init(jax.random.PRNGKey(0), x)["params"], 11)
-        out = layer.apply({"params": params}, x)
+        params = _random_params("lstm", jit_init(layer, jax.random.PRNGKey(0), x)["params"], 11)
+        out = jit_apply(layer, {"params": params}, x)
         np.testing.assert_allclose(out, ref_lstm(params, x, eps=0.5)[1], rtol=1e-12)
         assert not np.allclose(out, ref_lstm(params, x, eps=EPS)[1], rtol=1e-6)
 
@@ -300,10 +301,10 @@ def test_bidirectional_equals_forward_and_backward_references(kind):
         mask = _mask(b, t, 13)
         model = js.Bidirectional(_layer(kind, u, return_sequences=True,
                                         param_dtype=jnp.float64))
-        params = model.init(jax.random.PRNGKey(0), x)["params"]
+        params = jit_init(model, jax.random.PRNGKey(0), x)["params"]
         params = {side: _random_params(kind, params[side], seed)
                   for side, seed in (("forward_layer", 14), ("backward_layer", 15))}
-        out = model.apply({"params": params}, x, mask=mask)
+        out = jit_apply(model, {"params": params}, x, mask=mask)
         fw = REFS[kind](params["forward_layer"], x, mask)[0]
         bw = np.flip(REFS[kind](params["backward_layer"], x, mask, go_backwards=True)[0], 1)
         want = np.concatenate([fw, bw], axis=-1) * mask[:, :, None]  # Keras: zeros when masked
@@ -328,7 +329,7 @@ def test_save_and_load_round_trip_keeps_layer_norm(tmp_path):
     model = js.Sequential((
         js.Bidirectional(js.GRU(3, layer_norm=True, return_sequences=True)),
         js.LSTM(4, layer_norm=True, norm_epsilon=1e-2), js.Dense(1)))
-    variables = model.init(jax.random.PRNGKey(1), x)
+    variables = jit_init(model, jax.random.PRNGKey(1), x)
     variables = {"params": jax.tree.map(lambda v: v + 0.1, variables["params"])}
     want = np.asarray(js.predict(model, variables, x))
     path = tmp_path / "model.jaxseq"
@@ -344,8 +345,8 @@ def test_cell_driven_by_flax_rnn_equals_the_layer():
     x = np.random.default_rng(18).normal(size=(2, 4, 3)).astype(np.float32)
     for cell, layer in ((js.LSTMCell(3, layer_norm=True), js.LSTM(3, layer_norm=True)),
                         (js.GRUCell(3, layer_norm=True), js.GRU(3, layer_norm=True))):
-        params = _random_params("", layer.init(jax.random.PRNGKey(0), x)["params"], 19)
+        params = _random_params("", jit_init(layer, jax.random.PRNGKey(0), x)["params"], 19)
         rnn = nn.RNN(cell)
-        got = rnn.apply({"params": {"cell": params}}, x)
-        want = layer.clone(return_sequences=True).apply({"params": params}, x)
+        got = jit_apply(rnn, {"params": {"cell": params}}, x)
+        want = jit_apply(layer.clone(return_sequences=True), {"params": params}, x)
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)

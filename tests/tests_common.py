@@ -21,6 +21,30 @@ def dist_case(seed: int = DATA_SEED):
     return models.many_to_many(), x, y, fit_kw, rep_kw
 
 
+def _arrays(value) -> bool:
+    leaves = jax.tree.leaves(value)
+    return bool(leaves) and all(isinstance(v, (np.ndarray, np.generic, jax.Array))
+                                for v in leaves)
+
+
+def _compiled(method, args, kwargs):
+    dynamic = {k: v for k, v in kwargs.items() if _arrays(v)}
+    static = {k: v for k, v in kwargs.items() if k not in dynamic}
+    return jax.jit(lambda a, d: method(*a, **d, **static))(args, dynamic)
+
+
+def jit_init(module, *args, **kwargs):
+    """`module.init(*args, **kwargs)` as one compiled program. Run eagerly, every operation of
+    an init (and of the forward it traces) compiles a program of its own for each new shape;
+    keyword arguments that hold arrays are the program's inputs, the others are fixed."""
+    return _compiled(module.init, args, kwargs)
+
+
+def jit_apply(module, *args, **kwargs):
+    """`module.apply(*args, **kwargs)` as one compiled program (see `jit_init`)."""
+    return _compiled(module.apply, args, kwargs)
+
+
 def compiled_programs(fn) -> list[str]:
     """The names of the programs XLA compiles while `fn()` runs (JAX's monitoring event), e.g.
     "jit(train_loop)"; an eager operation compiles as "jit(<its name>)"."""
