@@ -12,6 +12,7 @@ import jax  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from tests_common import jit_apply, jit_init
 
 import jaxseq as js  # noqa: E402
 from jaxseq.interop import from_keras, jaxseq_model_from_keras  # noqa: E402
@@ -56,7 +57,7 @@ def test_lstm_forward_simple_rnn_backward_equals_keras(merge_mode, return_sequen
     layer = js.Bidirectional(js.LSTM(3, **kw), merge_mode=merge_mode,
                              backward_layer=js.SimpleRNN(4, go_backwards=True, **kw))
     params = from_keras(klayer)
-    got = layer.apply({"params": params}, X, mask=mask)
+    got = jit_apply(layer, {"params": params}, X, mask=mask)
     want, got = _flat(want), _flat(got)
     assert [g.shape for g in got] == [w.shape for w in want]
     for g, w in zip(got, want, strict=True):  # float32, same operations: rounding only
@@ -74,7 +75,7 @@ def test_initial_state_and_backwards_forward_layer_equal_keras(merge_mode):
         want = klayer(X, mask=MASK, initial_state=h0)
     layer = js.Bidirectional(js.GRU(4, go_backwards=True, **kw), merge_mode=merge_mode,
                              backward_layer=js.SimpleRNN(4, **kw))
-    got = layer.apply({"params": from_keras(klayer)}, X, mask=MASK,
+    got = jit_apply(layer, {"params": from_keras(klayer)}, X, mask=MASK,
                       initial_state=tuple(h0))
     for g, w in zip(_flat(got), _flat(want), strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
@@ -85,12 +86,12 @@ def test_initial_state_is_split_by_each_layers_state_count():
     layer = js.Bidirectional(js.LSTM(3, return_state=True),
                              backward_layer=js.SimpleRNN(4, go_backwards=True,
                                                          return_state=True))
-    params = layer.init(jax.random.key(0), X)["params"]
+    params = jit_init(layer, jax.random.key(0), X)["params"]
     h, c, g = (RNG.normal(size=(B, u)).astype(np.float32) for u in (3, 3, 4))
-    out, *states = layer.apply({"params": params}, X, initial_state=(h, c, g))
-    fw = js.LSTM(3, return_state=True).apply({"params": params["forward_layer"]}, X,
+    out, *states = jit_apply(layer, {"params": params}, X, initial_state=(h, c, g))
+    fw = jit_apply(js.LSTM(3, return_state=True), {"params": params["forward_layer"]}, X,
                                              initial_state=(h, c))
-    bw = js.SimpleRNN(4, go_backwards=True, return_state=True).apply(
+    bw = jit_apply(js.SimpleRNN(4, go_backwards=True, return_state=True),
         {"params": params["backward_layer"]}, X, initial_state=g)
     np.testing.assert_array_equal(out, np.concatenate([fw[0], bw[0]], axis=-1))
     for s, w in zip(states, [*fw[1:], *bw[1:]], strict=True):
@@ -142,7 +143,7 @@ def _model():
 
 def test_save_load_round_trip_and_summary(tmp_path):
     model = _model()
-    variables = model.init(jax.random.key(2), X)
+    variables = jit_init(model, jax.random.key(2), X)
     x = X.copy()
     x[1, 4:] = 0.0  # masked by Masking: the backward layer's zero_output_for_mask matters
     want = np.asarray(js.predict(model, variables, x))
@@ -162,7 +163,7 @@ def test_masked_steps_output_zeros_with_return_sequences_as_keras():
         want = np.asarray(klayer(X, mask=MASK))
     model, params = jaxseq_model_from_keras(klayer)
     assert model.backward_layer is not None and model.backward_layer.zero_output_for_mask
-    got = np.asarray(model.apply({"params": params}, X, mask=MASK))
+    got = np.asarray(jit_apply(model, {"params": params}, X, mask=MASK))
     assert np.all(got[~MASK] == 0) and np.all(want[~MASK] == 0)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     # a Keras Bidirectional without backward_layer imports as the default copy

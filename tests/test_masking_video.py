@@ -18,6 +18,7 @@ import jax  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from tests_common import jit_apply, jit_init
 
 import jaxseq as js  # noqa: E402
 from jaxseq.interop import from_keras  # noqa: E402
@@ -51,7 +52,7 @@ def test_masking_equals_keras_on_rank_4_and_5(shape):
     with jax.numpy_rank_promotion("allow"):
         want_out, want_mask = np.asarray(km(x)), np.asarray(km.compute_mask(x))
     m = js.Masking(mask_value=MV)
-    got_out = np.asarray(m.apply({}, x))
+    got_out = np.asarray(jit_apply(m, {}, x))
     got_mask = np.asarray(m.compute_mask(x))
     assert got_mask.shape == want_mask.shape == shape[:-1] and got_mask.dtype == bool
     np.testing.assert_array_equal(got_mask, want_mask)
@@ -110,7 +111,7 @@ def test_masking_then_conv_lstm_2d_skips_masked_frames_as_keras(return_sequences
                            js.ConvLSTM2D(3, 3, padding="same",
                                          return_sequences=return_sequences)))
     params = {"conv_lstm2d": from_keras(k)}
-    assert jax.tree.map(np.shape, model.init(jax.random.key(0), x)["params"]) == jax.tree.map(
+    assert jax.tree.map(np.shape, jit_init(model, jax.random.key(0), x)["params"]) == jax.tree.map(
         np.shape, params)
     got, mask = jax.jit(lambda p, x: model.apply({"params": p}, x, return_mask=True))(params, x)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
@@ -137,7 +138,7 @@ def test_masking_then_time_distributed_lstm_equals_keras():
     assert not np.allclose(want, unmasked, atol=1e-3)
     model = js.Sequential((js.Masking(), js.TimeDistributed(js.LSTM(3))))
     params = {"time_distributed": {"layer": from_keras(klstm)}}
-    got = np.asarray(model.apply({"params": params}, x))
+    got = np.asarray(jit_apply(model, {"params": params}, x))
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 

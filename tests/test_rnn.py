@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tests_common import jit_apply, jit_init
 
 import jaxseq as js
 from jaxseq.rnn import resolve_implementation, unroll_steps
@@ -58,9 +59,9 @@ def test_implementation_is_resolved_in_one_place():
 def test_mode_and_implementation_name_the_same_choice():
     x = _x((B, T, F))
     layer = js.MinLSTM(U, return_sequences=True)
-    variables = layer.init(jax.random.key(0), x)
-    by_name = layer.clone(implementation="parallel").apply(variables, x, mask=MASK)
-    np.testing.assert_array_equal(layer.clone(mode="parallel").apply(variables, x, mask=MASK),
+    variables = jit_init(layer, jax.random.key(0), x)
+    by_name = jit_apply(layer.clone(implementation="parallel"), variables, x, mask=MASK)
+    np.testing.assert_array_equal(jit_apply(layer.clone(mode="parallel"), variables, x, mask=MASK),
                                   by_name)
 
 
@@ -75,7 +76,7 @@ def test_stateful_windows_equal_one_pass(kind):
     stateful = make(return_sequences=True, stateful=True)
     variables = stateful.init(jax.random.key(0), x[:, :2])
     assert set(variables) == {"params", "rnn_state"}
-    whole = make(return_sequences=True).apply({"params": variables["params"]}, x)
+    whole = jit_apply(make(return_sequences=True), {"params": variables["params"]}, x)
     step = jax.jit(lambda v, x: stateful.apply(v, x, mutable=["rnn_state"]))
     v, outs = variables, []
     for a, b in ((0, 2), (2, 3), (3, T)):
@@ -97,7 +98,7 @@ def test_stateful_log_space_minimal_layers_are_refused():
 def test_conv_lstm_states_are_spelled_in_its_axes():
     layer = js.ConvLSTM2D(2, 3, padding="same")
     x = _x((B, 3, 4, 5, 1))
-    variables = layer.init(jax.random.key(0), x)
+    variables = jit_init(layer, jax.random.key(0), x)
     with pytest.raises(ValueError, match=r"initial_state with 2 array\(s\) \(h, c\), each of "
                                          r"shape \(batch, rows', cols', filters\); got 1"):
         layer.apply(variables, x, initial_state=np.zeros((B, 4, 5, 2), np.float32))
@@ -121,7 +122,7 @@ def test_remat_equals_unsegmented_float64(kind):
 
         def grads(layer, mask, params, x, init):
             def loss(p, x, s):
-                out = layer.apply(p, x, mask=mask, initial_state=s)
+                out = jit_apply(layer, p, x, mask=mask, initial_state=s)
                 return sum(jnp.sum(jnp.cos(jnp.arange(o.size)).reshape(o.shape) * o)
                            for o in out), out
             return jax.grad(loss, argnums=(0, 1, 2), has_aux=True)(params, x, init)

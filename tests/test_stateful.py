@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from tests_common import jit_apply, jit_init
 
 import jaxseq as js
 
@@ -32,7 +33,7 @@ def test_windows_at_any_boundaries_equal_one_pass(layer, implementation):
     variables = stateful.init(jax.random.PRNGKey(0), SERIES[:, :4])
     assert set(variables) == {"params", "rnn_state"}
     assert all(not np.any(s) for s in jax.tree.leaves(variables["rnn_state"]))  # zeros
-    whole = cls(3, return_sequences=True, implementation=implementation).apply(
+    whole = jit_apply(cls(3, return_sequences=True, implementation=implementation),
         {"params": variables["params"]}, SERIES)
     step = jax.jit(lambda v, x: stateful.apply(v, x, mutable=["rnn_state"]))
     for cuts in ([0, 5, 7, 12], [0, 1, 2, 3, 12], [0, 12]):
@@ -53,7 +54,7 @@ def test_forward_equals_keras_stateful_layer_called_window_by_window():
 
     model = js.Sequential((js.LSTM(4, stateful=True, return_sequences=True),
                            js.TimeDistributed(nn.Dense(1))))
-    variables = model.init(jax.random.PRNGKey(1), SERIES[:, :3])
+    variables = jit_init(model, jax.random.PRNGKey(1), SERIES[:, :3])
     with jax.numpy_rank_promotion("allow"):  # Keras' own broadcasting
         k = keras.Sequential([keras.Input(batch_shape=(2, 3, 1)),
                               keras.layers.LSTM(4, stateful=True, return_sequences=True),
@@ -71,7 +72,7 @@ def _explicit_state_reference(params, x, y, batch_size, epochs, reset_each_epoch
     lstm, dense = js.LSTM(4, return_state=True), nn.Dense(1)
 
     def loss_fn(p, xb, yb, states):
-        out, h, c = lstm.apply({"params": p["lstm"]}, xb, initial_state=states)
+        out, h, c = jit_apply(lstm, {"params": p["lstm"]}, xb, initial_state=states)
         pred = dense.apply({"params": p["dense"]}, out)
         return jnp.mean((pred - yb) ** 2), (h, c)
 
@@ -123,7 +124,7 @@ def test_stateful_contracts():
         js.fit(model, x, y, epochs=1, batch_size=4, shuffle=False, verbose=0)
     with pytest.raises(ValueError, match="reset_states='epoch' needs a stateful layer"):
         js.fit(js.models.one_to_one(), x, y, epochs=1, reset_states="epoch", verbose=0)
-    variables = model.init(jax.random.PRNGKey(0), x[:2])
+    variables = jit_init(model, jax.random.PRNGKey(0), x[:2])
     with pytest.raises(ValueError, match=r"stateful=True\) keeps one state per sample for "
                                          r"batches of 2 .* got a batch of 3"):
         model.apply(variables, x[:3])

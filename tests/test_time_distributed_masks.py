@@ -13,6 +13,7 @@ import jax  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from tests_common import jit_apply, jit_init
 
 import jaxseq as js  # noqa: E402
 
@@ -67,7 +68,7 @@ def test_nested_time_distributed_gets_each_slices_mask_as_keras():
         want = np.asarray(ktd(x, mask=mask))
     td = js.TimeDistributed(js.TimeDistributed(js.LSTM(3)))
     params = {"layer": {"layer": _lstm_params(klstm)}}
-    got = np.asarray(td.apply({"params": params}, x, mask=mask))
+    got = np.asarray(jit_apply(td, {"params": params}, x, mask=mask))
     assert got.shape == want.shape == (2, 3, 4, 3)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     # a mask that does not lead x's shape is refused, naming what fits
@@ -84,11 +85,11 @@ def test_sequential_passes_the_reduced_mask_after_a_nested_time_distributed():
     mask[0, 1, 2:] = False
     model = js.Sequential((js.TimeDistributed(js.TimeDistributed(js.LSTM(3))),
                            js.TimeDistributed(js.GRU(2))))
-    params = model.init(jax.random.key(0), x)["params"]
-    got, out_mask = model.apply({"params": params}, x, mask=mask, return_mask=True)
+    params = jit_init(model, jax.random.key(0), x)["params"]
+    got, out_mask = jit_apply(model, {"params": params}, x, mask=mask, return_mask=True)
     h = js.TimeDistributed(js.TimeDistributed(js.LSTM(3))).apply(
         {"params": params["time_distributed"]}, x, mask=mask)
-    want = js.TimeDistributed(js.GRU(2)).apply({"params": params["time_distributed_1"]}, h,
+    want = jit_apply(js.TimeDistributed(js.GRU(2)), {"params": params["time_distributed_1"]}, h,
                                                mask=mask.any(axis=-1))
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(out_mask, mask.any(axis=-1).any(axis=-1))

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tests_common import jit_apply, jit_init
 
 import jaxseq as js
 
@@ -110,9 +111,9 @@ def test_time_distributed_passes_call_kwargs_and_splits_dropout_per_step():
     @jax.jit
     def run(key):
         return (
-            td.apply({}, x, deterministic=True),
-            td.apply({}, x, deterministic=False, rngs={"dropout": key}),
-            td.apply({}, x, deterministic=False, rngs={"dropout": key}),
+            jit_apply(td, {}, x, deterministic=True),
+            jit_apply(td, {}, x, deterministic=False, rngs={"dropout": key}),
+            jit_apply(td, {}, x, deterministic=False, rngs={"dropout": key}),
         )
 
     same, y, y2 = map(np.asarray, run(_key(0)))
@@ -148,7 +149,7 @@ def test_time_distributed_gradients_and_vmap():
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_repeat_vector_shapes_and_values(n, dtype):
     x = jnp.asarray(_x((3, 5)), dtype)
-    y = js.RepeatVector(n).apply({}, x)
+    y = jit_apply(js.RepeatVector(n), {}, x)
     chex.assert_shape(y, (3, n, 5))
     chex.assert_type(y, dtype)
     for t in range(n):
@@ -179,7 +180,7 @@ def test_per_slice_masks_reach_each_slice():
     mask = np.ones((2, 3, 4), bool)
     mask[0, 1, 2:] = False
     td = js.TimeDistributed(js.GRU(4))
-    params = td.init(jax.random.PRNGKey(0), x)["params"]
+    params = jit_init(td, jax.random.PRNGKey(0), x)["params"]
     out = jax.jit(lambda p, x, m: td.apply({"params": p}, x, mask=m))(params, x, mask)
     gru = js.GRU(4)
     alone = gru.apply({"params": params["layer"]}, x[0, 1, :2][None])  # the real steps only
@@ -198,12 +199,12 @@ def test_an_outer_mask_is_the_outputs_mask_for_the_next_recurrent_layer():
     x = np.random.default_rng(1).normal(size=(2, 5, 3)).astype(np.float32)
     mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
     model = js.Sequential((js.TimeDistributed(nn.Dense(4)), js.GRU(2)))
-    params = model.init(jax.random.PRNGKey(0), x)["params"]
-    got = model.apply({"params": params}, x, mask=mask)
-    h = js.TimeDistributed(nn.Dense(4)).apply({"params": params["time_distributed"]}, x)
-    want = js.GRU(2).apply({"params": params["gru"]}, h, mask=mask)
+    params = jit_init(model, jax.random.PRNGKey(0), x)["params"]
+    got = jit_apply(model, {"params": params}, x, mask=mask)
+    h = jit_apply(js.TimeDistributed(nn.Dense(4)), {"params": params["time_distributed"]}, x)
+    want = jit_apply(js.GRU(2), {"params": params["gru"]}, h, mask=mask)
     np.testing.assert_array_equal(got, want)
-    assert not np.allclose(got, model.apply({"params": params}, x))  # the mask mattered
+    assert not np.allclose(got, jit_apply(model, {"params": params}, x))  # the mask mattered
 
 
 def test_flags_pass_through_to_the_wrapped_layer():
@@ -212,13 +213,13 @@ def test_flags_pass_through_to_the_wrapped_layer():
                            js.TimeDistributed(nn.Dense(1))))
     assert js.contracts.accepts(model.layers[1], "deterministic")
     assert not js.contracts.accepts(model.layers[2], "deterministic")
-    params = model.init(jax.random.PRNGKey(0), x)["params"]  # init, fit and predict work
+    params = jit_init(model, jax.random.PRNGKey(0), x)["params"]  # init, fit and predict work
     state, history = js.fit(model, x, y, epochs=3, batch_size=1, verbose=0)
     pred = js.predict(model, state, x)  # inference: no dropout, deterministic
-    np.testing.assert_allclose(pred, model.apply({"params": state.params}, x), rtol=1e-6)
-    train = model.apply({"params": params}, x, deterministic=False,
+    np.testing.assert_allclose(pred, jit_apply(model, {"params": state.params}, x), rtol=1e-6)
+    train = jit_apply(model, {"params": params}, x, deterministic=False,
                         rngs={"dropout": jax.random.PRNGKey(1)})
-    assert not np.allclose(train, model.apply({"params": params}, x))  # dropout is live
+    assert not np.allclose(train, jit_apply(model, {"params": params}, x))  # dropout is live
     assert np.all(np.isfinite(history.loss))
 
 
@@ -234,9 +235,9 @@ def test_time_distributed_batchnorm_equals_keras():
     keras = pytest.importorskip("keras")
     x = np.random.default_rng(2).normal(2.0, 3.0, size=(6, 4, 3)).astype(np.float32)
     td = js.TimeDistributed(NormedSlices())
-    variables = td.init(jax.random.PRNGKey(0), x)
+    variables = jit_init(td, jax.random.PRNGKey(0), x)
     assert set(variables) == {"params", "batch_stats"}
-    out, updates = td.apply(variables, x, deterministic=False, mutable=["batch_stats"])
+    out, updates = jit_apply(td, variables, x, deterministic=False, mutable=["batch_stats"])
     k_td = keras.layers.TimeDistributed(keras.layers.BatchNormalization())
     with jax.numpy_rank_promotion("allow"):
         k_out = np.asarray(k_td(x, training=True))
@@ -247,7 +248,7 @@ def test_time_distributed_batchnorm_equals_keras():
         np.testing.assert_allclose(stats["mean"], np.asarray(bn.moving_mean), rtol=1e-5)
         np.testing.assert_allclose(stats["var"], np.asarray(bn.moving_variance), rtol=1e-5)
         moved = {**variables, **updates}
-        np.testing.assert_allclose(td.apply(moved, x), np.asarray(k_td(x, training=False)),
+        np.testing.assert_allclose(jit_apply(td, moved, x), np.asarray(k_td(x, training=False)),
                                    rtol=1e-4, atol=1e-5)
     # an independent reference of "once per step, in order": 4 momentum updates in NumPy
     mean = np.zeros(3)
@@ -266,4 +267,4 @@ def test_time_distributed_batchnorm_trains_in_fit_with_its_statistics_in_the_sta
     assert not np.allclose(stats["mean"], 0.0)  # 2 epochs x 2 batches x 5 steps of updates
     assert np.all(np.isfinite(history.loss))
     np.testing.assert_allclose(js.predict(model, state, x),
-                               model.apply(state.variables, x), rtol=1e-5, atol=1e-6)
+                               jit_apply(model, state.variables, x), rtol=1e-5, atol=1e-6)
