@@ -167,8 +167,8 @@ def _keras_recurrent(kind: str, return_sequences: bool, go_backwards: bool):
 def _keras_recurrent_out(kind: str, return_sequences: bool, go_backwards: bool, scenario: str):
     layer = _keras_recurrent(kind, return_sequences, go_backwards)
     mask, init = _inputs(scenario, KINDS[kind][3])
-    with _keras_ctx():
-        out = layer(X, mask=mask, initial_state=init)
+    with _keras_ctx():  # one compiled program (Keras' layer call, eagerly, compiles per op)
+        out = jax.jit(lambda x, m, s: layer(x, mask=m, initial_state=s))(X, mask, init)
     return _np(tuple(out))
 
 
@@ -281,8 +281,8 @@ def _keras_bidir(kind: str, merge_mode, return_sequences: bool, go_backwards: bo
 def _keras_bidir_out(kind, merge_mode, return_sequences, go_backwards, scenario):
     layer = _keras_bidir(kind, merge_mode, return_sequences, go_backwards)
     mask, init = _inputs(scenario, 2 * KINDS[kind][3])
-    with _keras_ctx():
-        out = layer(X, mask=mask, initial_state=init)
+    with _keras_ctx():  # one compiled program (Keras' layer call, eagerly, compiles per op)
+        out = jax.jit(lambda x, m, s: layer(x, mask=m, initial_state=s))(X, mask, init)
     return _np(tuple(out))
 
 
