@@ -272,10 +272,11 @@ def restore_best(stop: StopState, state):
     epochs); per replica when `stop` has a replica axis."""
     if not isinstance(stop.restore, jax.core.Tracer) and np.ndim(stop.restore) == 0:
         # one run (its flags replicated wherever it ran), decided on the host: nothing to
-        # compile, the best weights taken as they are
+        # compile; the best weights copied, so that the state returned and EarlyStopping's
+        # `best_weights` never share buffers
         if not (np.asarray(stop.restore) and np.asarray(stop.has_weights)):
             return state
-        params, model_state = stop.best_params
+        params, model_state = copy_tree(stop.best_params)
         return state.replace(params=params, model_state=model_state)
     params, model_state = _select_best(stop.restore, stop.has_weights, stop.best_params,
                                        (state.params, state.model_state))
