@@ -9,33 +9,19 @@ import warnings
 import jax
 import numpy as np
 import pytest
-from tests_common import at_optimization_level
+from tests_common import at_optimization_level, recording_compiles
 
 import jaxseq as js
 from jaxseq import evaluation
 from jaxseq.training import compaction
 
 SEEDS = [4, 0, 7, 1, 9, 2]  # not sorted: the public order is the order given
-COMPILE = "/jax/core/compile/backend_compile_duration"
 
 
-class LoopCompiles:
-    """Records the XLA compilations of epoch loop programs while active (jax.monitoring): the
-    vmapped `train_loop` and the compacted programs of split layouts (`split_train_loop`)."""
-
-    def __init__(self):
-        self.names = []
-
-    def __call__(self, event, duration, **kwargs):
-        if event == COMPILE and "train_loop" in str(kwargs.get("fun_name", "")):
-            self.names.append(kwargs["fun_name"])
-
-    def __enter__(self):
-        jax.monitoring.register_event_duration_secs_listener(self)
-        return self
-
-    def __exit__(self, *exc):
-        jax.monitoring.unregister_event_duration_listener(self)
+def _loops(names):
+    """The epoch loop programs among compiled program names: the vmapped `train_loop` and the
+    compacted programs of split layouts (`split_train_loop`)."""
+    return [n for n in names if "train_loop" in n]
 
 
 def _data(n):
@@ -59,12 +45,12 @@ def replicas():
     x, y = _data(16)
     model = js.Sequential([js.LSTM(3), js.Dense(1)])  # its own object: compiled here first
     es = _stopper()
-    with LoopCompiles() as compiled:
+    with recording_compiles() as compiled:
         states, history = js.fit_replicas(model, x, y, seeds=SEEDS, callbacks=[es],
                                           strategy="vmap", **KW)
-    with LoopCompiles() as again:
+    with recording_compiles() as again:
         js.fit_replicas(model, x, y, seeds=SEEDS, callbacks=[_stopper()], strategy="vmap", **KW)
-    return model, x, y, es, states, history, compiled.names, again.names
+    return model, x, y, es, states, history, _loops(compiled), _loops(again)
 
 
 def _close_params(got, want, rtol, atol):
@@ -120,12 +106,12 @@ def test_cross_validate_compacts_splits_by_seeds_in_public_order():
     model = js.Sequential([js.LSTM(3), js.Dense(1)])
     seeds = [3, 8, 1]
     es = _stopper()
-    with LoopCompiles() as compiled:
+    with recording_compiles() as compiled:
         cv = evaluation.cross_validate(model, x, y, folds=4, seeds=seeds, callbacks=[es], **KW)
     # 4 equal splits x 3 seeds = 12 replicas: at most floor(log2 12) + 1 = 4 batch sizes, the
     # first one the layout's nested (split, seed) program, the others compacted flat programs
-    assert 1 <= len(compiled.names) <= 3
-    assert set(compiled.names) == {"jit(split_train_loop)"}
+    assert 1 <= len(_loops(compiled)) <= 3
+    assert set(_loops(compiled)) == {"jit(split_train_loop)"}
     ran = set()
     for i, (tr, _) in enumerate(cv.splits):
         for j, seed in enumerate(seeds):
@@ -162,13 +148,13 @@ def _diverging():
         ref = js.fit_replicas(model, x, y, strategy="concurrent", **kw)
     failed = tuple(int(r) for r in np.flatnonzero(ref[1].nonfinite))
     runs = {}
-    with LoopCompiles() as compiled:
+    with recording_compiles() as compiled:
         with pytest.warns(RuntimeWarning, match=re.escape(f"replica(s) {list(failed)}")):
             runs["stop"] = js.fit_replicas(model, x, y, strategy="vmap", **kw)
         with pytest.raises(js.NonFiniteLossError) as err:
             js.fit_replicas(model, x, y, strategy="vmap", on_nan="raise", **kw)
         runs["raise"] = (err.value.state, err.value.history)
-    return ref, failed, runs, err.value.replicas, compiled.names
+    return ref, failed, runs, err.value.replicas, _loops(compiled)
 
 
 @pytest.mark.parametrize("on_nan", ["stop", "raise"])

@@ -45,9 +45,10 @@ def jit_apply(module, *args, **kwargs):
     return _compiled(module.apply, args, kwargs)
 
 
-def compiled_programs(fn) -> list[str]:
-    """The names of the programs XLA compiles while `fn()` runs (JAX's monitoring event), e.g.
-    "jit(train_loop)"; an eager operation compiles as "jit(<its name>)"."""
+@contextlib.contextmanager
+def recording_compiles():
+    """Inside the block, the list of the names of the programs XLA compiles (JAX's monitoring
+    event), e.g. "jit(train_loop)"; an eager operation compiles as "jit(<its name>)"."""
     names = []
 
     def listener(name, duration, **kwargs):
@@ -56,9 +57,15 @@ def compiled_programs(fn) -> list[str]:
 
     jax.monitoring.register_event_duration_secs_listener(listener)
     try:
-        fn()
+        yield names
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def compiled_programs(fn) -> list[str]:
+    """The names of the programs XLA compiles while `fn()` runs (`recording_compiles`)."""
+    with recording_compiles() as names:
+        fn()
     return names
 
 

@@ -284,7 +284,7 @@ def cross_validate(
                            validation_split is not None)
     scores = {m: np.full((s, k), np.nan) for m in loop.log_names(runs[0][3].metrics, False)}
     failed = np.zeros((s, k), bool)
-    states, histories, groups = [None] * s, [None] * s, []
+    picks, histories, groups = [None] * s, [None] * s, []
     for members, layout, source, program in runs:
         with warnings.catch_warnings():  # failures are reported below, by (split, seed)
             warnings.filterwarnings("ignore", message=f"{where}: ", category=RuntimeWarning)
@@ -297,7 +297,7 @@ def cross_validate(
             failed[i] = bad[a]
             for m in scores:
                 scores[m][i] = np.where(bad[a], np.nan, held[m][rows[a]])
-            states[i] = (len(groups), rows[a])
+            picks[i] = (len(groups), rows[a])  # split i's rows of this run's states
             histories[i] = {m: history.history[m][rows[a]] for m in names}
         groups.append(state)
     epochs_run = max(h["loss"].shape[-1] for h in histories)
@@ -305,7 +305,7 @@ def cross_validate(
                                            constant_values=np.nan) for h in histories])
                        for m in names}, nonfinite=failed)
     result = CrossValidation(scores=scores, history=history,
-                             states=_rows_in_order(groups, states),
+                             states=_rows_in_order(groups, picks),
                              splits=pairs, seeds=tuple(seeds), failed=failed)
     odd = ~failed & ~np.all([np.isfinite(v) for v in scores.values()], axis=0)
     if odd.any():
