@@ -297,7 +297,7 @@ def cross_validate(
             failed[i] = bad[a]
             for m in scores:
                 scores[m][i] = np.where(bad[a], np.nan, held[m][rows[a]])
-            picks[i] = (len(groups), rows[a])  # split i's rows of this run's states
+            picks[i] = (len(groups), rows[a])  # split i's rows of the driver's stacked states
             histories[i] = {m: history.history[m][rows[a]] for m in names}
         groups.append(state)
     epochs_run = max(h["loss"].shape[-1] for h in histories)
