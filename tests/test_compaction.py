@@ -7,12 +7,15 @@ import re
 import warnings
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
-from tests_common import at_optimization_level, recording_compiles
+from flax import linen as nn
+from tests_common import recording_compiles
 
 import jaxseq as js
-from jaxseq import evaluation
+from jaxseq import evaluation, training
 from jaxseq.training import compaction
 
 SEEDS = [4, 0, 7, 1, 9, 2]  # not sorted: the public order is the order given
@@ -128,21 +131,43 @@ def test_cross_validate_compacts_splits_by_seeds_in_public_order():
     assert len(ran) >= 4 and not cv.failed.any()
 
 
+GROW, LR = 0.2, 0.1
+
+
+class Doomed(nn.Module):
+    """SimpleRNN(3) and Dense(1), plus 0 * exp(p) for a scalar parameter p ~ N(0, 1) that no
+    gradient reaches and the optimizer (`_growing`) multiplies by 1 + GROW each step: for the
+    seeds that draw p0 > 0, exp(p) overflows and the output turns NaN at the first step where
+    p0 (1 + GROW)^step > log(float32 max). Replicas fail at their own epochs, known in advance
+    from p0 alone, whatever the rounding of the programs (the machine, the optimization level,
+    vmapped or alone)."""
+
+    @nn.compact
+    def __call__(self, x):
+        p = self.param("p", nn.initializers.normal(1.0), ())
+        return nn.Dense(1)(js.SimpleRNN(3)(x)) + 0.0 * jnp.exp(jax.lax.stop_gradient(p))
+
+
+def _growing():
+    """SGD, and p <- p (1 + GROW) each step (a negative weight decay on p alone)."""
+    only_p = lambda params: {k: jax.tree.map(lambda _, k=k: k == "p", v)
+                             for k, v in params.items()}
+    return optax.chain(optax.add_decayed_weights(-GROW / LR, mask=only_p), optax.sgd(LR))
+
+
 @pytest.fixture(scope="module")
 def diverging():
-    # plain SGD at lr 0.5 on targets x3: some seeds' training overflows, each at its own epoch.
-    # Which seeds overflow depends on every rounding of the programs, so the drivers compile at
-    # jaxseq's default level here (the suite's level 0 lets another subset overflow).
-    with at_optimization_level(None):
-        return _diverging()
-
-
-def _diverging():
     x, y = _data(16)
-    y = 3 * y
-    model = js.Sequential([js.SimpleRNN(3), js.Dense(1)])
-    kw = dict(seeds=list(range(8)), epochs=30, batch_size=4, verbose=0, epochs_per_chunk=2,
-              optimizer=js.training.keras_optimizer("sgd", learning_rate=0.5))
+    model = Doomed()
+    seeds = list(range(8))
+    p0 = np.array([float(model.init(training.split_seed(s)[0], x[:1])["params"]["p"])
+                   for s in seeds], np.float64)
+    # exp(p) overflows at the first (0-based) step k with p0 (1 + GROW)^k > log(float32 max),
+    # k = floor(overflow) + 1; an epoch is 4 steps
+    with np.errstate(invalid="ignore"):
+        overflow = np.log(np.log(np.finfo(np.float32).max) / p0) / np.log1p(GROW)
+    kw = dict(seeds=seeds, epochs=30, batch_size=4, verbose=0, epochs_per_chunk=2,
+              optimizer=_growing())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         ref = js.fit_replicas(model, x, y, strategy="concurrent", **kw)
@@ -154,12 +179,24 @@ def _diverging():
         with pytest.raises(js.NonFiniteLossError) as err:
             js.fit_replicas(model, x, y, strategy="vmap", on_nan="raise", **kw)
         runs["raise"] = (err.value.state, err.value.history)
-    return ref, failed, runs, err.value.replicas, _loops(compiled)
+    return ref, failed, (p0, overflow), runs, err.value.replicas, _loops(compiled)
+
+
+def test_the_doomed_replicas_fail_where_their_initial_parameter_says(diverging):
+    (_, ref), failed, (p0, overflow), *_ = diverging
+    assert failed == tuple(np.flatnonzero(p0 > 0))
+    doomed = p0 > 0
+    # no overflow step within 1e-4 of an integer: float32 rounding of p cannot move it
+    assert np.all(np.abs(overflow[doomed] - np.round(overflow[doomed])) > 1e-4)
+    epochs_run = np.isfinite(ref.loss).sum(axis=1)
+    np.testing.assert_array_equal(epochs_run[doomed], (np.floor(overflow[doomed]) + 1) // 4)
+    assert np.all(epochs_run[~doomed] == 30)
+    assert len(set(epochs_run[doomed])) >= 3  # they fail apart, chunk after chunk
 
 
 @pytest.mark.parametrize("on_nan", ["stop", "raise"])
 def test_non_finite_replicas_keep_their_flags_and_order(diverging, on_nan):
-    (ref_states, ref), failed, runs, raised, compiled = diverging
+    (ref_states, ref), failed, _, runs, raised, compiled = diverging
     # 3 or 4 of the 8 survive: they fit a batch of 4 (half of 8, so compaction acts) and never
     # a batch of 2, so exactly two loop programs run: 8 rows, then the survivors in 4
     assert 2 < len(ref.nonfinite) - len(failed) <= len(ref.nonfinite) // 2
