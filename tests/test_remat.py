@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests_common import jit_apply, jit_init
+
 import jaxseq as js
 from jaxseq import remat
 
@@ -71,7 +73,7 @@ def test_forward_identical(kind, impl):
         return cls(U, implementation=impl, return_sequences=seqs, return_state=True,
                    go_backwards=go_backwards, remat=r)
 
-    params = layer(False, False).init(jax.random.key(1), x)
+    params = jit_init(layer(False, False), jax.random.key(1), x)
 
     def run(params, x, init):
         out = {}
@@ -106,7 +108,7 @@ def test_gradients_equal_the_default_float64(kind, impl):
             return cls(U, implementation=impl, return_sequences=True, return_state=True,
                        go_backwards=go_backwards, remat=r, param_dtype=jnp.float64)
 
-        params = layer(False).init(jax.random.key(1), x)
+        params = jit_init(layer(False), jax.random.key(1), x)
 
         def run(params, x, init):
             out = {}
@@ -135,7 +137,7 @@ def test_float32_gradients_and_dropout_masks(impl):
         return js.LSTM(U, implementation=impl, return_state=True, dropout=0.3,
                        recurrent_dropout=0.4, remat=r)
 
-    params = layer(False).init(jax.random.key(1), x)
+    params = jit_init(layer(False), jax.random.key(1), x)
 
     def run(params, x, init):
         kw = dict(mask=MASK, deterministic=False, rngs=rngs)
@@ -144,7 +146,7 @@ def test_float32_gradients_and_dropout_masks(impl):
     out = jax.jit(run)(params, x, init)
     for r in (True, 3):
         _assert_close(out[r], out[False], rtol=1e-5, atol=1e-6)
-    no_dropout = layer(False).apply(params, x, initial_state=init, mask=MASK)
+    no_dropout = jit_apply(layer(False), params, x, initial_state=init, mask=MASK)
     assert not np.allclose(out[False][1][0], no_dropout[0])  # dropout was on
 
 
@@ -157,7 +159,7 @@ def test_bidirectional_with_remat():
             return js.Bidirectional(js.GRU(U, return_sequences=True, remat=r,
                                            param_dtype=jnp.float64))
 
-        params = model(False).init(jax.random.key(2), x)
+        params = jit_init(model(False), jax.random.key(2), x)
 
         def grads(r):
             def loss(p, x):
@@ -222,7 +224,8 @@ def test_remat_with_layer_norm_gives_the_default_gradients(kind):
         x, init = _data(n, jnp.float64)
         make = lambda **kw: cls(U, return_sequences=True, return_state=True, layer_norm=True,
                                 param_dtype=jnp.float64, **kw)
-        params = make().init(jax.random.PRNGKey(0), x, initial_state=init)
-        want = _grads(make(), params, x, init, mask=MASK)
-        got = _grads(make(remat=3), params, x, init, mask=MASK)
+        params = jit_init(make(), jax.random.PRNGKey(0), x, initial_state=init)
+        want, got = jax.jit(lambda p, x, s: (_grads(make(), p, x, s, mask=MASK),
+                                             _grads(make(remat=3), p, x, s, mask=MASK)))(
+            params, x, init)
         _assert_close(got, want, rtol=1e-10, atol=1e-12)
