@@ -492,28 +492,29 @@ def test_stacked_products_count_every_replica_and_differentiate():
         for r, fn in ((3, jax.vmap(f)), (30, jax.vmap(f)),
                       (30, lambda x, y, f=f: jax.vmap(jax.vmap(f))(
                           x.reshape(5, 6, *x.shape[1:]), y.reshape(5, 6, *y.shape[1:])))):
-            out = fn(a32[:r], second[:r]).reshape(r, *want.shape[1:])
+            out = jax.jit(fn)(a32[:r], second[:r]).reshape(r, *want.shape[1:])
             np.testing.assert_allclose(out, want[:r], rtol=1e-5, atol=1e-5)
             dots = str(jax.make_jaxpr(fn)(a32[:r], second[:r])).count("dot_general")
             assert dots == (0 if r * 800 <= SMALL_STACKED else 1)
     # only the first operand mapped (weights shared), and a second derivative of each product
-    np.testing.assert_allclose(jax.vmap(fused_matmul, in_axes=(0, None))(a32[:3], w32[0]),
+    np.testing.assert_allclose(jax.jit(jax.vmap(fused_matmul, in_axes=(0, None)))(a32[:3], w32[0]),
                                a[:3] @ w[0], rtol=1e-5, atol=1e-5)
     with jax.enable_x64(True):  # float64: the two orders of summation agree to ~1e-12
         for f, ref in ((fused_matmul, jnp.matmul), (fused_matmul_t, lambda x, y: x.T @ y)):
             other = jnp.asarray(w[0] if f is fused_matmul else g[0])
-            gg = [jax.grad(lambda x, h=h, o=other: jnp.sum(jax.grad(
-                lambda u: jnp.sum(jnp.tanh(h(u, o))))(x) ** 2))(jnp.asarray(a[0]))
+            gg = [jax.jit(jax.grad(lambda x, h=h, o=other: jnp.sum(jax.grad(
+                lambda u: jnp.sum(jnp.tanh(h(u, o))))(x) ** 2)))(jnp.asarray(a[0]))
                 for h in (f, ref)]
             np.testing.assert_allclose(gg[0], gg[1], rtol=1e-10)
     # reverse mode, alone and under vmap: d/da sum((a @ w) * g) = g @ w.T, d/dw = a.T @ g
     loss = lambda x, y, z: jnp.sum(fused_matmul(x, y) * z)
-    da, dw = jax.vmap(jax.grad(loss, argnums=(0, 1)))(a32, w32, g32)
+    da, dw = jax.jit(jax.vmap(jax.grad(loss, argnums=(0, 1))))(a32, w32, g32)
     np.testing.assert_allclose(da, g @ np.swapaxes(w, 1, 2), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(dw, np.swapaxes(a, 1, 2) @ g, rtol=1e-5, atol=1e-5)
     loss_t = lambda x, y, z: jnp.sum(fused_matmul_t(x, y) * z)
     k = rng.normal(size=(5, 20))
-    da, dg = jax.grad(loss_t, argnums=(0, 1))(a32[0], g32[0], jnp.asarray(k, jnp.float32))
+    da, dg = jax.jit(jax.grad(loss_t, argnums=(0, 1)))(a32[0], g32[0],
+                                                       jnp.asarray(k, jnp.float32))
     np.testing.assert_allclose(da, g[0] @ k.T, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(dg, a[0] @ k, rtol=1e-5, atol=1e-5)
 

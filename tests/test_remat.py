@@ -20,7 +20,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from tests_common import jit_apply, jit_init
 
 import jaxseq as js
