@@ -340,7 +340,7 @@ def test_lstm_with_projection_equals_torch_outputs_gradients_and_round_trip(bidi
     out = lstm(xt)[0]
     (out ** 2).sum().backward()
     _close(_apply(model, params, x), out.detach().numpy())
-    dx = jax.grad(lambda a: (model.apply({"params": params}, a) ** 2).sum())(x)
+    dx = jax.jit(jax.grad(lambda a: (model.apply({"params": params}, a) ** 2).sum()))(x)
     np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-4, atol=1e-5)
     first = params["bidirectional" if bidirectional else "lstm"]
     first = first["forward_layer"] if bidirectional else first

@@ -294,18 +294,19 @@ def test_fit_with_per_sample_weights_equals_a_weighted_python_loop(loss):
     state, history = js.fit(model, x, y, epochs=2, batch_size=4, optimizer=tx, shuffle=False,
                             sample_weight=w, loss=loss, verbose=0)
     error = jnp.square if loss == "mse" else jnp.abs
-    params = model.init(training.split_seed(0)[0], x[:1])["params"]
+    params = jax.jit(model.init)(training.split_seed(0)[0], x[:1])["params"]
 
     def loss_fn(p, xb, yb, wb):  # Keras: sum(w * per-sample loss) / samples in the batch
         per_sample = jnp.mean(error(model.apply({"params": p}, xb) - yb), axis=1)
         return jnp.sum(wb * per_sample) / xb.shape[0]
 
+    step = jax.jit(jax.value_and_grad(loss_fn))  # one program per batch size (4, then 2)
     losses = []
     for _ in range(2):
         total = 0.0
         for i in (0, 4):
             xb, yb, wb = x[i:i + 4], y[i:i + 4], w[i:i + 4]
-            loss, g = jax.value_and_grad(loss_fn)(params, xb, yb, wb)
+            loss, g = step(params, xb, yb, wb)
             params = jax.tree.map(lambda p, d: p - 0.1 * d, params, g)
             total += float(loss) * len(xb)
         losses.append(total / 6)
