@@ -122,7 +122,7 @@ def test_remat_equals_unsegmented_float64(kind):
 
         def grads(layer, mask, params, x, init):
             def loss(p, x, s):
-                out = jit_apply(layer, p, x, mask=mask, initial_state=s)
+                out = layer.apply(p, x, mask=mask, initial_state=s)
                 return sum(jnp.sum(jnp.cos(jnp.arange(o.size)).reshape(o.shape) * o)
                            for o in out), out
             return jax.grad(loss, argnums=(0, 1, 2), has_aux=True)(params, x, init)

@@ -111,9 +111,9 @@ def test_time_distributed_passes_call_kwargs_and_splits_dropout_per_step():
     @jax.jit
     def run(key):
         return (
-            jit_apply(td, {}, x, deterministic=True),
-            jit_apply(td, {}, x, deterministic=False, rngs={"dropout": key}),
-            jit_apply(td, {}, x, deterministic=False, rngs={"dropout": key}),
+            td.apply({}, x, deterministic=True),
+            td.apply({}, x, deterministic=False, rngs={"dropout": key}),
+            td.apply({}, x, deterministic=False, rngs={"dropout": key}),
         )
 
     same, y, y2 = map(np.asarray, run(_key(0)))

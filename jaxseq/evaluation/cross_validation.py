@@ -157,25 +157,13 @@ def _held_out(program: Program, layout: Layout, states, test: Batch, batch_size:
     return {name: np.asarray(v, np.float64) for name, v in values.items()}
 
 
-def _rows_in_order(groups: list, picks: list):
-    """The stacked states of every (split, seed), split-major: picks[i] = (g, rows) names the
-    rows of groups[g] (one driver run's stacked state) that hold split i. One compiled gather
-    per state leaf, not one eager operation per leaf and split."""
-    rows = [np.concatenate([r for g, r in picks if g == k]) for k in range(len(groups))]
-    offsets = np.cumsum([0] + [len(r) for r in rows])
-    seen = [0] * len(groups)
-    order = []
-    for g, r in picks:  # where split i's rows land in the concatenation of the groups' rows
-        start = offsets[g] + seen[g]
-        order.append(np.arange(start, start + len(r)))
-        seen[g] += len(r)
-    return _gather(tuple(groups), tuple(rows), np.concatenate(order))
-
-
-@jax.jit
-def _gather(groups, rows, order):
+@partial(jax.jit, static_argnums=0)
+def _gather(which: tuple[int, ...], stacked: tuple, rows: tuple):
+    """The stacked states of every (split, seed), split-major: split i's are rows[i] of
+    stacked[which[i]] (one driver run's stacked state). One compiled program for every leaf,
+    not one eager operation per leaf and split."""
     return jax.tree.map(lambda *leaves: jnp.concatenate(
-        [leaf[r] for leaf, r in zip(leaves, rows, strict=True)])[order], *groups)
+        [leaves[g][r] for g, r in zip(which, rows, strict=True)]), *stacked)
 
 
 def cross_validate(
@@ -284,7 +272,7 @@ def cross_validate(
                            validation_split is not None)
     scores = {m: np.full((s, k), np.nan) for m in loop.log_names(runs[0][3].metrics, False)}
     failed = np.zeros((s, k), bool)
-    picks, histories, groups = [None] * s, [None] * s, []
+    picks, histories, stacked = [None] * s, [None] * s, []
     for members, layout, source, program in runs:
         with warnings.catch_warnings():  # failures are reported below, by (split, seed)
             warnings.filterwarnings("ignore", message=f"{where}: ", category=RuntimeWarning)
@@ -297,15 +285,16 @@ def cross_validate(
             failed[i] = bad[a]
             for m in scores:
                 scores[m][i] = np.where(bad[a], np.nan, held[m][rows[a]])
-            picks[i] = (len(groups), rows[a])  # split i's rows of the driver's stacked states
+            picks[i] = (len(stacked), rows[a])  # split i's rows of the driver's stacked states
             histories[i] = {m: history.history[m][rows[a]] for m in names}
-        groups.append(state)
+        stacked.append(state)
     epochs_run = max(h["loss"].shape[-1] for h in histories)
     history = History({m: np.stack([np.pad(h[m], ((0, 0), (0, epochs_run - h[m].shape[-1])),
                                            constant_values=np.nan) for h in histories])
                        for m in names}, nonfinite=failed)
     result = CrossValidation(scores=scores, history=history,
-                             states=_rows_in_order(groups, picks),
+                             states=_gather(tuple(g for g, _ in picks), tuple(stacked),
+                                            tuple(r for _, r in picks)),
                              splits=pairs, seeds=tuple(seeds), failed=failed)
     odd = ~failed & ~np.all([np.isfinite(v) for v in scores.values()], axis=0)
     if odd.any():

@@ -63,10 +63,15 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, x, ke
     return init_program(model, tx)(jax.tree.map(lambda a: jnp.asarray(a[:batch_size]), x), key)
 
 
+def _split_program(stacked: bool) -> Jitted:
+    """`split_seed` compiled once: of one seed, or vmapped over stacked seeds."""
+    return cached("split_seeds" if stacked else "split_seed",
+                  build=lambda: jit(jax.vmap(split_seed) if stacked else split_seed, once=True))
+
+
 def stack_seeds(seeds: Sequence[int]) -> tuple[jax.Array, jax.Array]:
     """`split_seed` of every seed, stacked (one compiled call)."""
-    split = cached("split_seeds", build=lambda: jit(jax.vmap(split_seed), once=True))
-    return split(np.asarray(seeds))
+    return _split_program(True)(np.asarray(seeds))
 
 
 def start(program: Program, layout: Layout, data: Source, state: TrainState | None = None):
@@ -76,8 +81,7 @@ def start(program: Program, layout: Layout, data: Source, state: TrainState | No
     if layout.replicated:
         init_key, key = stack_seeds(layout.row_seeds)
     else:  # one compiled program, not the eager ops of PRNGKey and split (each compiles)
-        split = cached("split_seed", build=lambda: jit(split_seed, once=True))
-        init_key, key = split(np.int64(layout.seeds[0]))
+        init_key, key = _split_program(False)(np.int64(layout.seeds[0]))
     if state is None:
         x1, axis = data.first_rows(program.batch_size, layout)
         init = init_program(program.model, program.tx, layout.replicated, axis)
